@@ -1,0 +1,5 @@
+import sys
+
+from tttgraph.cli import main
+
+sys.exit(main())

@@ -1,0 +1,213 @@
+"""The TTT-MLP layer and its gated, bidirectional wrapper (DESIGN.md §3).
+
+Layout conventions: hidden states are ``[B, N, C]`` (C = model width); inside the layer q, k, v
+are ``[B, H, N, D]`` as the ``tttgraph::ttt_mlp`` op takes them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tttgraph.errors import TTTGraphError
+from tttgraph.layout import SequenceLayout
+from tttgraph.ops import ttt_mlp
+from tttgraph.rope import apply_rope, split_head_dim, video_rope_angles
+
+INIT_STD = 0.02
+
+
+class TTTMLP(nn.Module):
+    """TTT-MLP sequence layer: q/k/v projections, an inner MLP per head trained while reading.
+
+    Args:
+        width: C, model width (input and output features).
+        num_heads: H.
+        head_dim: D (default C / H).
+        mlp_expansion: inner MLP hidden size F = mlp_expansion * D (default 4).
+        mini_batch_size: tokens per inner gradient step (default 64).
+        base_lr: inner learning rate scale; eta_t = base_lr / D * sigmoid(x_t . w_h + c_h) / b.
+        eps: LayerNorm epsilon of the inner model (inside the sqrt), passed to the op (default 1e-6).
+        backend: ``tttgraph::ttt_mlp`` backend ("auto", "reference", "triton", "cuda_sm90").
+
+    ``forward(x, rope=None)``: x [B, N, C] in TTT order; rope an optional ``(cos, sin)`` pair of
+    [N, D/2] tensors aligned with the tokens (identity rows for text). Returns [B, N, C].
+    """
+
+    def __init__(
+        self,
+        width: int,
+        num_heads: int,
+        head_dim: int | None = None,
+        mlp_expansion: int = 4,
+        mini_batch_size: int = 64,
+        base_lr: float = 0.1,
+        eps: float = 1e-6,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        if head_dim is None:
+            if width % num_heads:
+                raise TTTGraphError(
+                    f"width={width} is not divisible by num_heads={num_heads}; pass head_dim explicitly"
+                )
+            head_dim = width // num_heads
+        self.width, self.num_heads, self.head_dim = width, num_heads, head_dim
+        self.hidden_dim = mlp_expansion * head_dim
+        self.mini_batch_size, self.base_lr, self.eps, self.backend = mini_batch_size, base_lr, eps, backend
+        inner = num_heads * head_dim
+        self.wq, self.wk, self.wv = (nn.Linear(width, inner) for _ in range(3))
+        self.wo = nn.Linear(inner, width)
+        self.learnable_lr = nn.Linear(width, num_heads)
+        self.ttt_norm_weight = nn.Parameter(torch.ones(num_heads, head_dim))
+        self.ttt_norm_bias = nn.Parameter(torch.zeros(num_heads, head_dim))
+        self.w1 = nn.Parameter(torch.empty(num_heads, head_dim, self.hidden_dim))
+        self.b1 = nn.Parameter(torch.zeros(num_heads, self.hidden_dim))
+        self.w2 = nn.Parameter(torch.empty(num_heads, self.hidden_dim, head_dim))
+        self.b2 = nn.Parameter(torch.zeros(num_heads, head_dim))
+        self.post_norm = nn.LayerNorm(inner, eps=1e-6)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialisation of the reference: N(0, 0.02) weights, zero biases, LayerNorms at 1/0."""
+        for lin in (self.wq, self.wk, self.wv, self.wo, self.learnable_lr):
+            nn.init.normal_(lin.weight, std=INIT_STD)
+            nn.init.zeros_(lin.bias)
+        for w in (self.w1, self.w2):
+            nn.init.normal_(w, std=INIT_STD)
+        for b in (self.b1, self.b2, self.ttt_norm_bias):
+            nn.init.zeros_(b)
+        nn.init.ones_(self.ttt_norm_weight)
+        self.post_norm.reset_parameters()
+
+    def _heads(self, x: Tensor) -> Tensor:
+        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)  # [B, H, N, D]
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        q = F.normalize(self._heads(self.wq(x)), dim=-1)
+        k = F.normalize(self._heads(self.wk(x)), dim=-1)
+        v = self._heads(self.wv(x))
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        # Reconstruction target v' = k + LN(v - k): unbiased std, eps added to the std (reference).
+        gamma, beta = self.ttt_norm_weight[:, None], self.ttt_norm_bias[:, None]
+        d = v - k
+        d = (d - d.mean(-1, keepdim=True)) / (d.std(-1, keepdim=True) + 1e-8)
+        v = k + gamma * d + beta
+        lr = torch.sigmoid(self.learnable_lr(x)).transpose(1, 2)  # [B, H, N]
+        eta = (self.base_lr / self.head_dim / self.mini_batch_size) * lr
+        out = ttt_mlp(
+            q, k, v, eta,
+            self.ttt_norm_weight, self.ttt_norm_bias, self.w1, self.b1, self.w2, self.b2,
+            mini_batch_size=self.mini_batch_size, eps=self.eps, backend=self.backend,
+        )  # fmt: skip
+        out = out.transpose(1, 2).flatten(-2)  # [B, N, H*D]
+        return self.wo(self.post_norm(out))
+
+    def extra_repr(self) -> str:
+        return (
+            f"width={self.width}, heads={self.num_heads}, head_dim={self.head_dim}, hidden={self.hidden_dim}, "
+            f"mini_batch={self.mini_batch_size}, base_lr={self.base_lr}, eps={self.eps}, backend={self.backend!r}"
+        )
+
+
+class GatedBidirectionalTTT(nn.Module):
+    """``Z = X + tanh(alpha) * TTT(X)``, then ``Z' = Z + tanh(beta) * rev(TTT(rev(Z)))``.
+
+    The same :class:`TTTMLP` runs both directions. Gates are width-vectors, separate for text and
+    video tokens, initialised to ``gate_init`` (0.1). The TTT reads the segment-interleaved order
+    ``[txt_0 | vid_0 | txt_1 | vid_1 | ...]`` of :class:`SequenceLayout`; the result comes back in
+    the model's joint order.
+
+    Args:
+        width, num_heads, head_dim, mlp_expansion, mini_batch_size, base_lr, eps, backend: as TTTMLP.
+        layout: where the text and video tokens are.
+        rope_grid: (height, width) of a frame's patch grid for 3D RoPE of q and k over video tokens
+            with global positions (theta 1e4); None for no RoPE.
+        gate_init: initial value of every gate (tanh is applied on use).
+        bidirectional: add the reverse pass (default True).
+
+    ``forward(x, num_frames=None)``: x [B, N, C] joint sequence; num_frames inferred from N if None.
+    Returns [B, N, C].
+    """
+
+    def __init__(
+        self,
+        width: int,
+        num_heads: int,
+        layout: SequenceLayout,
+        *,
+        head_dim: int | None = None,
+        mlp_expansion: int = 4,
+        mini_batch_size: int = 64,
+        base_lr: float = 0.1,
+        eps: float = 1e-6,
+        backend: str = "auto",
+        rope_grid: tuple[int, int] | None = None,
+        rope_theta: float = 1e4,
+        gate_init: float = 0.1,
+        bidirectional: bool = True,
+    ):
+        super().__init__()
+        self.layout = layout
+        self.ttt = TTTMLP(width, num_heads, head_dim, mlp_expansion, mini_batch_size, base_lr, eps, backend)
+        if rope_grid is not None:
+            split_head_dim(self.ttt.head_dim)  # fail at construction, not at the first forward
+            if rope_grid[0] * rope_grid[1] != layout.video_tokens_per_frame:
+                raise TTTGraphError(
+                    f"rope_grid={rope_grid} has {rope_grid[0] * rope_grid[1]} tokens per frame but the layout "
+                    f"has video_tokens_per_frame={layout.video_tokens_per_frame}"
+                )
+        self.rope_grid, self.rope_theta = rope_grid, rope_theta
+        self.bidirectional = bidirectional
+        self.gate_init = gate_init
+
+        def gate():
+            return nn.Parameter(torch.full((width,), float(gate_init)))
+
+        self.forward_gate_text, self.forward_gate_video = gate(), gate()
+        if bidirectional:
+            self.backward_gate_text, self.backward_gate_video = gate(), gate()
+
+    def _rope(self, num_frames: int, device) -> tuple[Tensor, Tensor] | None:
+        """(cos, sin) [N, D/2] in joint-sequence order; text rows are the identity rotation."""
+        if self.rope_grid is None:
+            return None
+        angles = video_rope_angles(num_frames, self.rope_grid, self.ttt.head_dim, self.rope_theta)
+        text = torch.zeros(self.layout.text_tokens(num_frames), angles.shape[1], dtype=angles.dtype)
+        angles = torch.cat([text, angles] if self.layout.text_first else [angles, text])
+        return angles.cos().float().to(device), angles.sin().float().to(device)
+
+    def gate(self, direction: str, num_frames: int) -> Tensor:
+        """[N, C] tanh-gate of each joint-sequence token for the "forward" or "backward" direction."""
+        text_gate, video_gate = getattr(self, f"{direction}_gate_text"), getattr(self, f"{direction}_gate_video")
+        mask = self.layout.video_mask(num_frames).to(text_gate.device)[:, None]
+        return torch.tanh(torch.where(mask, video_gate, text_gate))
+
+    def _direction(self, x: Tensor, num_frames: int, rope, reverse: bool) -> Tensor:
+        """TTT over the (reversed) interleaved order, returned in joint order. x: [B, N, C]."""
+        idx = self.layout.interleave_index(num_frames, x.device, reverse)
+        inv = self.layout.deinterleave_index(num_frames, x.device, reverse)
+        if rope is not None:
+            rope = (rope[0].index_select(0, idx), rope[1].index_select(0, idx))
+        return self.ttt(x.index_select(1, idx), rope).index_select(1, inv)
+
+    def forward(self, x: Tensor, num_frames: int | None = None) -> Tensor:
+        if num_frames is None:
+            num_frames = self.layout.infer_num_frames(x.shape[1])
+        self.layout._check_tokens(x, num_frames)
+        rope = self._rope(num_frames, x.device)
+        gate = self.gate("forward", num_frames).to(x.dtype)
+        z = x + gate * self._direction(x, num_frames, rope, reverse=False)
+        if not self.bidirectional:
+            return z
+        gate = self.gate("backward", num_frames).to(x.dtype)
+        return z + gate * self._direction(z, num_frames, rope, reverse=True)
+
+    def extra_repr(self) -> str:
+        return f"layout={self.layout}, rope_grid={self.rope_grid}, bidirectional={self.bidirectional}"
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

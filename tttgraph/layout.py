@@ -1,0 +1,205 @@
+"""Token layout of a video DiT's joint sequence, and the reorderings the TTT layer needs.
+
+A model's joint sequence is ``[text | video]`` (or ``[video | text]``): the text holds one chunk of
+``text_tokens_per_segment`` tokens per segment, in segment order; the video holds ``num_frames``
+latent frames of ``video_tokens_per_frame`` tokens each, frame-major.
+
+Segments (DESIGN.md §4): segment i's *attention window* covers latent frames
+``[i*S, i*S + S + O)`` (S = ``frames_per_segment``, O = ``overlap_frames``), clipped to the video;
+there are ``max(1, ceil((F - O) / S))`` segments, the last one possibly shorter. For the TTT
+sequence each frame must appear exactly once, so segment i *owns* frames ``[i*S, (i+1)*S)`` and the
+last segment owns everything from ``i*S`` to the end (the trailing overlap frames included).
+
+The TTT layer reads ``[txt_0 | vid_0 | txt_1 | vid_1 | ...]`` (``interleave``) and its backward
+direction reads ``rev`` of the sequence: video tokens in reverse order and text chunks in reverse
+order, tokens inside a chunk keeping their order (``reverse``). In TTT order the backward direction
+is ``[txt_{n-1} | flip(vid_{n-1}) | ... | txt_0 | flip(vid_0)]`` (``interleave(..., reverse=True)``):
+each text chunk stays next to the frames it describes even when the last segment is shorter. All
+of these are permutations, built once per frame count as index tensors, so applying one is a gather.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from tttgraph.errors import TTTGraphError
+
+
+@dataclass(frozen=True)
+class SequenceLayout:
+    """Where the text and video tokens of one joint sequence are.
+
+    Attributes:
+        text_tokens_per_segment: text tokens per segment (0 for video-only sequences).
+        video_tokens_per_frame: tokens of one latent frame (patch grid height x width).
+        frames_per_segment: S, latent frames per segment; None means the whole video is one segment.
+        overlap_frames: O, frames shared by neighbouring attention windows (the reference uses 1).
+        text_first: True if the joint sequence is ``[text | video]``, False for ``[video | text]``.
+    """
+
+    text_tokens_per_segment: int
+    video_tokens_per_frame: int
+    frames_per_segment: int | None = None
+    overlap_frames: int = 0
+    text_first: bool = True
+
+    def __post_init__(self):
+        if self.text_tokens_per_segment < 0:
+            raise TTTGraphError(f"text_tokens_per_segment must be >= 0, got {self.text_tokens_per_segment}")
+        if self.video_tokens_per_frame < 1:
+            raise TTTGraphError(f"video_tokens_per_frame must be >= 1, got {self.video_tokens_per_frame}")
+        if self.frames_per_segment is not None and self.frames_per_segment < 1:
+            raise TTTGraphError(
+                f"frames_per_segment must be >= 1 or None (no segmentation), got {self.frames_per_segment}"
+            )
+        if self.overlap_frames < 0:
+            raise TTTGraphError(f"overlap_frames must be >= 0, got {self.overlap_frames}")
+
+    # ------------------------------------------------------------------ counts
+
+    def num_segments(self, num_frames: int) -> int:
+        self._check_frames(num_frames)
+        if self.frames_per_segment is None:
+            return 1
+        s, o = self.frames_per_segment, self.overlap_frames
+        return max(1, -(-(num_frames - o) // s))
+
+    def text_tokens(self, num_frames: int) -> int:
+        return self.num_segments(num_frames) * self.text_tokens_per_segment
+
+    def video_tokens(self, num_frames: int) -> int:
+        return num_frames * self.video_tokens_per_frame
+
+    def total_tokens(self, num_frames: int) -> int:
+        return self.text_tokens(num_frames) + self.video_tokens(num_frames)
+
+    def infer_num_frames(self, total_tokens: int) -> int:
+        """The frame count whose joint sequence has ``total_tokens`` tokens (it is unique)."""
+        for frames in range(1, total_tokens // self.video_tokens_per_frame + 1):
+            if self.total_tokens(frames) == total_tokens:
+                return frames
+        raise TTTGraphError(
+            f"a sequence of {total_tokens} tokens fits no frame count of {self}: it must hold "
+            f"num_segments(F) * {self.text_tokens_per_segment} text tokens plus F * "
+            f"{self.video_tokens_per_frame} video tokens; check the layout or pass num_frames"
+        )
+
+    def attention_windows(self, num_frames: int) -> list[tuple[int, int]]:
+        """Frame range ``[start, stop)`` each segment attends over (neighbours share O frames)."""
+        n = self.num_segments(num_frames)
+        if self.frames_per_segment is None:
+            return [(0, num_frames)]
+        s, o = self.frames_per_segment, self.overlap_frames
+        return [(i * s, min(i * s + s + o, num_frames)) for i in range(n)]
+
+    def owned_frames(self, num_frames: int) -> list[tuple[int, int]]:
+        """Disjoint frame range ``[start, stop)`` of each segment in the TTT sequence."""
+        n = self.num_segments(num_frames)
+        if self.frames_per_segment is None:
+            return [(0, num_frames)]
+        s = self.frames_per_segment
+        return [(i * s, (i + 1) * s if i < n - 1 else num_frames) for i in range(n)]
+
+    # ------------------------------------------------------------------ split / join
+
+    def split(self, x: Tensor, num_frames: int) -> tuple[Tensor, Tensor]:
+        """[B, N, C] joint sequence -> (text [B, Nt, C], video [B, Nv, C])."""
+        self._check_tokens(x, num_frames)
+        nt = self.text_tokens(num_frames)
+        if self.text_first:
+            return x[:, :nt], x[:, nt:]
+        return x[:, -nt:] if nt else x[:, :0], x[:, : x.shape[1] - nt]
+
+    def join(self, text: Tensor, video: Tensor) -> Tensor:
+        return torch.cat([text, video] if self.text_first else [video, text], dim=1)
+
+    # ------------------------------------------------------------------ permutations
+
+    def interleave(self, x: Tensor, num_frames: int, reverse: bool = False) -> Tensor:
+        """Joint sequence [B, N, C] -> TTT order ``[txt_0 | vid_0 | txt_1 | vid_1 | ...]``.
+
+        With ``reverse=True``, the TTT order of ``rev(x)``: ``[txt_{n-1} | flip(vid_{n-1}) | ...]``.
+        """
+        self._check_tokens(x, num_frames)
+        return x.index_select(1, self.interleave_index(num_frames, x.device, reverse))
+
+    def deinterleave(self, seq: Tensor, num_frames: int, reverse: bool = False) -> Tensor:
+        """Inverse of :meth:`interleave` (with the same ``reverse``)."""
+        self._check_tokens(seq, num_frames)
+        return seq.index_select(1, self.deinterleave_index(num_frames, seq.device, reverse))
+
+    def reverse(self, x: Tensor, num_frames: int) -> Tensor:
+        """``rev`` in joint-sequence order: video tokens flipped, text chunks flipped (its own inverse)."""
+        self._check_tokens(x, num_frames)
+        return x.index_select(1, self.reverse_index(num_frames, x.device))
+
+    def interleave_index(self, num_frames: int, device=None, reverse: bool = False) -> Tensor:
+        """[N] indices into the joint sequence, in TTT order (of ``rev`` if ``reverse``)."""
+        return _interleave_index(self, num_frames, reverse).to(device)
+
+    def deinterleave_index(self, num_frames: int, device=None, reverse: bool = False) -> Tensor:
+        """[N] indices into the TTT-order sequence that restore joint-sequence order."""
+        return _inverse(_interleave_index(self, num_frames, reverse)).to(device)
+
+    def reverse_index(self, num_frames: int, device=None) -> Tensor:
+        """[N] indices into the joint sequence of ``rev`` (joint-sequence order)."""
+        return _reverse_index(self, num_frames).to(device)
+
+    def video_mask(self, num_frames: int) -> Tensor:
+        """[N] bool, True at video tokens of the joint sequence."""
+        nt, nv = self.text_tokens(num_frames), self.video_tokens(num_frames)
+        parts = [torch.zeros(nt, dtype=torch.bool), torch.ones(nv, dtype=torch.bool)]
+        return torch.cat(parts if self.text_first else parts[::-1])
+
+    # ------------------------------------------------------------------ checks
+
+    def _check_frames(self, num_frames: int) -> None:
+        if not isinstance(num_frames, int) or num_frames < 1:
+            raise TTTGraphError(f"num_frames must be an int >= 1, got {num_frames!r}")
+
+    def _check_tokens(self, x: Tensor, num_frames: int) -> None:
+        expected = self.total_tokens(num_frames)
+        if x.dim() != 3 or x.shape[1] != expected:
+            raise TTTGraphError(
+                f"expected a joint sequence [B, {expected}, C] for {num_frames} frames "
+                f"({self.text_tokens(num_frames)} text + {self.video_tokens(num_frames)} video tokens), "
+                f"got shape {tuple(x.shape)}"
+            )
+
+
+def _offsets(layout: SequenceLayout, num_frames: int) -> tuple[int, int]:
+    """Start of the text part and of the video part inside the joint sequence."""
+    nt, nv = layout.text_tokens(num_frames), layout.video_tokens(num_frames)
+    return (0, nt) if layout.text_first else (nv, 0)
+
+
+@functools.lru_cache(maxsize=128)
+def _interleave_index(layout: SequenceLayout, num_frames: int, reverse: bool) -> Tensor:
+    t0, v0 = _offsets(layout, num_frames)
+    lt, tpf = layout.text_tokens_per_segment, layout.video_tokens_per_frame
+    segments = list(enumerate(layout.owned_frames(num_frames)))
+    parts = []
+    for i, (start, stop) in reversed(segments) if reverse else segments:
+        parts.append(torch.arange(t0 + i * lt, t0 + (i + 1) * lt))
+        video = torch.arange(v0 + start * tpf, v0 + stop * tpf)
+        parts.append(video.flip(0) if reverse else video)
+    return torch.cat(parts)
+
+
+@functools.lru_cache(maxsize=64)
+def _reverse_index(layout: SequenceLayout, num_frames: int) -> Tensor:
+    t0, v0 = _offsets(layout, num_frames)
+    lt, n = layout.text_tokens_per_segment, layout.num_segments(num_frames)
+    text = torch.cat([torch.arange(t0 + i * lt, t0 + (i + 1) * lt) for i in reversed(range(n))])
+    video = torch.arange(v0 + layout.video_tokens(num_frames) - 1, v0 - 1, -1)
+    return torch.cat([text, video] if layout.text_first else [video, text])
+
+
+def _inverse(index: Tensor) -> Tensor:
+    inv = torch.empty_like(index)
+    inv[index] = torch.arange(index.numel(), device=index.device)
+    return inv
