@@ -1,0 +1,95 @@
+"""The adapter contract: what tttgraph needs to know about one model family.
+
+An adapter answers three questions that the graph alone cannot: which input dimensions are the
+latent frame count (so capture can make it dynamic), how many text and video tokens the
+attention sequences hold, and in which order. Everything else is read from the graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch.export import Dim
+from torch.utils import _pytree as pytree
+
+Order = Literal["text_first", "video_first", "video_only"]
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """How text and video tokens sit in a model's attention sequences.
+
+    Video tokens are frame-major: token ``t * tokens_per_frame + (y * grid_w + x)`` is at token
+    frame ``t`` and patch ``(y, x)``, for every supported family. ``frames`` counts token frames
+    (latent frames divided by the temporal patch ``patch_size[0]``); segment lengths in the
+    passes are in these units.
+
+    ``order`` is ``"text_first"`` or ``"video_first"`` for joint self-attention over
+    ``[text | video]`` or ``[video | text]``, and ``"video_only"`` for models whose text enters
+    through cross-attention (then ``text_tokens`` is the key/value length of that attention).
+    """
+
+    family: str
+    batch_size: int
+    text_tokens: int
+    latent_frames: int
+    frames: int
+    tokens_per_frame: int
+    grid: tuple[int, int]
+    patch_size: tuple[int, int, int]
+    order: Order
+
+    @property
+    def video_tokens(self) -> int:
+        """Video tokens per sample: ``frames * tokens_per_frame``."""
+        return self.frames * self.tokens_per_frame
+
+    @property
+    def joint_tokens(self) -> int:
+        """Length of a joint text+video sequence (``video_tokens`` for ``"video_only"``)."""
+        return self.video_tokens + (0 if self.order == "video_only" else self.text_tokens)
+
+
+def none_spec(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """A torch.export ``dynamic_shapes`` spec marking every input static (``None`` leaves)."""
+    return {k: pytree.tree_map(lambda _: None, v) for k, v in inputs.items()}
+
+
+class ModelAdapter:
+    """Per-family knowledge. Subclass it and pass an instance to :func:`register_adapter`.
+
+    Attributes:
+        name: the family name used in recipes and error messages.
+        model_classes: class names (``type(model).__name__``) the adapter serves; matching by
+            name keeps diffusers out of ``import tttgraph``.
+        dynamic_frames: whether the frame count can be a dynamic dimension of the capture.
+        frames_reason: why not, shown when a user asks for dynamic frames on this family.
+    """
+
+    name: str = "generic"
+    model_classes: tuple[str, ...] = ()
+    dynamic_frames: bool = False
+    frames_reason: str = ""
+
+    def matches(self, model: torch.nn.Module) -> bool:
+        return type(model).__name__ in self.model_classes
+
+    def latent_frames(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> int:
+        """Latent frame count of ``inputs``."""
+        raise NotImplementedError
+
+    def frame_dynamic_shapes(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """torch.export ``dynamic_shapes`` with the frame-dependent dims marked ``Dim.AUTO``."""
+        raise NotImplementedError
+
+    def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:
+        """Token layout of ``model`` called with ``inputs``."""
+        raise NotImplementedError
+
+
+def mark(spec: dict[str, Any], name: str, *dims: int) -> None:
+    """Mark ``dims`` of input ``name`` (a tensor or a nest of tensors) as ``Dim.AUTO``."""
+    spec[name] = pytree.tree_map(lambda _: dict.fromkeys(dims, Dim.AUTO), spec[name])

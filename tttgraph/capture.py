@@ -1,0 +1,396 @@
+"""Capture a video transformer into an editable, trainable ``torch.fx.GraphModule``.
+
+Non-strict ``torch.export`` traces the model with its example inputs; ``run_decompositions({})``
+turns the graph into ATen ops while keeping every attention as one
+``aten.scaled_dot_product_attention.default`` node (the default decomposition table would split
+it into bmm + softmax); ``ep.module()`` unlifts parameters back into submodules under their
+original names. The latent frame count becomes a dynamic dimension where the model's adapter
+allows it, so a model captured at F frames runs at other frame counts.
+
+:class:`CapturedModel` wraps the graph so that it takes the original call: same argument names,
+positional or keyword, ``return_dict``, same output type.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+from tqdm.auto import tqdm
+
+from tttgraph.adapters import get_adapter
+from tttgraph.errors import CaptureError, InputMismatchError, TTTGraphError
+
+__all__ = ["CaptureInfo", "CapturedModel", "bind_inputs", "capture", "capture_info"]
+
+log = logging.getLogger(__name__)
+
+_META_KEY = "tttgraph_capture"
+
+
+@dataclass
+class CaptureInfo:
+    """What a capture fixed, kept on the GraphModule (``gm.meta["tttgraph_capture"]``).
+
+    ``constants`` holds every non-tensor argument value (passed or defaulted) the graph baked in;
+    ``graph_inputs`` the argument names the GraphModule takes, in order; ``frame_range`` the
+    (min, max) latent frames the graph accepts (``max`` None when unbounded), equal bounds when
+    frames are static.
+    """
+
+    model_class: str
+    adapter: str
+    signature: inspect.Signature
+    graph_inputs: tuple[str, ...]
+    constants: dict[str, Any]
+    example_inputs: dict[str, Any] = field(repr=False)
+    latent_frames: int | None
+    dynamic_frames: bool
+    frame_range: tuple[int, int | None] | None
+    frames_note: str = ""
+    config: Any = field(default=None, repr=False)
+
+
+def capture_info(gm: torch.fx.GraphModule) -> CaptureInfo:
+    """The :class:`CaptureInfo` that :func:`capture` attached to ``gm``."""
+    info = getattr(gm, "meta", {}).get(_META_KEY)
+    if info is None:
+        raise TTTGraphError(
+            f"{type(gm).__name__} carries no capture information; build it with "
+            f"tttgraph.capture(model, inputs)"
+        )
+    return info
+
+
+def bind_inputs(model: nn.Module, example_inputs: Any) -> tuple[inspect.Signature, dict[str, Any]]:
+    """Name the example inputs by the model's forward signature.
+
+    ``example_inputs`` is a dict of keyword arguments, a tuple of positional ones, or a single
+    tensor; ``return_dict`` is dropped (the wrapper handles it).
+    """
+    sig = inspect.signature(model.forward)
+    if isinstance(example_inputs, Mapping):
+        args, kwargs = (), dict(example_inputs)
+    elif isinstance(example_inputs, (tuple, list)):
+        args, kwargs = tuple(example_inputs), {}
+    else:
+        args, kwargs = (example_inputs,), {}
+    try:
+        bound = sig.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise InputMismatchError(
+            f"example_inputs do not fit {type(model).__name__}.forward{sig}: {exc}; pass a dict of the "
+            f"forward's keyword arguments (tttgraph.models.example_inputs builds one for tiny models)"
+        ) from exc
+    named = dict(bound.arguments)
+    named.pop("return_dict", None)
+    return sig, named
+
+
+def _has_tensor(value: Any) -> bool:
+    return any(isinstance(leaf, torch.Tensor) for leaf in pytree.tree_leaves(value))
+
+
+def _frame_symbol(gm: torch.fx.GraphModule, where: tuple[str, int] | None):
+    """The size of the frame dim in the captured graph: a SymInt if dynamic, else an int."""
+    if where is None:
+        return None
+    name, dim = where
+    for node in gm.graph.nodes:
+        if node.op == "placeholder" and node.name == name and "val" in node.meta:
+            return node.meta["val"].shape[dim]
+    return None
+
+
+def _export(model, kwargs, dynamic_shapes):
+    ep = torch.export.export(model, (), kwargs=kwargs, dynamic_shapes=dynamic_shapes, strict=False)
+    return ep
+
+
+def capture(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    dynamic_frames: bool | str = "auto",
+    progress: bool = True,
+) -> torch.fx.GraphModule:
+    """Capture ``model`` called with ``example_inputs`` into a trainable GraphModule.
+
+    Args:
+        model: a video transformer (any ``nn.Module``; frame handling needs a registered adapter).
+        example_inputs: dict of forward keyword arguments (or a tuple of positional ones).
+        dynamic_frames: ``True`` makes the latent frame count a dynamic dimension or raises
+            :class:`CaptureError`; ``False`` keeps it fixed; ``"auto"`` makes it dynamic where the
+            model's adapter allows it (CogVideoX, Wan, HunyuanVideo, Mochi, Allegro) and the example
+            has at least 2 frames (export specialises sizes 0 and 1).
+        progress: show a progress bar of the capture stages.
+
+    Returns:
+        An unlifted ``torch.fx.GraphModule`` whose parameters and buffers are the model's own
+        tensors under their original names; its graph calls attention as
+        ``aten.scaled_dot_product_attention.default``. It takes the non-``return_dict`` inputs by
+        keyword and returns what the model returns with its default ``return_dict``. ``.train()``
+        and ``.eval()`` set the mode flag only: dropout is traced as it was at capture (every
+        supported family has dropout 0). Wrap it in :class:`CapturedModel` for the original call.
+    """
+    if dynamic_frames not in (True, False, "auto"):
+        raise CaptureError(f"dynamic_frames={dynamic_frames!r} is not one of True, False, 'auto'")
+    sig, named = bind_inputs(model, example_inputs)
+    adapter = get_adapter(model)
+    constants = {
+        name: (named[name] if name in named else p.default)
+        for name, p in sig.parameters.items()
+        if name != "return_dict" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        and not _has_tensor(named.get(name))
+    }
+    frames = _latent_frames(adapter, model, named)
+    want_dynamic, note = _decide_dynamic(adapter, dynamic_frames, frames)
+
+    bar = tqdm(total=3, desc=f"capture {type(model).__name__}", disable=not progress, leave=False)
+    try:
+        bar.set_postfix_str("torch.export (non-strict)")
+        log.info("capture: exporting %s (dynamic frames: %s)", type(model).__name__, want_dynamic)
+        ep = _export_with_frames(model, named, adapter, want_dynamic, dynamic_frames)
+        bar.update()
+        bar.set_postfix_str("run_decompositions({}) keeps SDPA")
+        log.info("capture: ATen graph without decompositions")
+        ep = ep.run_decompositions({})
+        bar.update()
+        bar.set_postfix_str("unlift parameters")
+        gm = ep.module()
+        bar.update()
+    finally:
+        bar.close()
+    # ep.module() forbids train()/eval() through instance attributes; the class methods work.
+    for attr in ("train", "eval"):
+        gm.__dict__.pop(attr, None)
+    _differentiable_copies(gm)
+    gm.train(model.training)
+
+    sym = _frame_symbol(gm, _frame_dim(adapter, named))
+    is_dynamic = isinstance(sym, torch.SymInt)
+    if want_dynamic and not is_dynamic:
+        note = "torch.export specialised the frame count (the model's code fixes it)"
+        if dynamic_frames is True:
+            raise CaptureError(
+                f"{type(model).__name__}: {note}; capture with dynamic_frames=False at the frame count "
+                f"you will run, or dynamic_frames='auto'"
+            )
+    frame_range = _frame_range(ep, sym, frames, is_dynamic, adapter, model)
+    gm.meta[_META_KEY] = CaptureInfo(
+        model_class=type(model).__name__, adapter=adapter.name, signature=sig,
+        graph_inputs=tuple(named), constants=constants, example_inputs=named, latent_frames=frames,
+        dynamic_frames=is_dynamic, frame_range=frame_range, frames_note=note,
+        config=getattr(model, "config", None),
+    )
+    log.info("capture: done, frames %s", frame_range)
+    return gm
+
+
+def _differentiable_copies(gm: torch.fx.GraphModule) -> int:
+    """Replace functional ``aten.copy(dst, src)`` by ``src`` where shapes and dtypes agree.
+
+    Functionalisation turns in-place slice writes (``q[:, :, n:] = rope(q[:, :, n:])``, CogVideoX
+    RoPE) into ``slice_scatter(x, copy(slice(x), src))``; ``aten.copy`` has no autograd formula, so
+    backward would fail. Its value is ``src`` (and ``dst`` gets no gradient), which is what the
+    replacement computes. Returns the number of copies replaced.
+    """
+    replaced = 0
+    for node in list(gm.graph.nodes):
+        if node.target is not torch.ops.aten.copy.default:
+            continue
+        dst, src = node.args[:2]
+        vd, vs = dst.meta.get("val"), src.meta.get("val")
+        if not (isinstance(vd, torch.Tensor) and isinstance(vs, torch.Tensor)):
+            continue
+        if vd.dtype != vs.dtype or [str(d) for d in vd.shape] != [str(d) for d in vs.shape]:
+            log.warning("capture: %s broadcasts or casts; backward through it is not supported", node.name)
+            continue
+        node.replace_all_uses_with(src)
+        gm.graph.erase_node(node)
+        if not dst.users:
+            gm.graph.erase_node(dst)
+        replaced += 1
+    if replaced:
+        gm.graph.lint()
+        gm.recompile()
+    return replaced
+
+
+def _latent_frames(adapter, model, named) -> int | None:
+    try:
+        return adapter.latent_frames(model, named)
+    except (TTTGraphError, NotImplementedError):
+        return None
+
+
+def _frame_dim(adapter, named) -> tuple[str, int] | None:
+    axis = getattr(adapter, "frame_axis", None)
+    if axis is None or not isinstance(named.get("hidden_states"), torch.Tensor):
+        return None
+    return ("hidden_states", axis)
+
+
+def _decide_dynamic(adapter, dynamic_frames, frames) -> tuple[bool, str]:
+    """Whether to ask export for a dynamic frame dim, and why not when it is not asked."""
+    if dynamic_frames is False:
+        return False, "dynamic_frames=False"
+    if not adapter.dynamic_frames:
+        reason = adapter.frames_reason or f"the {adapter.name} adapter keeps frames static"
+        if dynamic_frames is True:
+            raise CaptureError(
+                f"cannot make the frame count dynamic: {reason}; capture with dynamic_frames=False "
+                f"(or 'auto') at the frame count you will run"
+            )
+        return False, reason
+    if frames is not None and frames < 2:
+        reason = f"the example has {frames} latent frame(s); export specialises sizes 0 and 1"
+        if dynamic_frames is True:
+            raise CaptureError(f"cannot make the frame count dynamic: {reason}; capture with >= 2 frames")
+        return False, reason
+    return True, ""
+
+
+def _export_with_frames(model, named, adapter, want_dynamic, dynamic_frames):
+    spec = adapter.frame_dynamic_shapes(model, named) if want_dynamic else None
+    try:
+        return _export(model, named, spec)
+    except Exception as exc:
+        if spec is None or dynamic_frames is True:
+            raise CaptureError(
+                f"torch.export (non-strict) failed on {type(model).__name__}: {type(exc).__name__}: "
+                f"{str(exc)[:2000]}\nCheck that example_inputs are the model's real forward inputs"
+                + ("; retry with dynamic_frames=False" if spec is not None else "")
+            ) from exc
+        log.warning("capture: dynamic frames failed (%s); capturing with static frames", type(exc).__name__)
+        return _export(model, named, None)
+
+
+def _frame_range(ep, sym, frames, is_dynamic, adapter, model) -> tuple[int, int | None] | None:
+    if frames is None:
+        return None
+    if not is_dynamic:
+        return (frames, frames)
+    vr = ep.range_constraints.get(sym.node.expr)
+    if vr is None:
+        return (2, None)
+    # Unbounded ranges end at torch's IntInfinity, which int() cannot convert.
+    upper = None if str(vr.upper) in ("int_oo", "oo") else int(vr.upper)
+    return (int(vr.lower), upper)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Python-value equality as the graph's guards see it (``True`` is not ``1`` here)."""
+    if a is b:
+        return True
+    if isinstance(a, bool) != isinstance(b, bool):
+        return False
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+
+
+class CapturedModel(nn.Module):
+    """Drop-in replacement for the captured model: takes its original call, returns its output type.
+
+    The GraphModule is the only submodule (``self.graph_module``), so parameter names carry the
+    ``graph_module.`` prefix here and are the model's own names inside it. ``config``, ``dtype``
+    and ``device`` answer as the original's do, so a diffusers pipeline can use the wrapper.
+
+    Arguments that were Python values at capture (ints, bools, tuples of floats, ``None``) are
+    accepted with the captured value and refused with any other; tensor shapes are checked
+    against the graph (only the frame count of a dynamic-frame capture may change).
+    """
+
+    def __init__(self, graph_module: torch.fx.GraphModule):
+        super().__init__()
+        self.graph_module = graph_module
+        self._info = capture_info(graph_module)
+        self.config = self._info.config
+
+    @classmethod
+    def capture(cls, model: nn.Module, example_inputs: Any, **kwargs) -> CapturedModel:
+        """``CapturedModel(capture(model, example_inputs, **kwargs))``."""
+        return cls(capture(model, example_inputs, **kwargs))
+
+    @property
+    def info(self) -> CaptureInfo:
+        return self._info
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.graph_module.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.graph_module.parameters()).device
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        info = self._info
+        try:
+            bound = info.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InputMismatchError(f"{info.model_class}.forward{info.signature}: {exc}") from exc
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        return_dict = arguments.pop("return_dict", True)
+        for name, captured in info.constants.items():
+            given = arguments.get(name)
+            if not _same(given, captured):
+                raise InputMismatchError(
+                    f"argument {name!r} was the constant {captured!r} when {info.model_class} was captured, "
+                    f"got {given!r}; the graph has that value baked in. Call with {name}={captured!r}, "
+                    f"or re-capture with tttgraph.capture(model, {{..., {name!r}: {given!r}}})"
+                )
+        graph_kwargs = {name: arguments[name] for name in info.graph_inputs}
+        self._check_shapes(graph_kwargs)
+        out = self.graph_module(**graph_kwargs)
+        if return_dict or not hasattr(out, "to_tuple"):
+            return out
+        return out.to_tuple()
+
+    def _check_shapes(self, graph_kwargs: dict[str, Any]) -> None:
+        """Refuse tensors whose static dims differ from the capture, naming input and dim."""
+        leaves, spec = pytree.tree_flatten_with_path(graph_kwargs)
+        captured_spec = pytree.tree_structure(self._info.example_inputs)
+        if spec != captured_spec:
+            raise InputMismatchError(
+                f"the tensor inputs are structured as {spec}, the captured graph takes {captured_spec}; "
+                f"pass tensors where tensors were passed at capture, or re-capture with these inputs"
+            )
+        placeholders = [n for n in self.graph_module.graph.nodes if n.op == "placeholder"]
+        for (path, value), node in zip(leaves, placeholders, strict=False):
+            expected = node.meta.get("val")
+            if not isinstance(value, torch.Tensor) or not isinstance(expected, torch.Tensor):
+                continue
+            where = pytree.keystr(path)
+            if value.dim() != expected.dim():
+                raise InputMismatchError(
+                    f"input {where} has {value.dim()} dims, the captured graph takes {expected.dim()} "
+                    f"(shape {tuple(expected.shape)}); re-capture with example inputs of the new shape"
+                )
+            for dim, (got, want) in enumerate(zip(value.shape, expected.shape, strict=True)):
+                if isinstance(want, int) and got != want:
+                    hint = self._info.frames_note or "it was static at capture"
+                    raise InputMismatchError(
+                        f"input {where} has size {got} at dim {dim}, the captured graph fixed it to {want} "
+                        f"({hint}); re-capture with tttgraph.capture(model, inputs) using inputs of this size"
+                    )
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            pass
+        # Pipelines read config-like attributes of their transformer (e.g. transformer.config).
+        config = self.__dict__.get("config")
+        if config is not None and hasattr(config, name):
+            return getattr(config, name)
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
