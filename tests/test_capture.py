@@ -104,7 +104,7 @@ def test_drop_in_call_conventions():
     assert isinstance(positional, tuple) and len(positional) == 1
     assert torch.equal(positional[0], ref.sample)
     assert wrapped.train().training and not wrapped.eval().training
-    assert dict(wrapped.named_parameters()).keys() == {f"graph_module.{n}" for n, _ in model.named_parameters()}
+    assert dict(wrapped.named_parameters()).keys() == {n for n, _ in model.named_parameters()}
 
 
 def test_constants_accepted_with_captured_value_refused_otherwise():

@@ -109,6 +109,8 @@ def _concrete(size: Any, values: dict, unbacked: int | None) -> tuple[int | None
     if rest and unbacked is not None:
         free.update(dict.fromkeys(rest, unbacked))
     out = expr.xreplace(free)
+    if isinstance(out, int):  # a bare symbol is replaced by the plain int itself
+        return out, data_dependent
     if out.is_number:
         return int(out), data_dependent
     hint = size.node.hint

@@ -119,6 +119,7 @@ def capture(
     *,
     dynamic_frames: bool | str = "auto",
     progress: bool = True,
+    dynamic_text: bool = False,
 ) -> torch.fx.GraphModule:
     """Capture ``model`` called with ``example_inputs`` into a trainable GraphModule.
 
@@ -130,6 +131,8 @@ def capture(
             model's adapter allows it (CogVideoX, Wan, HunyuanVideo, Mochi, Allegro) and the example
             has at least 2 frames (export specialises sizes 0 and 1).
         progress: show a progress bar of the capture stages.
+        dynamic_text: with dynamic frames, make the text length dynamic too (segments that each
+            carry a text chunk: a longer video brings more text).
 
     Returns:
         An unlifted ``torch.fx.GraphModule`` whose parameters and buffers are the model's own
@@ -156,7 +159,7 @@ def capture(
     try:
         bar.set_postfix_str("torch.export (non-strict)")
         log.info("capture: exporting %s (dynamic frames: %s)", type(model).__name__, want_dynamic)
-        ep = _export_with_frames(model, named, adapter, want_dynamic, dynamic_frames)
+        ep = _export_with_frames(model, named, adapter, want_dynamic, dynamic_frames, dynamic_text)
         bar.update()
         bar.set_postfix_str("run_decompositions({}) keeps SDPA")
         log.info("capture: ATen graph without decompositions")
@@ -257,8 +260,10 @@ def _decide_dynamic(adapter, dynamic_frames, frames) -> tuple[bool, str]:
     return True, ""
 
 
-def _export_with_frames(model, named, adapter, want_dynamic, dynamic_frames):
+def _export_with_frames(model, named, adapter, want_dynamic, dynamic_frames, dynamic_text=False):
     spec = adapter.frame_dynamic_shapes(model, named) if want_dynamic else None
+    if spec is not None and dynamic_text:
+        spec = adapter.text_dynamic_shapes(spec, named)
     try:
         return _export(model, named, spec)
     except Exception as exc:
@@ -300,8 +305,10 @@ def _same(a: Any, b: Any) -> bool:
 class CapturedModel(nn.Module):
     """Drop-in replacement for the captured model: takes its original call, returns its output type.
 
-    The GraphModule is the only submodule (``self.graph_module``), so parameter names carry the
-    ``graph_module.`` prefix here and are the model's own names inside it. ``config``, ``dtype``
+    The GraphModule's children are registered as this module's children (the same objects), so
+    ``named_parameters()`` and ``state_dict()`` use the model's own names, and ``.to()``, ``.train()``
+    and optimizers act on the tensors the graph reads. ``self.graph_module`` is the graph itself
+    (held outside the module tree so that nothing is listed twice). ``config``, ``dtype``
     and ``device`` answer as the original's do, so a diffusers pipeline can use the wrapper.
 
     Arguments that were Python values at capture (ints, bools, tuples of floats, ``None``) are
@@ -311,7 +318,13 @@ class CapturedModel(nn.Module):
 
     def __init__(self, graph_module: torch.fx.GraphModule):
         super().__init__()
-        self.graph_module = graph_module
+        self.__dict__["graph_module"] = graph_module
+        for name, child in graph_module.named_children():
+            self.add_module(name, child)
+        for name, param in graph_module.named_parameters(recurse=False):
+            self.register_parameter(name, param)
+        for name, buf in graph_module.named_buffers(recurse=False):
+            self.register_buffer(name, buf)
         self._info = capture_info(graph_module)
         self.config = self._info.config
 

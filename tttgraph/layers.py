@@ -116,7 +116,8 @@ class GatedBidirectionalTTT(nn.Module):
     """``Z = X + tanh(alpha) * TTT(X)``, then ``Z' = Z + tanh(beta) * rev(TTT(rev(Z)))``.
 
     The same :class:`TTTMLP` runs both directions. Gates are width-vectors, separate for text and
-    video tokens, initialised to ``gate_init`` (0.1). The TTT reads the segment-interleaved order
+    video tokens (no text gates when the layout has no text), initialised to ``gate_init`` (0.1).
+    The TTT reads the segment-interleaved order
     ``[txt_0 | vid_0 | txt_1 | vid_1 | ...]`` of :class:`SequenceLayout`; the result comes back in
     the model's joint order.
 
@@ -163,12 +164,12 @@ class GatedBidirectionalTTT(nn.Module):
         self.bidirectional = bidirectional
         self.gate_init = gate_init
 
-        def gate():
-            return nn.Parameter(torch.full((width,), float(gate_init)))
-
-        self.forward_gate_text, self.forward_gate_video = gate(), gate()
-        if bidirectional:
-            self.backward_gate_text, self.backward_gate_video = gate(), gate()
+        directions = ("forward", "backward") if bidirectional else ("forward",)
+        kinds = ("text", "video") if layout.text_tokens_per_segment else ("video",)
+        for direction in directions:
+            for kind in kinds:
+                gate = nn.Parameter(torch.full((width,), float(gate_init)))
+                self.register_parameter(f"{direction}_gate_{kind}", gate)
 
     def _rope(self, num_frames: int, device) -> tuple[Tensor, Tensor] | None:
         """(cos, sin) [N, D/2] in joint-sequence order; text rows are the identity rotation."""
@@ -181,9 +182,11 @@ class GatedBidirectionalTTT(nn.Module):
 
     def gate(self, direction: str, num_frames: int) -> Tensor:
         """[N, C] tanh-gate of each joint-sequence token for the "forward" or "backward" direction."""
-        text_gate, video_gate = getattr(self, f"{direction}_gate_text"), getattr(self, f"{direction}_gate_video")
-        mask = self.layout.video_mask(num_frames).to(text_gate.device)[:, None]
-        return torch.tanh(torch.where(mask, video_gate, text_gate))
+        video_gate = getattr(self, f"{direction}_gate_video")
+        if not self.layout.text_tokens_per_segment:
+            return torch.tanh(video_gate).expand(self.layout.total_tokens(num_frames), -1)
+        mask = self.layout.video_mask(num_frames).to(video_gate.device)[:, None]
+        return torch.tanh(torch.where(mask, video_gate, getattr(self, f"{direction}_gate_text")))
 
     def _direction(self, x: Tensor, num_frames: int, rope, reverse: bool) -> Tensor:
         """TTT over the (reversed) interleaved order, returned in joint order. x: [B, N, C]."""

@@ -73,6 +73,9 @@ class ModelAdapter:
     model_classes: tuple[str, ...] = ()
     dynamic_frames: bool = False
     frames_reason: str = ""
+    # Inputs whose given dims count text tokens: dynamic when segments carry one text chunk each,
+    # so that a longer video (more segments) can bring more text.
+    text_inputs: dict[str, tuple[int, ...]] = {"encoder_hidden_states": (1,), "encoder_attention_mask": (1,)}
 
     def matches(self, model: torch.nn.Module) -> bool:
         return type(model).__name__ in self.model_classes
@@ -88,6 +91,13 @@ class ModelAdapter:
     def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:
         """Token layout of ``model`` called with ``inputs``."""
         raise NotImplementedError
+
+    def text_dynamic_shapes(self, spec: dict[str, Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """``spec`` with the text-length dims of ``text_inputs`` marked ``Dim.AUTO`` as well."""
+        for name, dims in self.text_inputs.items():
+            if isinstance(inputs.get(name), torch.Tensor):
+                mark(spec, name, *dims)
+        return spec
 
 
 def mark(spec: dict[str, Any], name: str, *dims: int) -> None:

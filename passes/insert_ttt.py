@@ -1,0 +1,123 @@
+"""Pass: insert a :class:`GatedBidirectionalTTT` after each selected attention.
+
+Where: after the attention and its out-projection, before the block's gate and residual add
+(DESIGN.md §3). In the graph that is the last node of the attention's output chain that is still
+inside the attention module and still a ``[B, N, C]`` tensor over the attention's query tokens:
+
+- CogVideoX, Wan, LTX, Allegro: the out-projection's output (CogVideoX then splits text/video);
+- HunyuanVideo single-stream blocks: the merged heads (they have no out-projection);
+- dual-stream blocks with one out-projection per stream (HunyuanVideo double-stream): the merged
+  heads of the joint sequence, before the split into the two projections.
+
+The new module is registered as ``<attention path>.gated_ttt`` and called as ``call_module`` on
+that node; every former user of the node reads the TTT's output instead. Nodes are only added,
+never moved, so no read is reordered across an in-place write.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+from tttgraph.analysis import AttentionSite
+from tttgraph.config import TTTConfig
+from tttgraph.errors import PassContractError, TTTGraphError
+from tttgraph.layers import GatedBidirectionalTTT
+from tttgraph.layout import SequenceLayout
+from tttgraph.passes.infra import GraphPass, PassResult
+
+SDPA = torch.ops.aten.scaled_dot_product_attention.default
+
+__all__ = ["InsertTTT", "TTTSite", "insertion_point"]
+
+
+@dataclass(frozen=True)
+class TTTSite:
+    """One planned TTT layer: after attention ``site``, over a sequence of ``layout``."""
+
+    site: AttentionSite
+    layout: SequenceLayout
+    rope_grid: tuple[int, int] | None
+
+    @property
+    def module_path(self) -> str:
+        return f"{self.site.module_path}.gated_ttt" if self.site.module_path else f"gated_ttt_{self.site.name}"
+
+
+def _inside(node: torch.fx.Node, path: str) -> bool:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return False
+    inner = list(stack.values())[-1][0]
+    return inner == path or inner.startswith(path + ".")
+
+
+def _tokens(node: torch.fx.Node):
+    val = node.meta.get("val")
+    return val.shape[1] if isinstance(val, torch.Tensor) and val.dim() == 3 else None
+
+
+def insertion_point(sdpa: torch.fx.Node, module_path: str) -> torch.fx.Node:
+    """Last ``[B, Nq, C]`` node of the single-user chain from ``sdpa`` inside the attention module."""
+    q_tokens = str(sdpa.meta["val"].shape[2])
+    best, node = None, sdpa
+    while len(node.users) == 1:
+        node = next(iter(node.users))
+        if node.op != "call_function" or not _inside(node, module_path):
+            break
+        if str(_tokens(node)) == q_tokens:
+            best = node
+    if best is None:
+        raise TTTGraphError(
+            f"no [B, {q_tokens}, C] output of the attention at {module_path or sdpa.name} was found to insert the TTT "
+            "layer after; the attention's output does not leave the module as one sequence tensor. Exclude this site "
+            "(TTTConfig.exclude) or register an adapter for the model"
+        )
+    return best
+
+
+class InsertTTT(GraphPass):
+    """Insert one TTT layer per planned site. Counts: ``inserted``."""
+
+    name = "insert_ttt"
+
+    def __init__(self, plan: list[TTTSite], cfg: TTTConfig):
+        self.plan, self.cfg = plan, cfg
+
+    def call(self, gm: torch.fx.GraphModule) -> PassResult:
+        nodes = {n.name: n for n in gm.graph.nodes}
+        counts: Counter = Counter()
+        ref = next(gm.parameters(), None)
+        for item in self.plan:
+            site = item.site
+            point = insertion_point(nodes[site.name], site.module_path)
+            width = point.meta["val"].shape[-1]
+            layer = GatedBidirectionalTTT(
+                int(width), site.q_shape[1], item.layout, head_dim=site.q_shape[3],
+                mlp_expansion=self.cfg.mlp_expansion, mini_batch_size=self.cfg.mini_batch_size,
+                base_lr=self.cfg.base_lr, eps=self.cfg.eps, backend=self.cfg.backend,
+                rope_grid=item.rope_grid, gate_init=self.cfg.gate_init, bidirectional=self.cfg.bidirectional,
+            )  # fmt: skip
+            if ref is not None:
+                layer = layer.to(device=ref.device, dtype=ref.dtype)
+            layer.train(gm.training)
+            gm.add_submodule(item.module_path, layer)
+            with gm.graph.inserting_after(point):
+                new = gm.graph.call_module(item.module_path, (point,))
+            new.meta = {k: v for k, v in point.meta.items() if k in ("val", "tensor_meta", "stack_trace")}
+            new.meta["nn_module_stack"] = {**(point.meta.get("nn_module_stack") or {}),
+                                           item.module_path: (item.module_path, GatedBidirectionalTTT)}
+            point.replace_all_uses_with(new, delete_user_cb=lambda user, new=new: user is not new)
+            counts["inserted"] += 1
+        return PassResult(gm, counts["inserted"] > 0, dict(counts))
+
+    def ensures(self, gm: torch.fx.GraphModule) -> None:
+        super().ensures(gm)
+        calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+        for item in self.plan:
+            if calls[item.module_path] != 1:
+                raise PassContractError(
+                    f"{self.name}: {item.module_path} is called {calls[item.module_path]} times, expected once"
+                )

@@ -1,0 +1,231 @@
+"""tttgraph.transform / inspect on tiny diffusers models of every supported family."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("diffusers")
+
+from tttgraph.config import TTTConfig  # noqa: E402
+from tttgraph.errors import NoAttentionFoundError, TTTGraphError  # noqa: E402
+from tttgraph.models import build_tiny, example_inputs  # noqa: E402
+from tttgraph.transform import TargetNotFoundError, inspect, plan_of, transform  # noqa: E402
+
+# Tiny configs: 4x4 tokens per frame, text 8 tokens. order: where the text sits in joint attention.
+FAMILIES = {
+    "cogvideox": dict(order="text_first", frames=5, seg=2),
+    "cogvideox1.5": dict(order="text_first", frames=6, seg=2),  # 2 latent frames per token frame
+    "wan2.1": dict(order="video_only", frames=5, seg=2),
+    "hunyuanvideo": dict(order="video_first", frames=5, seg=2),
+    "ltx-video": dict(order="video_only", frames=5, seg=2),
+    "allegro": dict(order="video_only", frames=5, seg=2),
+}
+TPF, TEXT = 16, 8
+
+
+def _setup(family, frames=None, seed=0, text=TEXT):
+    model = build_tiny(family, seed=seed)
+    inputs = example_inputs(model, frames or FAMILIES[family]["frames"], text_tokens=text, seed=seed)
+    return model, inputs
+
+
+def _out(model, inputs):
+    return model(**inputs, return_dict=False)[0]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_gates_at_zero_without_segments_reproduce_the_model(family):
+    model, inputs = _setup(family)
+    tm = transform(model, TTTConfig(gate_init=0.0, mini_batch_size=16), inputs, progress=False)
+    assert len(plan_of(tm).ttt_modules) >= 1
+    with torch.no_grad():
+        diff = (_out(tm, inputs) - _out(model, inputs)).abs().max().item()
+    assert diff <= 1e-6
+
+
+@pytest.mark.parametrize("family", ["cogvideox", "wan2.1", "hunyuanvideo"])
+def test_backward_reaches_every_new_parameter_and_keeps_pretrained_names(family):
+    model, inputs = _setup(family)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    tm = transform(model, TTTConfig(mini_batch_size=16), inputs, progress=False).train()
+    names = dict(tm.named_parameters())
+    assert set(before) <= set(names)
+    new = {n: p for n, p in names.items() if n not in before}
+    assert new and all(".gated_ttt." in n for n in new)
+    per_layer = 22 if family != "wan2.1" else 20  # tensors of one bidirectional layer (Wan: no text gates)
+    assert len(new) == per_layer * len(plan_of(tm).ttt_modules)
+    _out(tm, inputs).square().mean().backward()
+    for n, p in new.items():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), n
+        # The last block's text outputs are discarded by these models, so its text gates get exact
+        # zeros; every other tensor must be trained.
+        assert p.grad.abs().sum() > 0 or n.endswith("gate_text"), n
+    text_gates = [p for n, p in new.items() if n.endswith("gate_text")]
+    assert not text_gates or any(p.grad.abs().sum() > 0 for p in text_gates)
+    for n, p in before.items():
+        assert torch.equal(names[n].detach(), p), n
+
+
+# ---------------------------------------------------------------------------------------------
+# Segment-local attention, checked against the original eager model whose SDPA calls are swapped
+# for a per-segment loop written here (independent of tttgraph's gathers and index tensors).
+# ---------------------------------------------------------------------------------------------
+
+
+def _windows(frames, s, o):
+    n = max(1, math.ceil((frames - o) / s))
+    return [(i * s, min(i * s + s + o, frames)) for i in range(n)]
+
+
+def _looped(q, k, v, attn_mask, groups, nq):
+    """Attend within each (query rows, key rows) group; average rows that several groups hold."""
+    out, hits = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=q.dtype), torch.zeros(nq)
+    mask = None if attn_mask is None else attn_mask.expand(q.shape[0], q.shape[1], nq, k.shape[2])
+    for rows, cols in groups:
+        rows, cols = torch.tensor(rows), torch.tensor(cols)
+        m = None if mask is None else mask[:, :, rows][:, :, :, cols]
+        out[:, :, rows] += F.scaled_dot_product_attention(q[:, :, rows], k[:, :, cols], v[:, :, cols], attn_mask=m)
+        hits[rows] += 1
+    return out / hits[:, None]
+
+
+@contextlib.contextmanager
+def segment_local_sdpa(frames, s, o, order, text_tokens_per_segment):
+    original = F.scaled_dot_product_attention
+    windows = _windows(frames, s, o)
+    lt, nv = text_tokens_per_segment, frames * TPF
+    nt = lt * len(windows)
+    joint = order != "video_only"
+    text_at, video_at = {"text_first": (0, nt), "video_first": (nv, 0)}.get(order, (0, 0))
+
+    def video(i):
+        a, b = windows[i]
+        return list(range(video_at + a * TPF, video_at + b * TPF))
+
+    def text(i):
+        return list(range(text_at + i * lt, text_at + (i + 1) * lt))
+
+    def patched(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        q, k, v = query, key, value
+        nq, nk = q.shape[2], k.shape[2]
+        if joint and nq == nk == nt + nv:
+            groups = [(text(i) + video(i),) * 2 for i in range(len(windows))]
+        elif nq == nk == nv:
+            groups = [(video(i),) * 2 for i in range(len(windows))]
+        elif nq == nv and nk == nt:
+            groups = [([r - video_at for r in video(i)], [c - text_at for c in text(i)]) for i in range(len(windows))]
+        elif nq == nk == nt:
+            groups = [([c - text_at for c in text(i)],) * 2 for i in range(len(windows))]
+        else:
+            return original(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
+        assert scale is None and not is_causal
+        return _looped(q, k, v, attn_mask, groups, nq)
+
+    F.scaled_dot_product_attention = patched
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "cogvideox1.5"])
+def test_segments_match_an_eager_per_segment_reference(family):
+    spec = FAMILIES[family]
+    model, inputs = _setup(family)
+    cfg = TTTConfig(gate_init=0.0, mini_batch_size=16, segment_latent_frames=spec["seg"], segment_overlap_frames=1)
+    tm = transform(model, cfg, inputs, progress=False)
+    plan = plan_of(tm)
+    assert sum(s.segment for s in plan.sites) >= 2
+    with torch.no_grad():
+        got = _out(tm, inputs)
+        plain = _out(model, inputs)
+        with segment_local_sdpa(spec["frames"], spec["seg"], 1, spec["order"], TEXT // 2):
+            expected = _out(model, inputs)
+    assert (expected - plain).abs().max() > 1e-3  # the reference really is local
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def _frame_outputs(out, family):
+    """[B, F, ...] view of the model output (diffusers returns [B, F, C, H, W] or [B, C, F, H, W])."""
+    return out if family.startswith("cogvideox") else out.transpose(1, 2)
+
+
+@pytest.mark.parametrize("family", ["cogvideox", "wan2.1"])
+def test_first_segment_is_blind_to_the_last_without_ttt_and_sees_it_with_ttt(family):
+    spec = FAMILIES[family]
+    model, inputs = _setup(family, text=9)  # 3 chunks of 3 for 3 segments
+    changed = dict(inputs)
+    text = inputs["encoder_hidden_states"].clone()
+    text[:, -3:] += 1.0  # the last segment's text chunk (5 frames in segments of 2: 3 chunks)
+    video = inputs["hidden_states"].clone()
+    frame_dim = 1 if family.startswith("cogvideox") else 2
+    video.narrow(frame_dim, spec["frames"] - 1, 1).add_(1.0)  # the last frame, only in the last window
+    changed.update(encoder_hidden_states=text, hidden_states=video)
+    # No overlap: a shared frame would carry the change into the first window one block later.
+    own = slice(0, spec["seg"])
+    for gate, should_change in ((0.0, False), (0.5, True)):
+        cfg = TTTConfig(gate_init=gate, mini_batch_size=16, segment_latent_frames=spec["seg"])
+        tm = transform(model, cfg, inputs, progress=False)
+        with torch.no_grad():
+            a = _frame_outputs(_out(tm, inputs), family)[:, own]
+            b = _frame_outputs(_out(tm, changed), family)[:, own]
+        assert (not torch.equal(a, b)) == should_change, f"gate {gate}"
+
+
+@pytest.mark.parametrize("family", ["cogvideox", "wan2.1"])
+def test_runs_at_a_longer_frame_count_than_captured(family):
+    spec = FAMILIES[family]
+    model, inputs = _setup(family)
+    cfg = TTTConfig(gate_init=0.0, mini_batch_size=16, segment_latent_frames=spec["seg"], segment_overlap_frames=1)
+    tm = transform(model, cfg, inputs, progress=False)
+    frames = spec["frames"] + 4  # 2 more segments, 2 more text chunks
+    longer = example_inputs(model, frames, text_tokens=(TEXT // 2) * len(_windows(frames, spec["seg"], 1)), seed=3)
+    with torch.no_grad():
+        got = _out(tm, longer)
+        with segment_local_sdpa(frames, spec["seg"], 1, spec["order"], TEXT // 2):
+            expected = _out(model, longer)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cross_attention_gets_no_ttt_unless_targeted():
+    model, inputs = _setup("wan2.1")
+    plan = inspect(model, TTTConfig(), inputs)
+    cross = [s for s in plan.sites if s.kind == "cross"]
+    assert cross and not any(s.ttt for s in cross)
+    assert all(s.ttt for s in plan.sites if s.kind == "video")
+    targeted = inspect(model, TTTConfig(targets=["blocks.*.attn2"]), inputs)
+    assert [s.module_path for s in targeted.sites if s.ttt] == ["blocks.0.attn2", "blocks.1.attn2"]
+    only_first = inspect(model, TTTConfig(exclude=["blocks.1.*"]), inputs)
+    assert [s.module_path for s in only_first.sites if s.ttt] == ["blocks.0.attn1"]
+
+
+def test_inspect_changes_nothing_and_describes_the_plan():
+    model, inputs = _setup("cogvideox")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    modules = [n for n, _ in model.named_modules()]
+    plan = inspect(model, TTTConfig(segment_latent_frames=2, segment_overlap_frames=1), inputs)
+    assert [n for n, _ in model.named_modules()] == modules
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    text = str(plan)
+    assert "transformer_blocks.0.attn1" in text and "TTT layers: 2" in text and "4 text tokens each" in text
+    assert plan.added_parameters == 2 * 8802
+
+
+def test_errors_name_what_was_searched():
+    model, inputs = _setup("wan2.1")
+    with pytest.raises(TargetNotFoundError, match=r"'blocks\.\*\.attn9' matches no attention module.*blocks.0.attn1"):
+        inspect(model, TTTConfig(targets=["blocks.*.attn9"]), inputs)
+    with pytest.raises(NoAttentionFoundError, match=r"blocks.0.attn1 \(video/thw: not selected"):
+        inspect(model, TTTConfig(exclude=["**"]), inputs)
+    latte = build_tiny("latte")
+    with pytest.raises(NoAttentionFoundError, match="attention over one frame: TTT needs the whole video"):
+        inspect(latte, TTTConfig(), example_inputs(latte))
+    with pytest.raises(TTTGraphError, match="don't split into 2 segments"):
+        inspect(model, TTTConfig(segment_latent_frames=2, segment_overlap_frames=1),
+                example_inputs(model, 5, text_tokens=7))

@@ -1,0 +1,224 @@
+"""``TTTConfig``: what ``tttgraph.transform`` does to a model, as a frozen, versioned value.
+
+It round-trips through JSON (``to_json`` / ``from_json``), which is how ``tttgraph.save`` records
+the recipe that ``tttgraph.restore`` re-applies. Unknown keys, wrong types and out-of-range values
+are refused with the name of the field and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tttgraph.errors import TTTGraphError
+from tttgraph.kernels.ttt_mlp.backends import parse_backend
+
+CONFIG_VERSION = 1
+
+
+class ConfigError(TTTGraphError):
+    """A TTTConfig field or a saved recipe is invalid."""
+
+
+@dataclass(frozen=True)
+class TTTConfig:
+    """How to rewrite a video DiT into the one-minute-video architecture.
+
+    Attributes:
+        targets: module-path patterns of the attention modules to rewrite: shell globs
+            (``"transformer_blocks.*.attn1"``) or regexes prefixed with ``re:``. Empty (default):
+            every self-attention over video tokens. Cross-attention (text keys only) is left alone
+            unless a pattern names it.
+        exclude: patterns of attention modules never to rewrite.
+        filter_fn: optional ``fn(module_path, module) -> bool``, applied after targets/exclude.
+            Not serialisable: a config with one can't be saved.
+        segment_latent_frames: S, latent frames per attention segment; None = no segmentation
+            (attention stays global). The reference uses 12 (3 s of video).
+        segment_overlap_frames: O, latent frames shared by neighbouring segments (reference: 1).
+        text_tokens_per_segment: text tokens per segment; None = the model's text length divided
+            evenly among the segments of the example inputs.
+        mini_batch_size: TTT inner mini-batch (tokens per gradient step).
+        base_lr: inner learning-rate scale.
+        mlp_expansion: inner MLP hidden size / head dim.
+        gate_init: initial value of the TTT gates (tanh applied on use); 0 makes the new layers the
+            identity at the start.
+        bidirectional: add the reverse-direction TTT pass.
+        rope: 3D RoPE on the TTT layer's q and k of video tokens.
+        eps: LayerNorm epsilon of the inner model (inside the square root).
+        backend: ``tttgraph::ttt_mlp`` backend: "auto", "reference", "triton", "cuda_sm90".
+        version: format version of the serialised config.
+    """
+
+    targets: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    filter_fn: Callable[[str, Any], bool] | None = field(default=None, compare=False)
+    segment_latent_frames: int | None = None
+    segment_overlap_frames: int = 0
+    text_tokens_per_segment: int | None = None
+    mini_batch_size: int = 64
+    base_lr: float = 0.1
+    mlp_expansion: int = 4
+    gate_init: float = 0.1
+    bidirectional: bool = True
+    rope: bool = True
+    eps: float = 1e-6
+    backend: str = "auto"
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self):
+        for name in ("targets", "exclude"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                raise ConfigError(f"{name} must be a list of patterns, got the string {value!r}; write [{value!r}]")
+            object.__setattr__(self, name, tuple(value))
+            for pattern in getattr(self, name):
+                _compile(pattern, name)
+        _check_int(self, "mini_batch_size", 1)
+        _check_int(self, "mlp_expansion", 1)
+        _check_int(self, "segment_overlap_frames", 0)
+        if self.segment_latent_frames is not None:
+            _check_int(self, "segment_latent_frames", 1)
+        elif self.segment_overlap_frames:
+            raise ConfigError("segment_overlap_frames needs segment_latent_frames (segmentation is off)")
+        if self.text_tokens_per_segment is not None:
+            _check_int(self, "text_tokens_per_segment", 0)
+        for name in ("base_lr", "eps"):
+            if not isinstance(getattr(self, name), (int, float)) or not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be a number > 0, got {getattr(self, name)!r}")
+        if not isinstance(self.gate_init, (int, float)):
+            raise ConfigError(f"gate_init must be a number, got {self.gate_init!r}")
+        parse_backend(self.backend)
+        if self.version != CONFIG_VERSION:
+            raise ConfigError(
+                f"config version {self.version} is not supported by this tttgraph (which writes version "
+                f"{CONFIG_VERSION}); upgrade tttgraph or re-create the config"
+            )
+
+    # ------------------------------------------------------------------ matching
+
+    def selects(self, module_path: str, module: Any = None, *, cross_attention: bool = False) -> bool:
+        """Whether the attention module at ``module_path`` is rewritten under this config."""
+        if any(_compile(p).fullmatch(module_path) for p in self.exclude):
+            return False
+        if self.targets:
+            chosen = any(_compile(p).fullmatch(module_path) for p in self.targets)
+        else:
+            chosen = not cross_attention
+        if chosen and self.filter_fn is not None:
+            chosen = bool(self.filter_fn(module_path, module))
+        return chosen
+
+    # ------------------------------------------------------------------ serialisation
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.filter_fn is not None:
+            raise ConfigError(
+                "a config with filter_fn can't be serialised (it is code); express the selection with "
+                "targets/exclude patterns to save it"
+            )
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "filter_fn"}
+        out["targets"], out["exclude"] = list(self.targets), list(self.exclude)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TTTConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"a TTTConfig must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)} - {"filter_fn"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown TTTConfig key(s) {unknown}; valid keys are {sorted(known)}")
+        types = {"targets": list, "exclude": list, "bidirectional": bool, "rope": bool, "backend": str}
+        for key, typ in types.items():
+            if key in data and not isinstance(data[key], typ):
+                raise ConfigError(f"TTTConfig.{key} must be a {typ.__name__}, got {data[key]!r}")
+        return cls(**data)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TTTConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"not valid JSON for a TTTConfig: {err}") from None
+        return cls.from_dict(data)
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_atomic(path, self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TTTConfig:
+        return cls.from_json(Path(path).read_text())
+
+    def replace(self, **changes) -> TTTConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _check_int(cfg: TTTConfig, name: str, minimum: int) -> None:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+_PATTERN_CACHE: dict[str, re.Pattern] = {}
+
+
+def _compile(pattern: str, field_name: str = "targets") -> re.Pattern:
+    """``re:...`` is a regex; anything else a shell glob over the dotted module path."""
+    if pattern not in _PATTERN_CACHE:
+        if not isinstance(pattern, str) or not pattern:
+            raise ConfigError(f"{field_name} patterns must be non-empty strings, got {pattern!r}")
+        if pattern.startswith("re:"):
+            try:
+                _PATTERN_CACHE[pattern] = re.compile(pattern[3:])
+            except re.error as err:
+                raise ConfigError(f"{field_name} pattern {pattern!r} is not a valid regex: {err}") from None
+        else:
+            _PATTERN_CACHE[pattern] = re.compile(_glob_to_regex(pattern))
+    return _PATTERN_CACHE[pattern]
+
+
+def _glob_to_regex(glob: str) -> str:
+    """Glob over dotted paths: ``*`` matches within one path component, ``**`` across components."""
+    out = []
+    i = 0
+    while i < len(glob):
+        if glob.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif glob[i] == "*":
+            out.append("[^.]*")
+            i += 1
+        elif glob[i] == "?":
+            out.append("[^.]")
+            i += 1
+        else:
+            out.append(re.escape(glob[i]))
+            i += 1
+    return "".join(out)
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write a file so that readers see the old content or the new, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,235 @@
+"""``inspect`` (dry run) and ``transform``: capture -> analyse -> plan -> rewrite -> verify -> lower.
+
+``transform(model, cfg, example_inputs)`` returns a :class:`~tttgraph.capture.CapturedModel`: it
+takes the model's original call and returns its output type, with
+
+- segment-local attention at every attention over video frames (when ``cfg`` segments), and
+- a gated bidirectional TTT-MLP layer after every selected self-attention,
+
+keeping every pretrained parameter under its own name. ``inspect`` builds the same plan without
+changing anything and prints as a table.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from tttgraph.adapters import TokenLayout
+from tttgraph.analysis import Analysis, AttentionSite, analyse
+from tttgraph.capture import CapturedModel, bind_inputs, capture, capture_info
+from tttgraph.config import TTTConfig
+from tttgraph.errors import NoAttentionFoundError, TTTGraphError
+from tttgraph.layers import GatedBidirectionalTTT
+from tttgraph.layout import SequenceLayout
+from tttgraph.passes import normalize_attention
+from tttgraph.passes.insert_ttt import InsertTTT, TTTSite
+from tttgraph.passes.lower_ttt import LowerTTT
+from tttgraph.passes.segment_attention import SegmentAttentionPass
+from tttgraph.passes.site_layout import Segmentation, segmentation, site_layout
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SitePlan", "TransformPlan", "inspect", "transform"]
+
+PLAN_KEY = "tttgraph_plan"
+_TTT_KINDS = {("joint", "thw"), ("video", "thw")}
+
+
+class TargetNotFoundError(TTTGraphError):
+    """A TTTConfig target pattern matched no attention module."""
+
+
+@dataclass(frozen=True)
+class SitePlan:
+    """What happens at one attention site: segment-local attention, a TTT layer, or why not."""
+
+    name: str
+    module_path: str
+    kind: str
+    axes: str | None
+    q_shape: tuple
+    k_shape: tuple
+    segment: bool
+    ttt: bool
+    note: str = ""
+
+
+@dataclass
+class TransformPlan:
+    """The dry-run result: the model's layout, each site's fate, and what the rewrite adds."""
+
+    model_class: str
+    adapter: str
+    layout: TokenLayout
+    config: TTTConfig
+    segmentation: Segmentation
+    sites: list[SitePlan]
+    added_parameters: int
+    frame_range: tuple[int, int | None] | None
+    ttt_sites: list[TTTSite] = field(default_factory=list, repr=False)
+    segment_sites: dict[str, tuple[AttentionSite, SequenceLayout]] = field(default_factory=dict, repr=False)
+    backends: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ttt_modules(self) -> list[str]:
+        return [item.module_path for item in self.ttt_sites]
+
+    def __str__(self) -> str:
+        lay, seg = self.layout, self.segmentation
+        head = [
+            f"tttgraph plan for {self.model_class} (adapter {self.adapter})",
+            f"  layout: {lay.text_tokens} text tokens, {lay.frames} token frames x {lay.tokens_per_frame} tokens "
+            f"(grid {lay.grid[0]}x{lay.grid[1]}, patch {lay.patch_size}), {lay.order}",
+            "  segments: " + ("off (attention stays global)" if seg.frames_per_segment is None else
+                              f"{seg.frames_per_segment} token frames + {seg.overlap_frames} overlap, "
+                              f"{seg.text_tokens_per_segment} text tokens each"),
+            f"  frames accepted: {self.frame_range}",
+            f"  TTT layers: {sum(s.ttt for s in self.sites)}, "
+            f"segment-local attentions: {sum(s.segment for s in self.sites)}, "
+            f"added parameters: {self.added_parameters:,}",
+        ]
+        rows = [("site", "module", "kind", "q shape", "segment", "TTT", "note")]
+        for s in self.sites:
+            kind = s.kind + (f"/{s.axes}" if s.axes else "")
+            shape = "x".join(map(str, s.q_shape))
+            flags = ("yes" if s.segment else "-", "yes" if s.ttt else "-")
+            rows.append((s.name, s.module_path, kind, shape, *flags, s.note))
+        widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+        table = ["  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+        return "\n".join(head + table)
+
+
+def _ttt_note(site: AttentionSite, cfg: TTTConfig) -> tuple[bool, str]:
+    cross = site.kind == "cross"
+    if not cfg.selects(site.module_path, cross_attention=cross):
+        return False, "cross-attention: not targeted" if cross else "not selected by targets/exclude"
+    if (site.kind, site.axes) in _TTT_KINDS or cross:
+        if site.data_dependent:
+            return False, "sequence length depends on input values (Mochi's text selection): not supported"
+        return True, ""
+    if site.kind == "video":
+        span = "frame" if site.axes == "hw" else "patch over time"
+        return False, f"attention over one {span}: TTT needs the whole video"
+    return False, f"{site.kind} attention: no video sequence"
+
+
+def _plan(gm: torch.fx.GraphModule, analysis: Analysis, cfg: TTTConfig) -> TransformPlan:
+    layout = analysis.layout
+    seg = segmentation(cfg, layout)
+    info = capture_info(gm)
+    _check_targets(cfg, analysis.sites)
+    sites, ttt_sites, segment_sites = [], [], {}
+    for site in analysis.sites:
+        ttt, note = _ttt_note(site, cfg)
+        seq = site_layout(site, layout, seg)
+        excluded = not cfg.selects(site.module_path, cross_attention=False) and not site.kind == "cross"
+        segment = (seg.frames_per_segment is not None and seq is not None and not site.is_causal
+                   and not site.data_dependent and not excluded)
+        if segment:
+            segment_sites[site.name] = (site, seq)
+        if ttt:
+            ttt_layout = seq if site.kind != "cross" else SequenceLayout(
+                0, layout.tokens_per_frame, seg.frames_per_segment, seg.overlap_frames)
+            rope = layout.grid if cfg.rope else None
+            ttt_sites.append(TTTSite(site, ttt_layout, rope))
+        sites.append(SitePlan(site.name, site.module_path, site.kind, site.axes, site.q_shape, site.k_shape,
+                              segment, ttt, note))
+    added = sum(_count_params(item, cfg, gm) for item in ttt_sites)
+    return TransformPlan(info.model_class, analysis.adapter, layout, cfg, seg, sites, added, info.frame_range,
+                         ttt_sites, segment_sites)
+
+
+def _check_targets(cfg: TTTConfig, sites: tuple[AttentionSite, ...]) -> None:
+    from tttgraph.config import _compile
+
+    paths = [s.module_path for s in sites]
+    for pattern in cfg.targets:
+        if not any(_compile(pattern).fullmatch(p) for p in paths):
+            raise TargetNotFoundError(
+                f"target pattern {pattern!r} matches no attention module; the attention modules are: "
+                f"{sorted(set(paths))}"
+            )
+
+
+def _count_params(item: TTTSite, cfg: TTTConfig, gm) -> int:
+    from tttgraph.passes.insert_ttt import insertion_point
+
+    nodes = {n.name: n for n in gm.graph.nodes}
+    width = int(insertion_point(nodes[item.site.name], item.site.module_path).meta["val"].shape[-1])
+    with torch.device("meta"):
+        layer = GatedBidirectionalTTT(width, item.site.q_shape[1], item.layout, head_dim=item.site.q_shape[3],
+                                      mlp_expansion=cfg.mlp_expansion, bidirectional=cfg.bidirectional)
+    return sum(p.numel() for p in layer.parameters())
+
+
+def _capture_and_plan(model: nn.Module, cfg: TTTConfig, example_inputs: Any, progress: bool):
+    if not isinstance(cfg, TTTConfig):
+        raise TypeError(f"cfg must be a tttgraph.TTTConfig, got {type(cfg).__name__}")
+    if isinstance(model, CapturedModel):
+        raise TTTGraphError("this model was already transformed or captured; pass the original model")
+    _, named = bind_inputs(model, example_inputs)
+    gm = capture(model, named, progress=progress, dynamic_text=cfg.segment_latent_frames is not None)
+    normalize_attention(gm)
+    analysis = analyse(gm, model, named)
+    plan = _plan(gm, analysis, cfg)
+    if not plan.ttt_sites:
+        found = ", ".join(f"{s.module_path} ({s.kind}{'/' + s.axes if s.axes else ''}: {s.note})"
+                          for s in plan.sites) or "no attention at all"
+        raise NoAttentionFoundError(
+            f"no attention of {plan.model_class} takes a TTT layer under this config. Searched every "
+            f"aten.scaled_dot_product_attention node (after normalising manual attention): {found}. "
+            "Check TTTConfig.targets/exclude, or register an adapter (tttgraph.register_adapter)"
+        )
+    return gm, plan
+
+
+def inspect(model: nn.Module, cfg: TTTConfig, example_inputs: Any, *, progress: bool = False) -> TransformPlan:
+    """Dry run: what ``transform`` would do to ``model`` (the model is not changed).
+
+    ``example_inputs``: the forward keyword arguments as a dict (a tuple of positional ones works).
+    """
+    _, plan = _capture_and_plan(model, cfg, example_inputs, progress)
+    return plan
+
+
+def transform(model: nn.Module, cfg: TTTConfig, example_inputs: Any, *, progress: bool = True) -> CapturedModel:
+    """Rewrite ``model`` into the one-minute-video architecture; returns a trainable drop-in module.
+
+    Args:
+        model: a video DiT (diffusers model classes have adapters; others use the generic one).
+        cfg: what to rewrite (see :class:`TTTConfig`; presets in ``tttgraph.presets``).
+        example_inputs: the forward keyword arguments as a dict (a tuple of positional ones works);
+            the frame count is dynamic afterwards where the model family allows it.
+        progress: show capture progress.
+
+    The result shares the pretrained parameters with ``model`` (same tensors, same names) and adds
+    ``<attention>.gated_ttt`` modules; ``result.plan`` is the :class:`TransformPlan`.
+    """
+    gm, plan = _capture_and_plan(model, cfg, example_inputs, progress)
+    results = {"insert_ttt": InsertTTT(plan.ttt_sites, cfg)(gm)}
+    if plan.segment_sites:
+        results["segment_attention"] = SegmentAttentionPass(plan.segment_sites)(gm)
+    lower = LowerTTT(cfg.backend)
+    results["lower_ttt"] = lower(gm)
+    plan.backends = lower.chosen
+    for name, result in results.items():
+        log.info("transform: %s %s", name, result.counts)
+    gm.meta[PLAN_KEY] = plan
+    gm.train(model.training)
+    return CapturedModel(gm)
+
+
+def plan_of(model: nn.Module) -> TransformPlan:
+    """The :class:`TransformPlan` of a model returned by :func:`transform`."""
+    gm = getattr(model, "graph_module", None)
+    plan = getattr(gm, "meta", {}).get(PLAN_KEY) if gm is not None else None
+    if plan is None:
+        raise TTTGraphError(
+            f"{type(model).__name__} was not produced by tttgraph.transform; transform it first"
+        )
+    return plan
