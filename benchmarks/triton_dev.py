@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import statistics
@@ -26,7 +27,7 @@ FWD_FLOP_PER_TOKEN_HEAD = 229_376
 GRAD_NAMES = ("dq", "dk", "dv", "deta", "dln_weight", "dln_bias", "dw1", "db1", "dw2", "db2")
 
 
-def _import_kernels():
+def _import_kernels(alt_file: str = ""):
     """Import the reference and Triton backends from this tree, with or without an install.
 
     If ``tttgraph`` itself does not import (a half-finished tree), register bare package objects for
@@ -44,6 +45,12 @@ def _import_kernels():
             pkg.__path__ = [os.path.join(root, path)]
             sys.modules[name] = pkg
     ref = importlib.import_module("tttgraph.kernels.ttt_mlp.reference")
+    if alt_file:  # another version of triton.py (e.g. the previous one, for a baseline on the same card)
+        spec = importlib.util.spec_from_file_location("tttgraph.kernels.ttt_mlp.triton_alt", alt_file)
+        tk = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = tk
+        spec.loader.exec_module(tk)
+        return ref, tk
     tk = importlib.import_module("tttgraph.kernels.ttt_mlp.triton")
     return ref, tk
 
@@ -89,11 +96,12 @@ def rel_err(x, ref) -> float:
     return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
-def probe(ref, tk, pair: str) -> None:
-    """Run one launch configuration at B=1, H=2, T=1000 (bf16) and report errors or the failure."""
-    bf, nw = (int(x) for x in pair.split(":"))
-    tk.CONFIG_OVERRIDE = {"fwd": dict(BF=bf, num_warps=nw), "bwd": dict(BF=bf, num_warps=nw)}
-    args = make_inputs(1, 2, 1000, 64, 256, torch.bfloat16, seed=3)
+def probe(ref, tk, pair: str, seq_len: int = 1000) -> None:
+    """Run one launch configuration at B=1, H=2, T=seq_len (bf16) and report errors or the failure."""
+    cfg = _parse_config(pair)
+    bf, nw = cfg["BF"], cfg["num_warps"]
+    tk.CONFIG_OVERRIDE = {"fwd": cfg, "bwd": cfg}
+    args = make_inputs(1, 2, seq_len, 64, 256, torch.bfloat16, seed=3)
     go = torch.randn_like(args[0])
     a32 = tuple(a.float() for a in args)
     r_out, r_st = ref.forward(*a32, 64, 1e-6, 4, True)
@@ -107,6 +115,14 @@ def probe(ref, tk, pair: str) -> None:
     print(f"probe BF={bf} warps={nw}: bwd ok, max grad err {err:.1e}", flush=True)
 
 
+def _parse_config(spec: str) -> dict:
+    vals = [int(x) for x in spec.split(":")]
+    cfg = dict(BF=vals[0], num_warps=vals[1])
+    if len(vals) > 2:
+        cfg["num_stages"] = vals[2]
+    return cfg
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seq-lens", default="18048,101376,351168")
@@ -117,11 +133,15 @@ def main() -> None:
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--budget-s", type=float, default=420.0, help="skip a T predicted to end past this")
     parser.add_argument("--probe", default="", help="BF:warps: only check fwd, then bwd, at a small size")
+    parser.add_argument("--probe-t", type=int, default=1000)
+    parser.add_argument("--fwd-configs", default="",
+                        help="BF:warps[:stages] for the forward alone, timed at the first T; the fastest is kept")
+    parser.add_argument("--kernel-file", default="", help="time this copy of triton.py instead (a baseline)")
     opts = parser.parse_args()
     t_start = time.time()
-    ref, tk = _import_kernels()
+    ref, tk = _import_kernels(opts.kernel_file)
     if opts.probe:
-        probe(ref, tk, opts.probe)
+        probe(ref, tk, opts.probe, opts.probe_t)
         return
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
     bsz, heads, dim, hidden, mb, every = 1, opts.heads, 64, 256, 64, opts.every
@@ -147,8 +167,8 @@ def main() -> None:
         go = torch.randn_like(args[0])
         best = {"fwd": (float("inf"), None), "bwd": (float("inf"), None)}
         for pair in opts.configs.split(","):
-            bf, nw = (int(x) for x in pair.split(":"))
-            cfg = dict(BF=bf, num_warps=nw)
+            cfg = _parse_config(pair)
+            bf, nw = cfg["BF"], cfg["num_warps"]
             tk.CONFIG_OVERRIDE = {"fwd": cfg, "bwd": cfg}
             t0 = time.time()
             try:
@@ -168,10 +188,29 @@ def main() -> None:
         tk.CONFIG_OVERRIDE = {}
         for kind, (_ms, pair) in best.items():
             if pair is not None:
-                bf, nw = (int(x) for x in pair.split(":"))
-                tk.CONFIG_OVERRIDE[kind] = dict(BF=bf, num_warps=nw)
+                tk.CONFIG_OVERRIDE[kind] = _parse_config(pair)
         print("table uses", tk.CONFIG_OVERRIDE, flush=True)
         del args, go
+
+    if opts.fwd_configs:
+        args = make_inputs(bsz, heads, seq_lens[0], dim, hidden, torch.bfloat16)
+        best = (float("inf"), None)
+        for spec in opts.fwd_configs.split(","):
+            cfg = _parse_config(spec)
+            tk.CONFIG_OVERRIDE["fwd"] = cfg
+            try:
+                tk.forward(*args, mb, eps, every, True)
+                torch.cuda.synchronize()
+            except Exception as err:  # noqa: BLE001 - a config that does not compile is reported
+                print(f"fwd config {cfg}: failed: {str(err)[:200]}", flush=True)
+                continue
+            f_ms = time_ms(lambda a=args: tk.forward(*a, mb, eps, every, True), reps=5)
+            best = min(best, (f_ms, spec), key=lambda x: x[0])
+            print(f"fwd config {cfg}: {f_ms:.2f} ms", flush=True)
+        if best[1] is not None:
+            tk.CONFIG_OVERRIDE["fwd"] = _parse_config(best[1])
+        print("table uses", tk.CONFIG_OVERRIDE, flush=True)
+        del args
 
     # 3. The table: bf16, B=1, H=48.
     per_token_ms = None

@@ -94,14 +94,16 @@ class InsertTTT(GraphPass):
             site = item.site
             point = insertion_point(nodes[site.name], site.module_path)
             width = point.meta["val"].shape[-1]
-            layer = GatedBidirectionalTTT(
-                int(width), site.q_shape[1], item.layout, head_dim=site.q_shape[3],
-                mlp_expansion=self.cfg.mlp_expansion, mini_batch_size=self.cfg.mini_batch_size,
-                base_lr=self.cfg.base_lr, eps=self.cfg.eps, backend=self.cfg.backend,
-                rope_grid=item.rope_grid, gate_init=self.cfg.gate_init, bidirectional=self.cfg.bidirectional,
-            )  # fmt: skip
+            # Built on the model's device: 42 CogVideoX-5B layers are 1.66B parameters to initialise.
+            with torch.device(ref.device if ref is not None else "cpu"):
+                layer = GatedBidirectionalTTT(
+                    int(width), site.q_shape[1], item.layout, head_dim=site.q_shape[3],
+                    mlp_expansion=self.cfg.mlp_expansion, mini_batch_size=self.cfg.mini_batch_size,
+                    base_lr=self.cfg.base_lr, eps=self.cfg.eps, backend=self.cfg.backend,
+                    rope_grid=item.rope_grid, gate_init=self.cfg.gate_init, bidirectional=self.cfg.bidirectional,
+                )  # fmt: skip
             if ref is not None:
-                layer = layer.to(device=ref.device, dtype=ref.dtype)
+                layer = layer.to(dtype=ref.dtype)
             layer.train(gm.training)
             gm.add_submodule(item.module_path, layer)
             with gm.graph.inserting_after(point):

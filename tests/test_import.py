@@ -12,7 +12,7 @@ HEAVY = ["diffusers", "transformers", "triton", "onnx", "onnxruntime", "onnxscri
 def test_import_loads_no_optional_integration_and_no_cuda():
     code = (
         "import json, sys, torch\n"
-        "import tttgraph, tttgraph.ops, tttgraph.kernels.ttt_mlp, tttgraph.passes\n"
+        "import tttgraph, tttgraph.ops, tttgraph.kernels.ttt_mlp, tttgraph.passes, tttgraph.rewrite\n"
         f"print(json.dumps({{'mods': [m for m in {HEAVY!r} if m in sys.modules],"
         " 'cuda': torch.cuda.is_initialized()}))\n"
     )

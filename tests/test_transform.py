@@ -14,7 +14,7 @@ pytest.importorskip("diffusers")
 from tttgraph.config import TTTConfig  # noqa: E402
 from tttgraph.errors import NoAttentionFoundError, TTTGraphError  # noqa: E402
 from tttgraph.models import build_tiny, example_inputs  # noqa: E402
-from tttgraph.transform import TargetNotFoundError, inspect, plan_of, transform  # noqa: E402
+from tttgraph.rewrite import TargetNotFoundError, inspect, plan_of, transform  # noqa: E402
 
 # Tiny configs: 4x4 tokens per frame, text 8 tokens. order: where the text sits in joint attention.
 FAMILIES = {

@@ -1,8 +1,17 @@
 """tttgraph: turn a pretrained video diffusion transformer into a one-minute video generator.
 
-Importing this package loads only torch: diffusers, triton, onnx and tensorrt are imported lazily
-by the parts that need them, and CUDA is not initialised.
+    cfg = tttgraph.TTTConfig(segment_latent_frames=12, segment_overlap_frames=1)  # or tttgraph.presets.*
+    print(tttgraph.inspect(model, cfg, example_inputs=inputs))                   # dry run
+    model = tttgraph.transform(model, cfg, example_inputs=inputs)                # trainable drop-in
+    tttgraph.save(model, "run/ttt");  model = tttgraph.restore(fresh_base, "run/ttt")
+
+Importing this package loads only torch: the compiler parts load on first use, and diffusers,
+triton, onnx and tensorrt are imported only by the code that needs them; CUDA is not initialised.
 """
+
+from __future__ import annotations
+
+import importlib
 
 from tttgraph import ops
 from tttgraph.errors import BackendUnavailableError, TTTGraphError
@@ -12,6 +21,29 @@ from tttgraph.layout import SequenceLayout
 
 __version__ = "0.1.0"
 
+# Public names loaded on first use: name -> module.
+_LAZY = {
+    "TTTConfig": "tttgraph.config",
+    "transform": "tttgraph.rewrite",
+    "inspect": "tttgraph.rewrite",
+    "TransformPlan": "tttgraph.rewrite",
+    "save": "tttgraph.checkpoint",
+    "restore": "tttgraph.checkpoint",
+    "CapturedModel": "tttgraph.capture",
+    "register_adapter": "tttgraph.adapters",
+    "presets": "tttgraph.presets",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module = importlib.import_module(_LAZY[name])
+        value = module if name == "presets" else getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tttgraph' has no attribute {name!r}")
+
+
 __all__ = [
     "BackendUnavailableError",
     "GatedBidirectionalTTT",
@@ -20,4 +52,5 @@ __all__ = [
     "TTTGraphError",
     "TTTMLP",
     "ops",
+    *_LAZY,
 ]

@@ -170,6 +170,7 @@ def _residual(gm, graph: nx.DiGraph, sdpa: torch.fx.Node, layout: TokenLayout | 
             continue
         a, b = node.all_input_nodes
         for branch, other in ((a, b), (b, a)):
+            other = _through_casts(other)
             if (branch.name in after or branch is sdpa) and other.name in before and other.op != "get_attr":
                 if _same_shape(other, node):
                     found.append(name)
@@ -188,6 +189,20 @@ def _residual(gm, graph: nx.DiGraph, sdpa: torch.fx.Node, layout: TokenLayout | 
         if node.target is torch.ops.aten.linear.default and inside and mod not in projs:
             projs.append(mod)
     return tuple(first), streams, tuple(sorted(projs))
+
+
+# Ops that keep a tensor's value up to dtype: the un-decomposed export graph casts the residual
+# stream (``x.float()``, ``type_as``) next to the add, after the attention.
+_CASTS = {
+    torch.ops.aten.to.dtype, torch.ops.aten.to.dtype_layout, torch.ops.aten.type_as.default,
+    torch.ops.aten._to_copy.default, torch.ops.aten.clone.default, torch.ops.aten.alias.default,
+}
+
+
+def _through_casts(node: torch.fx.Node) -> torch.fx.Node:
+    while node.op == "call_function" and node.target in _CASTS and isinstance(node.args[0], torch.fx.Node):
+        node = node.args[0]
+    return node
 
 
 def _same_shape(a: torch.fx.Node, b: torch.fx.Node) -> bool:

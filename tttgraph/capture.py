@@ -1,11 +1,13 @@
 """Capture a video transformer into an editable, trainable ``torch.fx.GraphModule``.
 
-Non-strict ``torch.export`` traces the model with its example inputs; ``run_decompositions({})``
-turns the graph into ATen ops while keeping every attention as one
-``aten.scaled_dot_product_attention.default`` node (the default decomposition table would split
-it into bmm + softmax); ``ep.module()`` unlifts parameters back into submodules under their
-original names. The latent frame count becomes a dynamic dimension where the model's adapter
-allows it, so a model captured at F frames runs at other frame counts.
+Non-strict ``torch.export`` traces the model with its example inputs into an ATen graph in
+which every attention is one ``aten.scaled_dot_product_attention.default`` node (the default
+decomposition table would split it into bmm + softmax, so no decomposition is run: even
+``run_decompositions({})`` only re-traces, and it doubled the capture time of CogVideoX-5B);
+``ep.module()`` unlifts parameters back into submodules under their original names. The graph
+keeps the model's in-place ops (RoPE's slice ``copy_``): passes must not move reads across them.
+The latent frame count becomes a dynamic dimension where the model's adapter allows it, so a
+model captured at F frames runs at other frame counts.
 
 :class:`CapturedModel` wraps the graph so that it takes the original call: same argument names,
 positional or keyword, ``return_dict``, same output type.
@@ -161,9 +163,6 @@ def capture(
         log.info("capture: exporting %s (dynamic frames: %s)", type(model).__name__, want_dynamic)
         ep = _export_with_frames(model, named, adapter, want_dynamic, dynamic_frames, dynamic_text)
         bar.update()
-        bar.set_postfix_str("run_decompositions({}) keeps SDPA")
-        log.info("capture: ATen graph without decompositions")
-        ep = ep.run_decompositions({})
         bar.update()
         bar.set_postfix_str("unlift parameters")
         gm = ep.module()

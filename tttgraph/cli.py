@@ -1,6 +1,10 @@
 """Command line: ``tttgraph <command>`` (also ``python -m tttgraph``).
 
-Commands are added as the library grows; each one wraps the same Python call a user could make.
+Each command wraps the Python call a user would make:
+
+    tttgraph demo                              tiny CogVideoX + TTT: forward, backward, report
+    tttgraph inspect [--family wan2.1]         dry run of transform on a tiny model of a family
+    tttgraph transform [--family ...] --out D  transform, run once, save (tttgraph.save) to D
 """
 
 from __future__ import annotations
@@ -9,17 +13,91 @@ import argparse
 import sys
 
 
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    from tttgraph.models import FAMILIES
+
+    parser.add_argument("--family", default="cogvideox", choices=sorted(FAMILIES),
+                        help="model family; a tiny random-weight model of it is built (default cogvideox)")
+    parser.add_argument("--frames", type=int, default=5, help="latent frames of the example input (default 5)")
+    parser.add_argument("--text-tokens", type=int, default=8, help="text tokens of the example input (default 8)")
+    parser.add_argument("--config", help="a TTTConfig JSON file (default: segments of 2 latent frames + 1 overlap)")
+    parser.add_argument("--segment-frames", type=int, default=2, help="latent frames per segment (default 2)")
+    parser.add_argument("--overlap", type=int, default=1, help="overlap frames (default 1)")
+    parser.add_argument("--mini-batch-size", type=int, default=16, help="TTT mini-batch (default 16)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the capture progress")
+
+
+def _setup(args):
+    from tttgraph.config import TTTConfig
+    from tttgraph.models import build_tiny, example_inputs
+    from tttgraph.models.tiny import FAMILIES
+
+    if args.config:
+        cfg = TTTConfig.load(args.config)
+    else:
+        fam = FAMILIES[args.family]
+        seg = max(args.segment_frames, fam.frame_multiple)
+        seg -= seg % fam.frame_multiple
+        overlap = args.overlap if fam.frame_multiple == 1 else 0
+        cfg = TTTConfig(segment_latent_frames=seg, segment_overlap_frames=overlap,
+                        mini_batch_size=args.mini_batch_size)
+    model = build_tiny(args.family)
+    frames = args.frames - args.frames % FAMILIES[args.family].frame_multiple
+    if args.family == "latte":
+        frames = FAMILIES["latte"].default_frames
+    return model, cfg, example_inputs(model, frames, text_tokens=args.text_tokens)
+
+
+def _inspect(args) -> int:
+    from tttgraph.rewrite import inspect
+
+    model, cfg, inputs = _setup(args)
+    print(inspect(model, cfg, inputs, progress=args.progress))
+    return 0
+
+
+def _transform(args) -> int:
+    import time
+
+    import torch
+
+    from tttgraph.checkpoint import save
+    from tttgraph.rewrite import plan_of, transform
+
+    model, cfg, inputs = _setup(args)
+    start = time.perf_counter()
+    tm = transform(model, cfg, inputs, progress=args.progress)
+    took = time.perf_counter() - start
+    print(plan_of(tm))
+    with torch.no_grad():
+        out = tm(**inputs, return_dict=False)[0]
+    print(f"transformed in {took:.1f} s; forward ok: output {tuple(out.shape)}")
+    where = save(tm, args.out)
+    print(f"saved the new weights and the recipe to {where}")
+    print(f"restore with: tttgraph.restore(base_model, {str(where)!r})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tttgraph", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="tttgraph", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     from tttgraph import demo
 
-    demo_parser = commands.add_parser(
-        "demo", help="tiny CogVideoX + TTT layers: forward, backward, report (offline, CPU, seconds)"
-    )
-    demo.add_arguments(demo_parser)
-    demo_parser.set_defaults(run=demo.main)
+    p = commands.add_parser("demo", help="tiny CogVideoX + TTT layers: forward, backward, report (offline, seconds)")
+    demo.add_arguments(p)
+    p.set_defaults(run=demo.main)
+
+    p = commands.add_parser("inspect", help="dry run: which attentions get segments and TTT layers")
+    _model_arguments(p)
+    p.set_defaults(run=_inspect)
+
+    p = commands.add_parser("transform", help="transform a tiny model of a family, run it, save the result")
+    _model_arguments(p)
+    p.add_argument("--out", default="tttgraph-out", help="directory for the saved weights + recipe")
+    p.set_defaults(run=_transform)
     return parser
 
 

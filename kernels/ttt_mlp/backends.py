@@ -54,6 +54,8 @@ def _load(backend: TTTBackend) -> tuple[ModuleType | None, str | None]:
         return None, f"the {backend.value} backend needs the package {err.name!r}, which is not installed"
     except ImportError as err:  # a backend module that raises ImportError for a missing build or tool
         return None, str(err)
+    except Exception as err:  # a broken backend must not take the others down with it
+        return None, f"the {backend.value} backend failed to import: {type(err).__name__}: {err}"
 
 
 def unavailable_reason(backend: TTTBackend, args: tuple, mini_batch_size: int, eps: float) -> str | None:

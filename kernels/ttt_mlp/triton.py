@@ -85,6 +85,31 @@ if triton is not None:
         return c
 
     @triton.jit
+    def _op(x, LOWP: tl.constexpr):
+        """x as a matmul operand, converted once outside the F loops: bf16 unless LOWP == 0."""
+        if LOWP == 0:
+            y = x
+        else:
+            y = x.to(tl.bfloat16)
+        return y
+
+    @triton.jit
+    def _ldw(ptr, cmask, EVEN_D: tl.constexpr):
+        """Load a [BD, BF] state tile (rows: D, padded columns masked unless D is a power of two)."""
+        if EVEN_D:
+            x = tl.load(ptr)
+        else:
+            x = tl.load(ptr, mask=cmask[:, None], other=0.0)
+        return x
+
+    @triton.jit
+    def _stw(ptr, x, cmask, EVEN_D: tl.constexpr):
+        if EVEN_D:
+            tl.store(ptr, x)
+        else:
+            tl.store(ptr, x, mask=cmask[:, None])
+
+    @triton.jit
     def _tanh(u):
         # tanh through the logistic function: portable (no libdevice) and exact at +-inf.
         return 2.0 * tl.sigmoid(2.0 * u) - 1.0
@@ -137,7 +162,7 @@ if triton is not None:
         c_w1, c_b1, c_w2, c_b2, csave,
         zs, eps,
         D: tl.constexpr, F: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
-        LOWP: tl.constexpr, WITH_OUT: tl.constexpr, SAVE: tl.constexpr,
+        LOWP: tl.constexpr, WITH_OUT: tl.constexpr, SAVE: tl.constexpr, EVEN_D: tl.constexpr,
     ):
         """One mini-batch: state s_* -> d_* (different buffers), out rows if WITH_OUT.
 
@@ -158,12 +183,13 @@ if triton is not None:
         z2 = tl.zeros([BM, BD], dtype=tl.float32)
         for f0 in range(0, F, BF):
             fs = f0 + tl.arange(0, BF)
-            w1 = tl.load(s_w1 + cols[:, None] * F + fs[None, :], mask=cmask[:, None], other=0.0)
+            woff = cols[:, None] * F + fs[None, :]
+            w1 = _ldw(s_w1 + woff, cmask, EVEN_D)
             b1 = tl.load(s_b1 + fs)
-            w2 = tl.load(s_w2 + fs[:, None] * D + cols[None, :], mask=cmask[None, :], other=0.0)
-            z1 = _mm(k, w1, LOWP) + b1[None, :]
+            w2t = _ldw(s_w2 + woff, cmask, EVEN_D)
+            z1 = _mm(_op(k, LOWP), w1, LOWP) + b1[None, :]
             tl.store(zs + rows[:, None] * F + fs[None, :], z1)
-            z2 += _mm(_gelu(z1), w2, LOWP)
+            z2 += _mm(_gelu(z1), tl.trans(w2t), LOWP)
         b2 = tl.load(s_b2 + cols, mask=cmask, other=0.0)
         z2 += b2[None, :]
         xh, rstd = _ln(z2, cmask, eps, D)
@@ -175,32 +201,36 @@ if triton is not None:
         tl.store(d_b2 + cols, b2n, mask=cmask)
         if SAVE:
             tl.store(c_b2 + cols, b2, mask=cmask & csave)
+        kb = _op(k, LOWP)
+        gz2b = _op(gz2, LOWP)
         # Z1 scratch written above is read below by other threads.
         tl.debug_barrier()
 
         if WITH_OUT:
             q = tl.load(qp + xoff, mask=xmask, other=0.0).to(tl.float32)
+            qb = _op(q, LOWP)
             zq2 = tl.zeros([BM, BD], dtype=tl.float32)
         for f0 in range(0, F, BF):
             fs = f0 + tl.arange(0, BF)
-            w1 = tl.load(s_w1 + cols[:, None] * F + fs[None, :], mask=cmask[:, None], other=0.0)
+            woff = cols[:, None] * F + fs[None, :]
+            w1 = _ldw(s_w1 + woff, cmask, EVEN_D)
             b1 = tl.load(s_b1 + fs)
-            w2 = tl.load(s_w2 + fs[:, None] * D + cols[None, :], mask=cmask[None, :], other=0.0)
+            w2t = _ldw(s_w2 + woff, cmask, EVEN_D)
             if SAVE:
-                tl.store(c_w1 + cols[:, None] * F + fs[None, :], w1, mask=cmask[:, None] & csave)
+                tl.store(c_w1 + woff, w1, mask=cmask[:, None] & csave)
                 tl.store(c_b1 + fs, b1, mask=(fs < F) & csave)
-                tl.store(c_w2 + fs[:, None] * D + cols[None, :], w2, mask=cmask[None, :] & csave)
+                tl.store(c_w2 + woff, w2t, mask=cmask[:, None] & csave)
             a, da = _gelu_d1(tl.load(zs + rows[:, None] * F + fs[None, :]))
-            gz1 = _mm(gz2, tl.trans(w2), LOWP) * da
-            w2n = w2 - _mm(tl.trans(a), gz2, LOWP)
-            w1n = w1 - _mm(tl.trans(k), gz1, LOWP)
+            gz1 = _mm(gz2b, w2t, LOWP) * da
+            w2tn = w2t - _mm(tl.trans(gz2b), a, LOWP)
+            w1n = w1 - _mm(tl.trans(kb), gz1, LOWP)
             b1n = b1 - tl.sum(gz1, 0)
-            tl.store(d_w1 + cols[:, None] * F + fs[None, :], w1n, mask=cmask[:, None])
+            _stw(d_w1 + woff, w1n, cmask, EVEN_D)
             tl.store(d_b1 + fs, b1n)
-            tl.store(d_w2 + fs[:, None] * D + cols[None, :], w2n, mask=cmask[None, :])
+            _stw(d_w2 + woff, w2tn, cmask, EVEN_D)
             if WITH_OUT:
-                zq1 = _mm(q, w1n, LOWP) + b1n[None, :]
-                zq2 += _mm(_gelu(zq1), w2n, LOWP)
+                zq1 = _mm(qb, w1n, LOWP) + b1n[None, :]
+                zq2 += _mm(_gelu(zq1), tl.trans(w2tn), LOWP)
         if WITH_OUT:
             zq2 += b2n[None, :]
             xq, _ = _ln(zq2, cmask, eps, D)
@@ -252,7 +282,7 @@ if triton is not None:
                 w1p + src * w_sz, b1p + src * F, w2p + src * w_sz, b2p + src * D,
                 w1p + dst * w_sz, b1p + dst * F, w2p + dst * w_sz, b2p + dst * D,
                 cw1 + c * w_sz, cb1 + c * F, cw2 + c * w_sz, cb2 + c * D, (j % G) == 0,
-                zs, eps, D, F, BM, BD, BF, LOWP, WITH_OUT, SAVE,
+                zs, eps, D, F, BM, BD, BF, LOWP, WITH_OUT, SAVE, BD == D,
             )
             j += 1
 
@@ -265,7 +295,7 @@ if triton is not None:
         t_w1, t_b1, t_w2,  # a second gradient buffer for the partial sums between passes
         zs, eps,
         D: tl.constexpr, F: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
-        LOWP: tl.constexpr,
+        LOWP: tl.constexpr, EVEN_D: tl.constexpr,
     ):
         """Backward of one mini-batch (TRITON.md, "Backward of one step"). Returns dgamma, dbeta [BD].
 
@@ -292,16 +322,17 @@ if triton is not None:
         zq2 = tl.zeros([BM, BD], dtype=tl.float32)
         for f0 in range(0, F, BF):
             fs = f0 + tl.arange(0, BF)
-            w1 = tl.load(s_w1 + cols[:, None] * F + fs[None, :], mask=cmask[:, None], other=0.0)
-            w2 = tl.load(s_w2 + fs[:, None] * D + cols[None, :], mask=cmask[None, :], other=0.0)
+            woff = cols[:, None] * F + fs[None, :]
+            w1 = _ldw(s_w1 + woff, cmask, EVEN_D)
+            w2t = _ldw(s_w2 + woff, cmask, EVEN_D)
             z1 = _mm(k, w1, LOWP) + tl.load(s_b1 + fs)[None, :]
             tl.store(zs1 + foff + fs[None, :], z1)
-            z2 += _mm(_gelu(z1), w2, LOWP)
-            w1n = tl.load(u_w1 + cols[:, None] * F + fs[None, :], mask=cmask[:, None], other=0.0)
-            w2n = tl.load(u_w2 + fs[:, None] * D + cols[None, :], mask=cmask[None, :], other=0.0)
+            z2 += _mm(_gelu(z1), tl.trans(w2t), LOWP)
+            w1n = _ldw(u_w1 + woff, cmask, EVEN_D)
+            w2tn = _ldw(u_w2 + woff, cmask, EVEN_D)
             zq1 = _mm(q, w1n, LOWP) + tl.load(u_b1 + fs)[None, :]
             tl.store(zsq + foff + fs[None, :], zq1)
-            zq2 += _mm(_gelu(zq1), w2n, LOWP)
+            zq2 += _mm(_gelu(zq1), tl.trans(w2tn), LOWP)
         z2 += tl.load(s_b2 + cols, mask=cmask, other=0.0)[None, :]
         zq2 += tl.load(u_b2 + cols, mask=cmask, other=0.0)[None, :]
         xh, rstd = _ln(z2, cmask, eps, D)
@@ -321,42 +352,49 @@ if triton is not None:
         dgz2 = tl.zeros([BM, BD], dtype=tl.float32) - db2n[None, :]
         dq = do
         dk = tl.zeros([BM, BD], dtype=tl.float32)
+        kb = _op(k, LOWP)
+        gz2b = _op(gz2, LOWP)
+        dzq2b = _op(dzq2, LOWP)
+        qt = tl.trans(_op(q, LOWP))
+        gz2t = tl.trans(gz2b)
+        dzq2t = tl.trans(dzq2b)
         tl.debug_barrier()
 
         # Pass 2: finish d(new W1, b1, W2) with the output's terms, then push them through the update
         # W1' = W1 - K^T G_z1, b1' = b1 - sum G_z1, W2' = W2 - A^T G_z2 (all but the dZ2 terms).
         for f0 in range(0, F, BF):
             fs = f0 + tl.arange(0, BF)
-            w1 = tl.load(s_w1 + cols[:, None] * F + fs[None, :], mask=cmask[:, None], other=0.0)
-            w2 = tl.load(s_w2 + fs[:, None] * D + cols[None, :], mask=cmask[None, :], other=0.0)
-            w1n = tl.load(u_w1 + cols[:, None] * F + fs[None, :], mask=cmask[:, None], other=0.0)
-            w2n = tl.load(u_w2 + fs[:, None] * D + cols[None, :], mask=cmask[None, :], other=0.0)
-            dw1 = tl.load(g_w1 + cols[:, None] * F + fs[None, :], mask=cmask[:, None], other=0.0)
+            woff = cols[:, None] * F + fs[None, :]
+            w1 = _ldw(s_w1 + woff, cmask, EVEN_D)
+            w2t = _ldw(s_w2 + woff, cmask, EVEN_D)
+            w1n = _ldw(u_w1 + woff, cmask, EVEN_D)
+            w2tn = _ldw(u_w2 + woff, cmask, EVEN_D)
+            dw1 = _ldw(g_w1 + woff, cmask, EVEN_D)
             db1 = tl.load(g_b1 + fs)
-            dw2 = tl.load(g_w2 + fs[:, None] * D + cols[None, :], mask=cmask[None, :], other=0.0)
+            dw2t = _ldw(g_w2 + woff, cmask, EVEN_D)
             a, da, dda = _gelu_d2(tl.load(zs1 + foff + fs[None, :]))
             aq, daq = _gelu_d1(tl.load(zsq + foff + fs[None, :]))
 
-            dw2 += _mm(tl.trans(aq), dzq2, LOWP)
-            dzq1 = _mm(dzq2, tl.trans(w2n), LOWP) * daq
-            dw1 += _mm(tl.trans(q), dzq1, LOWP)
+            dw2t += _mm(dzq2t, aq, LOWP)
+            dzq1 = _mm(dzq2b, w2tn, LOWP) * daq
+            dw1 += _mm(qt, dzq1, LOWP)
             db1 += tl.sum(dzq1, 0)
             dq += _mm(dzq1, tl.trans(w1n), LOWP)
 
-            ga = _mm(gz2, tl.trans(w2), LOWP)
+            ga = _mm(gz2b, w2t, LOWP)
             gz1 = ga * da
-            dgz1 = -(_mm(k, dw1, LOWP) + db1[None, :])
+            dgz1 = -(_mm(kb, dw1, LOWP) + db1[None, :])
             dk -= _mm(gz1, tl.trans(dw1), LOWP)
-            dgz2 -= _mm(a, dw2, LOWP)
+            dgz2 -= _mm(a, tl.trans(dw2t), LOWP)
             dga = dgz1 * da
             # dZ1 without its dZ2 term, which needs the full dG_z2 (a sum over F) first.
-            p = dgz1 * ga * dda - _mm(gz2, tl.trans(dw2), LOWP) * da
+            p = dgz1 * ga * dda - _mm(gz2b, dw2t, LOWP) * da
             tl.store(zsp + foff + fs[None, :], p)
-            dgz2 += _mm(dga, w2, LOWP)
-            dw2 += _mm(tl.trans(dga), gz2, LOWP)
-            tl.store(t_w1 + cols[:, None] * F + fs[None, :], dw1, mask=cmask[:, None])
+            dgz2 += _mm(dga, tl.trans(w2t), LOWP)
+            dw2t += _mm(gz2t, dga, LOWP)
+            _stw(t_w1 + woff, dw1, cmask, EVEN_D)
             tl.store(t_b1 + fs, db1)
-            tl.store(t_w2 + fs[:, None] * D + cols[None, :], dw2, mask=cmask[None, :])
+            _stw(t_w2 + woff, dw2t, cmask, EVEN_D)
 
         # Row-wise: G_z2 = rstd * P(G_xh) back to G_xh, Xh and rstd; then G_xh = gamma * eta * resid.
         dgz2 = tl.where(rmask[:, None], dgz2, 0.0)
@@ -378,25 +416,29 @@ if triton is not None:
         dz2 = rstd[:, None] * _ln_proj(dxh, xh, cmask, D) - (drstd * rstd * rstd / D)[:, None] * xh
         dz2 = tl.where(xmask, dz2, 0.0)
         tl.store(g_b2 + cols, db2n + tl.sum(dz2, 0), mask=cmask)
+        dz2b = _op(dz2, LOWP)
+        dz2t = tl.trans(dz2b)
+        kt = tl.trans(_op(k, LOWP))
         tl.debug_barrier()
 
         # Pass 3: the dZ2 terms: dA += dZ2 W2^T, then dZ1 -> dW1, db1, dK; dW2 += A^T dZ2.
         for f0 in range(0, F, BF):
             fs = f0 + tl.arange(0, BF)
-            w1 = tl.load(s_w1 + cols[:, None] * F + fs[None, :], mask=cmask[:, None], other=0.0)
-            w2 = tl.load(s_w2 + fs[:, None] * D + cols[None, :], mask=cmask[None, :], other=0.0)
-            dw1 = tl.load(t_w1 + cols[:, None] * F + fs[None, :], mask=cmask[:, None], other=0.0)
+            woff = cols[:, None] * F + fs[None, :]
+            w1 = _ldw(s_w1 + woff, cmask, EVEN_D)
+            w2t = _ldw(s_w2 + woff, cmask, EVEN_D)
+            dw1 = _ldw(t_w1 + woff, cmask, EVEN_D)
             db1 = tl.load(t_b1 + fs)
-            dw2 = tl.load(t_w2 + fs[:, None] * D + cols[None, :], mask=cmask[None, :], other=0.0)
+            dw2t = _ldw(t_w2 + woff, cmask, EVEN_D)
             a, da = _gelu_d1(tl.load(zs1 + foff + fs[None, :]))
-            dz1 = tl.load(zsp + foff + fs[None, :]) + _mm(dz2, tl.trans(w2), LOWP) * da
-            dw2 += _mm(tl.trans(a), dz2, LOWP)
-            dw1 += _mm(tl.trans(k), dz1, LOWP)
+            dz1 = tl.load(zsp + foff + fs[None, :]) + _mm(dz2b, w2t, LOWP) * da
+            dw2t += _mm(dz2t, a, LOWP)
+            dw1 += _mm(kt, dz1, LOWP)
             db1 += tl.sum(dz1, 0)
             dk += _mm(dz1, tl.trans(w1), LOWP)
-            tl.store(g_w1 + cols[:, None] * F + fs[None, :], dw1, mask=cmask[:, None])
+            _stw(g_w1 + woff, dw1, cmask, EVEN_D)
             tl.store(g_b1 + fs, db1)
-            tl.store(g_w2 + fs[:, None] * D + cols[None, :], dw2, mask=cmask[None, :])
+            _stw(g_w2 + woff, dw2t, cmask, EVEN_D)
         tl.store(dqp + xoff, dq.to(dqp.dtype.element_ty), mask=xmask)
         tl.store(dkp + xoff, dk.to(dkp.dtype.element_ty), mask=xmask)
         tl.debug_barrier()
@@ -446,9 +488,8 @@ if triton is not None:
                 woff = cols[:, None] * F + fs[None, :]
                 tl.store(sw1 + woff, tl.load(cw1 + c * w_sz + woff, mask=cmask[:, None]), mask=cmask[:, None])
                 tl.store(sb1 + fs, tl.load(cb1 + c * F + fs))
-                woff2 = fs[:, None] * D + cols[None, :]
-                w2c = tl.load(cw2 + c * w_sz + woff2, mask=cmask[None, :])
-                tl.store(sw2 + woff2, w2c, mask=cmask[None, :])
+                w2c = tl.load(cw2 + c * w_sz + woff, mask=cmask[:, None])
+                tl.store(sw2 + woff, w2c, mask=cmask[:, None])
             tl.store(sb2 + cols, tl.load(cb2 + c * D + cols, mask=cmask), mask=cmask)
             tl.debug_barrier()
             jl = 0
@@ -460,7 +501,7 @@ if triton is not None:
                     sw1 + jl * w_sz, sb1 + jl * F, sw2 + jl * w_sz, sb2 + jl * D,
                     sw1 + (jl + 1) * w_sz, sb1 + (jl + 1) * F, sw2 + (jl + 1) * w_sz, sb2 + (jl + 1) * D,
                     cw1, cb1, cw2, cb2, False,
-                    zs, eps, D, F, BM, BD, BF, LOWP, False, False,
+                    zs, eps, D, F, BM, BD, BF, LOWP, False, False, BD == D,
                 )
                 jl += 1
             jl = nloc - 1
@@ -473,7 +514,7 @@ if triton is not None:
                     sw1 + jl * w_sz, sb1 + jl * F, sw2 + jl * w_sz, sb2 + jl * D,
                     sw1 + (jl + 1) * w_sz, sb1 + (jl + 1) * F, sw2 + (jl + 1) * w_sz, sb2 + (jl + 1) * D,
                     gw1, gb1, gw2, gb2, gw1 + w_sz, gb1 + F, gw2 + w_sz,
-                    zs, eps, D, F, BM, BD, BF, LOWP,
+                    zs, eps, D, F, BM, BD, BF, LOWP, BD == D,
                 )
                 dgamma += dg
                 dbeta += db
@@ -564,11 +605,12 @@ def _run_forward(q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, mini_batch_si
         buf[:, :, 0] = x.float()
         return buf
 
-    ws = (work(w1, dim, hidden), work(b1, hidden), work(w2, hidden, dim), work(b2, dim))
+    # The work state holds W2 transposed ([D, F], like W1): every state tile is [D, BF].
+    ws = (work(w1, dim, hidden), work(b1, hidden), work(w2.transpose(-1, -2), dim, hidden), work(b2, dim))
     ck = (
         _empty(bsz, heads, n_ck, dim, hidden, device=dev),
         _empty(bsz, heads, n_ck, hidden, device=dev),
-        _empty(bsz, heads, n_ck, hidden, dim, device=dev),
+        _empty(bsz, heads, n_ck, dim, hidden, device=dev),  # W2 transposed
         _empty(bsz, heads, n_ck, dim, device=dev),
     )
     # Without checkpoints the kernel never touches these pointers; give it valid non-empty ones.
@@ -590,8 +632,10 @@ def forward(q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, mini_batch_size: i
     """Returns out [B,H,T,D] (dtype of q) and the fp32 checkpoints W1 [B,H,C,D,F], b1 [B,H,C,F],
     W2 [B,H,C,F,D], b2 [B,H,C,D], the state at the start of every checkpoint_every-th mini-batch
     (C = ceil(n_minibatches / checkpoint_every), or 0 without save_state)."""
-    return _run_forward(q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, mini_batch_size, eps,
-                        checkpoint_every, save_state, with_out=True)
+    out, (cw1, cb1, cw2t, cb2) = _run_forward(q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, mini_batch_size,
+                                              eps, checkpoint_every, save_state, with_out=True)
+    # The kernels keep W2 transposed ([D, F]); the op's checkpoints are [F, D] (a copy, ~1 ms at T=351k).
+    return out, (cw1, cb1, cw2t.transpose(-1, -2).contiguous(), cb2)
 
 
 def backward(grad_out, q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, states, mini_batch_size: int,
@@ -605,6 +649,8 @@ def backward(grad_out, q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, states,
     if states[0].shape[2] == 0:
         _, states = _run_forward(q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, mini_batch_size, eps,
                                  checkpoint_every, True, with_out=False)
+    else:  # W2 checkpoints [F, D] -> the kernels' [D, F]
+        states = (states[0], states[1], states[2].transpose(-1, -2), states[3])
     n_mb = _num_minibatches(seq_len, mini_batch_size)
     n_ck = states[0].shape[2]
     assert n_ck == -(-n_mb // checkpoint_every), "states do not match checkpoint_every"
@@ -619,13 +665,13 @@ def backward(grad_out, q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, states,
     chunk = (
         _empty(bsz * heads, g + 1, dim, hidden, device=dev),
         _empty(bsz * heads, g + 1, hidden, device=dev),
-        _empty(bsz * heads, g + 1, hidden, dim, device=dev),
+        _empty(bsz * heads, g + 1, dim, hidden, device=dev),  # W2 transposed
         _empty(bsz * heads, g + 1, dim, device=dev),
     )
     dstate = (
         torch.zeros(bsz, heads, 2, dim, hidden, device=dev),
         torch.zeros(bsz, heads, 2, hidden, device=dev),
-        torch.zeros(bsz, heads, 2, hidden, dim, device=dev),
+        torch.zeros(bsz, heads, 2, dim, hidden, device=dev),  # dW2 transposed, like the work state
         torch.zeros(bsz, heads, 2, dim, device=dev),
     )
     zs = _empty(bsz * heads, 3, cfg["BM"], hidden, device=dev)
@@ -638,6 +684,7 @@ def backward(grad_out, q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, states,
         cfg,
     )
     dw1, db1, dw2, db2 = (s[:, :, 0].sum(0) for s in dstate)
+    dw2 = dw2.transpose(-1, -2)
     return (
         dq, dk, dv, deta,
         dgam.sum(0).to(ln_weight.dtype), dbet.sum(0).to(ln_bias.dtype),

@@ -22,6 +22,7 @@ from torch import nn
 from tttgraph.adapters import TokenLayout
 from tttgraph.analysis import Analysis, AttentionSite, analyse
 from tttgraph.capture import CapturedModel, bind_inputs, capture, capture_info
+from tttgraph.checkpoint import base_fingerprints
 from tttgraph.config import TTTConfig
 from tttgraph.errors import NoAttentionFoundError, TTTGraphError
 from tttgraph.layers import GatedBidirectionalTTT
@@ -74,6 +75,7 @@ class TransformPlan:
     ttt_sites: list[TTTSite] = field(default_factory=list, repr=False)
     segment_sites: dict[str, tuple[AttentionSite, SequenceLayout]] = field(default_factory=dict, repr=False)
     backends: dict[str, str] = field(default_factory=dict)
+    base_fingerprints: dict[str, str | None] = field(default_factory=dict, repr=False)
 
     @property
     def ttt_modules(self) -> list[str]:
@@ -211,6 +213,7 @@ def transform(model: nn.Module, cfg: TTTConfig, example_inputs: Any, *, progress
     ``<attention>.gated_ttt`` modules; ``result.plan`` is the :class:`TransformPlan`.
     """
     gm, plan = _capture_and_plan(model, cfg, example_inputs, progress)
+    plan.base_fingerprints = base_fingerprints(model)
     results = {"insert_ttt": InsertTTT(plan.ttt_sites, cfg)(gm)}
     if plan.segment_sites:
         results["segment_attention"] = SegmentAttentionPass(plan.segment_sites)(gm)

@@ -1,0 +1,285 @@
+"""``save`` / ``restore``: the new and changed weights of a transformed model plus a recipe.
+
+A save directory holds two files:
+
+- ``tttgraph_weights.safetensors``: every parameter and buffer of the inserted TTT layers, and
+  every pretrained tensor whose value changed since ``transform`` (fine-tuned attention, say);
+- ``tttgraph_recipe.json``: the config, the model class and adapter, the rewritten sites, the
+  example-input shapes the capture used, the library and torch versions, a SHA-256 of every saved
+  tensor, and a fingerprint of every pretrained tensor of the base model.
+
+``restore(base, dir)`` checks that ``base`` is the model the recipe was made on (same class, same
+tensor names, shapes and fingerprints; the mismatches are listed otherwise), re-applies the
+transform, verifies the checksums and loads the weights. Files are written atomically (temporary
+file + rename; weights first, recipe last, so a torn save is caught by the checksums) and read
+with safetensors and validated JSON only: nothing in a save directory is ever executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tttgraph.config import ConfigError, TTTConfig, write_atomic
+from tttgraph.errors import TTTGraphError
+
+__all__ = ["RECIPE_FILE", "WEIGHTS_FILE", "RestoreError", "fingerprint", "restore", "save"]
+
+RECIPE_FILE = "tttgraph_recipe.json"
+WEIGHTS_FILE = "tttgraph_weights.safetensors"
+RECIPE_FORMAT = "tttgraph-recipe"
+RECIPE_VERSION = 1
+_FINGERPRINT_SAMPLES = 4096
+
+
+class RestoreError(TTTGraphError):
+    """A save directory does not fit the base model, or is incomplete or corrupted."""
+
+
+def fingerprint(t: torch.Tensor) -> str | None:
+    """A cheap identity of a tensor's value: SHA-256 of its shape, dtype and an even sample of
+    up to 4096 elements. None for meta tensors (no data). Not a cryptographic integrity check."""
+    if t.device.type == "meta":
+        return None
+    flat = t.detach().reshape(-1)
+    if flat.numel() > _FINGERPRINT_SAMPLES:
+        idx = torch.linspace(0, flat.numel() - 1, _FINGERPRINT_SAMPLES, device=flat.device).long()
+        flat = flat[idx]
+    h = hashlib.sha256(f"{tuple(t.shape)}|{t.dtype}".encode())
+    h.update(flat.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def base_fingerprints(model: nn.Module) -> dict[str, str | None]:
+    return {name: fingerprint(t) for name, t in model.state_dict().items()}
+
+
+def _sha256(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Example inputs as JSON: shapes and dtypes of tensors, values of constants.
+# ---------------------------------------------------------------------------------------------
+
+
+def input_spec(value: Any) -> Any:
+    """JSON description of a (nested) example input, enough to rebuild one of the same shapes."""
+    if isinstance(value, torch.Tensor):
+        return {"tensor": list(value.shape), "dtype": str(value.dtype).removeprefix("torch.")}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return {"value": value}
+    if isinstance(value, (tuple, list)):
+        return {"tuple" if isinstance(value, tuple) else "list": [input_spec(v) for v in value]}
+    if isinstance(value, dict):
+        return {"dict": {str(k): input_spec(v) for k, v in value.items()}}
+    raise TTTGraphError(f"example input of type {type(value).__name__} can't be recorded in a recipe")
+
+
+def build_inputs(spec: Any, device: torch.device | str = "cpu", seed: int = 0) -> Any:
+    """Inverse of :func:`input_spec`: random floats, ones for integer and bool tensors."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def build(s):
+        if not isinstance(s, dict) or len(s) not in (1, 2):
+            raise RestoreError(f"malformed example-input entry in the recipe: {s!r}")
+        if "tensor" in s:
+            dtype = getattr(torch, str(s.get("dtype")), None)
+            if not isinstance(dtype, torch.dtype) or not all(isinstance(n, int) and n >= 0 for n in s["tensor"]):
+                raise RestoreError(f"malformed tensor entry in the recipe: {s!r}")
+            if dtype.is_floating_point:
+                return torch.randn(s["tensor"], generator=gen).to(device=device, dtype=dtype)
+            return torch.ones(s["tensor"], dtype=dtype, device=device)
+        if "value" in s:
+            return s["value"]
+        if "tuple" in s or "list" in s:
+            items = [build(v) for v in s.get("tuple", s.get("list"))]
+            return tuple(items) if "tuple" in s else items
+        if "dict" in s:
+            return {k: build(v) for k, v in s["dict"].items()}
+        raise RestoreError(f"malformed example-input entry in the recipe: {s!r}")
+
+    return build(spec)
+
+
+# ---------------------------------------------------------------------------------------------
+# save
+# ---------------------------------------------------------------------------------------------
+
+
+def save(model: nn.Module, directory: str | os.PathLike) -> Path:
+    """Write the new and changed tensors of a transformed model and its recipe to ``directory``.
+
+    Returns the directory. Other files in it are left alone.
+    """
+    from safetensors.torch import save_file
+
+    from tttgraph.capture import capture_info
+    from tttgraph.rewrite import plan_of
+
+    plan = plan_of(model)
+    info = capture_info(model.graph_module)
+    state = model.state_dict()
+    prefixes = tuple(path + "." for path in plan.ttt_modules)
+    new = sorted(n for n in state if n.startswith(prefixes))
+    changed = sorted(
+        n for n, fp in plan.base_fingerprints.items()
+        if n in state and fp is not None and fingerprint(state[n]) != fp
+    )
+    if any(state[n].device.type == "meta" for n in new + changed):
+        raise TTTGraphError("the model has tensors on the meta device; load or initialise its weights before saving")
+    tensors = {n: state[n].detach().cpu().contiguous() for n in new + changed}
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS_FILE}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"format": "pt", "tttgraph_recipe": RECIPE_FILE})
+        os.replace(tmp, directory / WEIGHTS_FILE)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    recipe = {
+        "format": RECIPE_FORMAT,
+        "version": RECIPE_VERSION,
+        "tttgraph_version": _version(),
+        "torch_version": torch.__version__,
+        "config": plan.config.to_dict(),
+        "model_class": plan.model_class,
+        "adapter": plan.adapter,
+        "ttt_modules": plan.ttt_modules,
+        "segmented_sites": [s.module_path or s.name for s in plan.sites if s.segment],
+        "example_inputs": {k: input_spec(v) for k, v in info.example_inputs.items()},
+        "new_tensors": new,
+        "changed_tensors": changed,
+        "checksums": {n: _sha256(t) for n, t in tensors.items()},
+        "base_fingerprints": plan.base_fingerprints,
+    }
+    write_atomic(directory / RECIPE_FILE, json.dumps(recipe, indent=1, sort_keys=True) + "\n")
+    return directory
+
+
+def _version() -> str:
+    import tttgraph
+
+    return tttgraph.__version__
+
+
+# ---------------------------------------------------------------------------------------------
+# restore
+# ---------------------------------------------------------------------------------------------
+
+_RECIPE_KEYS = {
+    "format": str, "version": int, "tttgraph_version": str, "torch_version": str, "config": dict,
+    "model_class": str, "adapter": str, "ttt_modules": list, "segmented_sites": list, "example_inputs": dict,
+    "new_tensors": list, "changed_tensors": list, "checksums": dict, "base_fingerprints": dict,
+}
+
+
+def read_recipe(directory: str | os.PathLike) -> dict[str, Any]:
+    """Load and validate ``tttgraph_recipe.json`` (JSON only; types of every key checked)."""
+    path = Path(directory) / RECIPE_FILE
+    if not path.is_file():
+        raise RestoreError(f"{path} does not exist: {directory} is not a tttgraph save directory (tttgraph.save)")
+    try:
+        recipe = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RestoreError(f"{path} is not valid JSON ({err}); the save is corrupted") from None
+    if not isinstance(recipe, dict) or recipe.get("format") != RECIPE_FORMAT:
+        raise RestoreError(f"{path} is not a tttgraph recipe (format {RECIPE_FORMAT!r} expected)")
+    for key, typ in _RECIPE_KEYS.items():
+        if not isinstance(recipe.get(key), typ):
+            raise RestoreError(f"{path}: key {key!r} is missing or not a {typ.__name__}; the save is corrupted")
+    if recipe["version"] > RECIPE_VERSION:
+        raise RestoreError(
+            f"{path} has recipe version {recipe['version']}, newer than this tttgraph reads ({RECIPE_VERSION}); "
+            "upgrade tttgraph"
+        )
+    return recipe
+
+
+def restore(
+    base_model: nn.Module, directory: str | os.PathLike, example_inputs: Any = None, *, progress: bool = True
+) -> nn.Module:
+    """Re-apply a saved transform to a fresh ``base_model`` and load the saved weights.
+
+    ``example_inputs`` defaults to random inputs of the shapes recorded at save time. Raises
+    :class:`RestoreError` listing every mismatch when ``base_model`` is not the saved model's base.
+    """
+    from safetensors import safe_open
+
+    from tttgraph.rewrite import plan_of, transform
+
+    recipe = read_recipe(directory)
+    if type(base_model).__name__ != recipe["model_class"]:
+        raise RestoreError(
+            f"the save was made on a {recipe['model_class']}, the base model is a {type(base_model).__name__}"
+        )
+    _check_base(base_model, recipe)
+    try:
+        cfg = TTTConfig.from_dict(recipe["config"])
+    except ConfigError as err:
+        raise RestoreError(f"the recipe's config is invalid: {err}") from None
+    if example_inputs is None:
+        device = next(base_model.parameters()).device
+        example_inputs = {k: build_inputs(v, device) for k, v in recipe["example_inputs"].items()}
+    model = transform(base_model, cfg, example_inputs, progress=progress)
+    if plan_of(model).ttt_modules != recipe["ttt_modules"]:
+        raise RestoreError(
+            f"re-applying the recipe gave TTT layers at {plan_of(model).ttt_modules}, the save has "
+            f"{recipe['ttt_modules']}; the base model differs from the one saved"
+        )
+    weights = Path(directory) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise RestoreError(f"{weights} is missing; the save is incomplete")
+    state = model.state_dict()
+    expected = set(recipe["new_tensors"]) | set(recipe["changed_tensors"])
+    missing_new = sorted(n for n in state if n.startswith(tuple(p + "." for p in recipe["ttt_modules"])) and
+                         n not in expected)
+    if missing_new:
+        raise RestoreError(f"the save lacks TTT tensors {missing_new[:5]}{'...' if len(missing_new) > 5 else ''}")
+    loaded = {}
+    with safe_open(weights, framework="pt") as f:
+        keys = set(f.keys())
+        if keys != expected:
+            raise RestoreError(
+                f"{weights} holds {len(keys)} tensors, the recipe lists {len(expected)}; missing "
+                f"{sorted(expected - keys)[:5]}, unexpected {sorted(keys - expected)[:5]}: the save is corrupted"
+            )
+        for name in sorted(keys):
+            t = f.get_tensor(name)
+            if _sha256(t) != recipe["checksums"].get(name):
+                raise RestoreError(f"tensor {name!r} in {weights} fails its checksum: the save is corrupted")
+            if name not in state or state[name].shape != t.shape:
+                raise RestoreError(f"saved tensor {name!r} {tuple(t.shape)} does not fit the model")
+            loaded[name] = t
+    with torch.no_grad():
+        for name, t in loaded.items():
+            state[name].copy_(t)
+    return model
+
+
+def _check_base(model: nn.Module, recipe: dict[str, Any]) -> None:
+    saved = recipe["base_fingerprints"]
+    current = base_fingerprints(model)
+    missing = sorted(set(saved) - set(current))
+    extra = sorted(set(current) - set(saved))
+    differ = sorted(n for n in set(saved) & set(current)
+                    if saved[n] is not None and current[n] is not None and saved[n] != current[n])
+    if missing or extra or differ:
+        def few(names):
+            return ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
+
+        parts = [f"{label}: {few(names)}" for label, names in
+                 (("missing in the base", missing), ("not in the saved base", extra), ("different values", differ))
+                 if names]
+        raise RestoreError(
+            "the base model is not the one this save was made on; " + "; ".join(parts)
+            + ". Load the same pretrained checkpoint as at transform time"
+        )
