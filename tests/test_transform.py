@@ -229,3 +229,20 @@ def test_errors_name_what_was_searched():
     with pytest.raises(TTTGraphError, match="don't split into 2 segments"):
         inspect(model, TTTConfig(segment_latent_frames=2, segment_overlap_frames=1),
                 example_inputs(model, 5, text_tokens=7))
+
+
+def test_graph_insertion_matches_the_hand_written_eager_insertion():
+    """The pass puts the TTT where tttgraph.eager does by wrapping attn1: after to_out, before the gate."""
+    from tttgraph.eager import add_ttt_to_cogvideox
+
+    model, inputs = _setup("cogvideox")
+    tm = transform(model, TTTConfig(gate_init=0.3, mini_batch_size=16), inputs, progress=False)
+    eager = build_tiny("cogvideox")
+    add_ttt_to_cogvideox(eager, latent_size=(8, 8), text_tokens_per_segment=TEXT, mini_batch_size=16, gate_init=0.3)
+    state = {n.replace(".gated_ttt.", ".ttt."): p for n, p in tm.state_dict().items() if ".gated_ttt." in n}
+    missing, unexpected = eager.load_state_dict(state, strict=False)
+    assert not unexpected and all(".ttt." not in n for n in missing)
+    with torch.no_grad():
+        got, expected = _out(tm, inputs), _out(eager, inputs)
+    assert (got - _out(model, inputs)).abs().max() > 1e-4  # the TTT layers act
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)

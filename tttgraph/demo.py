@@ -1,70 +1,72 @@
-"""The README's first command: a tiny CogVideoX with TTT layers, one forward and backward, a report.
+"""The README's first command: transform a tiny CogVideoX, train one step, save and restore it.
 
 Runs offline on the CPU in seconds: the model is a diffusers ``CogVideoXTransformer3DModel`` with a
-tiny config and random weights. It shows what tttgraph adds to each block and that the result
-trains: the loss, and that every new parameter receives a gradient.
+tiny config and random weights. It shows the whole public surface: ``inspect`` (the plan),
+``transform`` (segment-local attention + gated bidirectional TTT-MLP after every attention), a
+forward and backward pass, ``save`` and ``restore`` onto a fresh base model.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 
 import torch
 
-from tttgraph.eager import add_ttt_to_cogvideox
-
-TEXT_TOKENS_PER_SEGMENT = 8
-LATENT_SIZE = (8, 8)
+TEXT_TOKENS_PER_SEGMENT = 4
 
 
 def run_demo(frames: int = 5, frames_per_segment: int = 2, overlap: int = 1, mini_batch_size: int = 16,
              seed: int = 0, backend: str = "auto", out=print) -> dict:
-    """Build, insert TTT, run forward + backward; print a report and return its numbers."""
+    """Build, transform, run forward + backward, save, restore; print a report and return its numbers."""
+    from tttgraph.checkpoint import restore, save
+    from tttgraph.config import TTTConfig
     from tttgraph.layout import SequenceLayout
     from tttgraph.models import build_tiny, example_inputs
+    from tttgraph.rewrite import plan_of, transform
 
     model = build_tiny("cogvideox", seed=seed)
-    base_params = sum(p.numel() for p in model.parameters())
-    layout = SequenceLayout(TEXT_TOKENS_PER_SEGMENT, 16, frames_per_segment, overlap)
-    segments = layout.num_segments(frames)
+    segments = SequenceLayout(0, 1, frames_per_segment, overlap).num_segments(frames)
     inputs = example_inputs(model, frames, text_tokens=segments * TEXT_TOKENS_PER_SEGMENT, seed=seed)
+    cfg = TTTConfig(segment_latent_frames=frames_per_segment, segment_overlap_frames=overlap,
+                    text_tokens_per_segment=TEXT_TOKENS_PER_SEGMENT, mini_batch_size=mini_batch_size,
+                    backend=backend)
+    base_params = sum(p.numel() for p in model.parameters())
 
-    wrapped = add_ttt_to_cogvideox(
-        model, latent_size=LATENT_SIZE, text_tokens_per_segment=TEXT_TOKENS_PER_SEGMENT,
-        frames_per_segment=frames_per_segment, overlap_frames=overlap, mini_batch_size=mini_batch_size,
-        backend=backend,
-    )  # fmt: skip
-    new = {n: p for n, p in model.named_parameters() if ".ttt." in n}
-    added = sum(p.numel() for p in new.values())
-
-    out("tttgraph demo: tiny CogVideoX (random weights) + gated bidirectional TTT-MLP")
-    out(f"  video: {frames} latent frames x {layout.video_tokens_per_frame} tokens, "
-        f"{segments} segments of {frames_per_segment} (+{overlap} overlap) frames, "
-        f"{TEXT_TOKENS_PER_SEGMENT} text tokens per segment")
-    out(f"  sequence: {layout.total_tokens(frames)} tokens, TTT mini-batch {mini_batch_size}")
-    out(f"  TTT layers inserted after: {', '.join(wrapped)}")
-    out(f"  parameters: base {base_params:,} + added {added:,} ({len(new)} tensors, "
-        f"{added / base_params:.1%} of the base)")
-
-    model.train()
+    out("tttgraph demo: tiny CogVideoX (random weights) -> segment-local attention + gated bidirectional TTT-MLP")
     start = time.perf_counter()
-    pred = model(**inputs, return_dict=False)[0]
+    tm = transform(model, cfg, inputs, progress=False).train()
+    transform_s = time.perf_counter() - start
+    plan = plan_of(tm)
+    out(str(plan))
+    new = {n: p for n, p in tm.named_parameters() if ".gated_ttt." in n}
+    out(f"  new modules: {', '.join(plan.ttt_modules)}")
+    out(f"  transform took {transform_s:.1f} s; parameters: base {base_params:,} + added {plan.added_parameters:,}")
+
+    start = time.perf_counter()
+    pred = tm(**inputs, return_dict=False)[0]
     target = torch.randn(pred.shape, generator=torch.Generator().manual_seed(seed + 1))
     loss = torch.nn.functional.mse_loss(pred, target)
-    forward_s = time.perf_counter() - start
-    start = time.perf_counter()
     loss.backward()
-    backward_s = time.perf_counter() - start
+    step_s = time.perf_counter() - start
     missing = [n for n, p in new.items() if p.grad is None or not torch.isfinite(p.grad).all()]
-    grad_norm = torch.sqrt(sum(p.grad.float().square().sum() for p in new.values() if p.grad is not None))
-
-    out(f"  forward: output {tuple(pred.shape)}, loss {loss.item():.4f} ({forward_s * 1e3:.0f} ms)")
-    out(f"  backward: {len(new) - len(missing)}/{len(new)} new tensors got finite gradients, "
-        f"grad norm {grad_norm.item():.3e} ({backward_s * 1e3:.0f} ms)")
     if missing:
         raise RuntimeError(f"parameters without a finite gradient: {missing}")
-    return {"loss": loss.item(), "added_params": added, "base_params": base_params, "wrapped": wrapped}
+    grad_norm = torch.sqrt(sum(p.grad.square().sum() for p in new.values()))
+    out(f"  forward + backward: output {tuple(pred.shape)}, loss {loss.item():.4f}, "
+        f"{len(new)}/{len(new)} new tensors got finite gradients (norm {grad_norm.item():.3e}), {step_s * 1e3:.0f} ms")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save(tm, tmp)
+        restored = restore(build_tiny("cogvideox", seed=seed), tmp, progress=False)
+        with torch.no_grad():
+            same = torch.equal(restored(**inputs, return_dict=False)[0], tm(**inputs, return_dict=False)[0])
+    out(f"  save -> restore onto a fresh base model: outputs {'identical' if same else 'DIFFER'}")
+    if not same:
+        raise RuntimeError("restored model differs from the saved one")
+    return {"loss": loss.item(), "added_params": plan.added_parameters, "base_params": base_params,
+            "ttt_modules": plan.ttt_modules, "restored_identical": same}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -32,6 +32,7 @@ from tttgraph.passes.insert_ttt import InsertTTT, TTTSite
 from tttgraph.passes.lower_ttt import LowerTTT
 from tttgraph.passes.segment_attention import SegmentAttentionPass
 from tttgraph.passes.site_layout import Segmentation, segmentation, site_layout
+from tttgraph.passes.verify import check_order_preserved, node_order
 
 log = logging.getLogger(__name__)
 
@@ -214,11 +215,16 @@ def transform(model: nn.Module, cfg: TTTConfig, example_inputs: Any, *, progress
     """
     gm, plan = _capture_and_plan(model, cfg, example_inputs, progress)
     plan.base_fingerprints = base_fingerprints(model)
-    results = {"insert_ttt": InsertTTT(plan.ttt_sites, cfg)(gm)}
-    if plan.segment_sites:
-        results["segment_attention"] = SegmentAttentionPass(plan.segment_sites)(gm)
     lower = LowerTTT(cfg.backend)
-    results["lower_ttt"] = lower(gm)
+    passes = [InsertTTT(plan.ttt_sites, cfg)]
+    if plan.segment_sites:
+        passes.append(SegmentAttentionPass(plan.segment_sites))
+    passes.append(lower)
+    results = {}
+    for graph_pass in passes:
+        before = node_order(gm)
+        results[graph_pass.name] = graph_pass(gm)
+        check_order_preserved(before, gm, graph_pass.name)
     plan.backends = lower.chosen
     for name, result in results.items():
         log.info("transform: %s %s", name, result.counts)

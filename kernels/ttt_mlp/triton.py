@@ -540,7 +540,13 @@ def _launch_config(kernel: str, dim: int, hidden: int, mini_batch_size: int, dty
     """Tile sizes and warps. BF is the F tile: the largest of 64/32/16 that divides F."""
     bf = next(b for b in (64, 32, 16) if hidden % b == 0)
     bm = _next_pow2(mini_batch_size)
-    cfg = dict(BM=bm, BD=_next_pow2(dim), BF=bf, LOWP=_matmul_mode(dtype), num_warps=4)
+    cfg = dict(BM=bm, BD=_next_pow2(dim), BF=bf, LOWP=_matmul_mode(dtype))
+    # Fastest measured on an H100 at D=64, F=256 (TRITON.md): forward 8 warps without software
+    # pipelining (15.4 ms vs 17.2 with 4 warps, 3 stages, T=18,048), backward 4 warps, 2 stages.
+    if kernel == "fwd":
+        cfg.update(num_warps=8, num_stages=1)
+    else:
+        cfg.update(num_warps=4, num_stages=2)
     if CONFIG_OVERRIDE.get(kernel):
         cfg.update(CONFIG_OVERRIDE[kernel])
         assert hidden % cfg["BF"] == 0, "BF must divide F"
