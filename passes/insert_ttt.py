@@ -6,8 +6,10 @@ inside the attention module and still a ``[B, N, C]`` tensor over the attention'
 
 - CogVideoX, Wan, LTX, Allegro: the out-projection's output (CogVideoX then splits text/video);
 - HunyuanVideo single-stream blocks: the merged heads (they have no out-projection);
-- dual-stream blocks with one out-projection per stream (HunyuanVideo double-stream): the merged
-  heads of the joint sequence, before the split into the two projections.
+- dual-stream blocks with one out-projection per stream (HunyuanVideo double-stream, Mochi): the
+  merged heads of the joint sequence, before the split into the two projections;
+- Latte's spatial ([B*F, hw, C]) and temporal ([B*hw, F, C]) attentions: the out-projection's output,
+  with the TTT unfolding the video to [B, F*hw, C] around its scan.
 
 The new module is registered as ``<attention path>.gated_ttt`` and called as ``call_module`` on
 that node; every former user of the node reads the TTT's output instead. Nodes are only added,
@@ -17,6 +19,7 @@ never moved, so no read is reordered across an in-place write.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +43,9 @@ class TTTSite:
     site: AttentionSite
     layout: SequenceLayout
     rope_grid: tuple[int, int] | None
+    joint_tokens: int | None = None  # joint sequence length at the example inputs (see insertion_point)
+    fold: str | None = None  # "hw"/"t": frames or patches folded into the batch (Latte); see GatedBidirectionalTTT
+    fold_batch: int = 1
 
     @property
     def module_path(self) -> str:
@@ -59,15 +65,24 @@ def _tokens(node: torch.fx.Node):
     return val.shape[1] if isinstance(val, torch.Tensor) and val.dim() == 3 else None
 
 
-def insertion_point(sdpa: torch.fx.Node, module_path: str) -> torch.fx.Node:
-    """Last ``[B, Nq, C]`` node of the single-user chain from ``sdpa`` inside the attention module."""
+def insertion_point(
+    sdpa: torch.fx.Node, module_path: str, joint_tokens: int | None = None, evaluate: Callable | None = None
+) -> torch.fx.Node:
+    """Last ``[B, N, C]`` node of the single-user chain from ``sdpa`` inside the attention module.
+
+    N is the query length, or ``joint_tokens`` (the full joint sequence at the example inputs, a
+    symbolic size evaluated there by ``evaluate``): Mochi attends over the valid text only and
+    pads the output back to the full text length.
+    """
     q_tokens = str(sdpa.meta["val"].shape[2])
     best, node = None, sdpa
     while len(node.users) == 1:
         node = next(iter(node.users))
         if node.op != "call_function" or not _inside(node, module_path):
             break
-        if str(_tokens(node)) == q_tokens:
+        tokens = _tokens(node)
+        at_example = evaluate(tokens) if evaluate is not None and tokens is not None else None
+        if tokens is not None and (str(tokens) == q_tokens or (joint_tokens and at_example == joint_tokens)):
             best = node
     if best is None:
         raise TTTGraphError(
@@ -83,8 +98,8 @@ class InsertTTT(GraphPass):
 
     name = "insert_ttt"
 
-    def __init__(self, plan: list[TTTSite], cfg: TTTConfig):
-        self.plan, self.cfg = plan, cfg
+    def __init__(self, plan: list[TTTSite], cfg: TTTConfig, evaluate: Callable | None = None):
+        self.plan, self.cfg, self.evaluate = plan, cfg, evaluate
 
     def call(self, gm: torch.fx.GraphModule) -> PassResult:
         nodes = {n.name: n for n in gm.graph.nodes}
@@ -92,7 +107,7 @@ class InsertTTT(GraphPass):
         ref = next(gm.parameters(), None)
         for item in self.plan:
             site = item.site
-            point = insertion_point(nodes[site.name], site.module_path)
+            point = insertion_point(nodes[site.name], site.module_path, item.joint_tokens, self.evaluate)
             width = point.meta["val"].shape[-1]
             # Built on the model's device: 42 CogVideoX-5B layers are 1.66B parameters to initialise.
             with torch.device(ref.device if ref is not None else "cpu"):
@@ -101,6 +116,7 @@ class InsertTTT(GraphPass):
                     mlp_expansion=self.cfg.mlp_expansion, mini_batch_size=self.cfg.mini_batch_size,
                     base_lr=self.cfg.base_lr, eps=self.cfg.eps, backend=self.cfg.backend,
                     rope_grid=item.rope_grid, gate_init=self.cfg.gate_init, bidirectional=self.cfg.bidirectional,
+                    fold=item.fold, fold_batch=item.fold_batch,
                 )  # fmt: skip
             if ref is not None:
                 layer = layer.to(dtype=ref.dtype)

@@ -66,9 +66,7 @@ class SegmentAttentionPass(GraphPass):
                 self.skipped.add(name)
                 continue
             target = f"{site.module_path}.segment_attention" if site.module_path else f"segment_attention_{name}"
-            val = node.meta["val"]
-            order = tuple(sorted(range(val.dim()), key=lambda d: -int(val.stride()[d])))
-            gm.add_submodule(target, SegmentAttention(layout, kind, node.kwargs.get("scale"), order))
+            gm.add_submodule(target, SegmentAttention(layout, kind, node.kwargs.get("scale"), _memory_order(node)))
             with gm.graph.inserting_before(node):
                 new = gm.graph.call_module(target, (q, k, v, mask))
             new.meta = dict(node.meta)
@@ -82,3 +80,16 @@ class SegmentAttentionPass(GraphPass):
         left = ({n.name for n in gm.graph.nodes if n.target is SDPA} & set(self.sites)) - self.skipped
         if left:
             raise PassContractError(f"{self.name}: {sorted(left)} were selected but not rewritten")
+
+
+def _memory_order(node: torch.fx.Node) -> tuple[int, ...]:
+    """Dims of the SDPA output from outermost to innermost in memory, as the capture recorded them.
+
+    Strides with data-dependent sizes (Mochi) can't be compared; SDPA's own kernels lay the
+    output out as [B, N, H, D] in memory, which is the default then.
+    """
+    val = node.meta["val"]
+    try:
+        return tuple(sorted(range(val.dim()), key=lambda d: -int(val.stride()[d])))
+    except Exception:  # GuardOnDataDependentSymNode and friends
+        return (0, 2, 1, 3)

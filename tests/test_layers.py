@@ -172,3 +172,23 @@ def test_rope_rotates_video_tokens_only_and_by_position():
     assert torch.equal(cos[:6], torch.ones(6, 4)) and torch.equal(sin[:6], torch.zeros(6, 4))
     with pytest.raises(TTTGraphError, match=r"rope_grid=\(2, 2\) has 4 tokens per frame"):
         _layer(SequenceLayout(3, 6), rope_grid=(2, 2))
+
+
+@pytest.mark.parametrize("fold", ["hw", "t"])
+def test_folded_video_equals_the_unfolded_layer(fold):
+    layout = SequenceLayout(0, 6, frames_per_segment=2)
+    b, frames, patches = 2, 4, 6
+    folded = _layer(layout, rope_grid=(2, 3), fold=fold, fold_batch=b)
+    plain = _layer(layout, rope_grid=(2, 3))
+    plain.load_state_dict(folded.state_dict())
+    video = torch.randn(b, frames, patches, 32)  # frame-major video
+    if fold == "hw":
+        x = video.reshape(b * frames, patches, 32)
+    else:
+        x = video.transpose(1, 2).reshape(b * patches, frames, 32)
+    expected = plain(video.reshape(b, frames * patches, 32)).reshape(b, frames, patches, 32)
+    got = folded(x)
+    got = got.reshape(b, frames, patches, 32) if fold == "hw" else got.reshape(b, patches, frames, 32).transpose(1, 2)
+    torch.testing.assert_close(got, expected)
+    with pytest.raises(TTTGraphError, match="carries no text"):
+        _layer(SequenceLayout(2, 6), fold=fold)

@@ -24,6 +24,8 @@ FAMILIES = {
     "hunyuanvideo": dict(order="video_first", frames=5, seg=2),
     "ltx-video": dict(order="video_only", frames=5, seg=2),
     "allegro": dict(order="video_only", frames=5, seg=2),
+    "mochi": dict(order="video_first", frames=5, seg=2),  # attends over the valid text (all of it here)
+    "latte": dict(order="video_only", frames=4, seg=2),  # frames (spatial) or patches (temporal) in the batch
 }
 TPF, TEXT = 16, 8
 
@@ -121,6 +123,8 @@ def segment_local_sdpa(frames, s, o, order, text_tokens_per_segment):
             groups = [([r - video_at for r in video(i)], [c - text_at for c in text(i)]) for i in range(len(windows))]
         elif nq == nk == nt:
             groups = [([c - text_at for c in text(i)],) * 2 for i in range(len(windows))]
+        elif nq == nk == frames:  # attention over time, one patch at a time (Latte's temporal blocks)
+            groups = [(list(range(a, b)),) * 2 for a, b in windows]
         else:
             return original(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
         assert scale is None and not is_causal
@@ -224,8 +228,10 @@ def test_errors_name_what_was_searched():
     with pytest.raises(NoAttentionFoundError, match=r"blocks.0.attn1 \(video/thw: not selected"):
         inspect(model, TTTConfig(exclude=["**"]), inputs)
     latte = build_tiny("latte")
-    with pytest.raises(NoAttentionFoundError, match="attention over one frame: TTT needs the whole video"):
-        inspect(latte, TTTConfig(), example_inputs(latte))
+    plan = inspect(latte, TTTConfig(segment_latent_frames=2, segment_overlap_frames=1), example_inputs(latte))
+    assert [s.axes for s in plan.sites if s.ttt] == ["hw", "t", "hw", "t"]
+    assert [s.axes for s in plan.sites if s.segment] == ["t", "t"]
+    assert all("per-frame cross-attention: not segmented" in s.note for s in plan.sites if s.kind == "cross")
     with pytest.raises(TTTGraphError, match="don't split into 2 segments"):
         inspect(model, TTTConfig(segment_latent_frames=2, segment_overlap_frames=1),
                 example_inputs(model, 5, text_tokens=7))

@@ -117,6 +117,12 @@ def _concrete(size: Any, values: dict, unbacked: int | None) -> tuple[int | None
     return (int(hint) if hint is not None else None), data_dependent
 
 
+def size_at_example(gm: torch.fx.GraphModule, inputs: Mapping[str, Any]):
+    """A function mapping a (symbolic) size of ``gm`` to its int value at ``inputs`` (None if unknown)."""
+    values = _symbol_values(gm, inputs)
+    return lambda size: _concrete(size, values, None)[0]
+
+
 def _shape(node: torch.fx.Node, values: dict, unbacked: int | None) -> tuple[tuple, bool]:
     val = node.meta.get("val")
     if not isinstance(val, torch.Tensor):

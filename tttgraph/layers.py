@@ -149,8 +149,15 @@ class GatedBidirectionalTTT(nn.Module):
         rope_theta: float = 1e4,
         gate_init: float = 0.1,
         bidirectional: bool = True,
+        fold: str | None = None,
+        fold_batch: int = 1,
     ):
         super().__init__()
+        if fold not in (None, "hw", "t"):
+            raise TTTGraphError(f"fold must be None, 'hw' or 't', got {fold!r}")
+        if fold and layout.text_tokens_per_segment:
+            raise TTTGraphError("a folded video sequence (fold='hw' or 't') carries no text; use a layout without text")
+        self.fold, self.fold_batch = fold, fold_batch
         self.layout = layout
         self.ttt = TTTMLP(width, num_heads, head_dim, mlp_expansion, mini_batch_size, base_lr, eps, backend)
         if rope_grid is not None:
@@ -197,6 +204,11 @@ class GatedBidirectionalTTT(nn.Module):
         return self.ttt(x.index_select(1, idx), rope).index_select(1, inv)
 
     def forward(self, x: Tensor, num_frames: int | None = None) -> Tensor:
+        if self.fold is not None:
+            return self._folded(x)
+        return self._joint(x, num_frames)
+
+    def _joint(self, x: Tensor, num_frames: int | None) -> Tensor:
         if num_frames is None:
             num_frames = self.layout.infer_num_frames(x.shape[1])
         self.layout._check_tokens(x, num_frames)
@@ -208,8 +220,24 @@ class GatedBidirectionalTTT(nn.Module):
         gate = self.gate("backward", num_frames).to(x.dtype)
         return z + gate * self._direction(z, num_frames, rope, reverse=True)
 
+    def _folded(self, x: Tensor) -> Tensor:
+        """Video whose frames ("hw": [B*F, hw, C]) or patches ("t": [B*hw, F, C]) sit in the batch dim
+        (Latte's spatial and temporal blocks): unfold to the frame-major [B, F*hw, C], run, fold back."""
+        b = self.fold_batch
+        outer, inner, width = x.shape
+        if outer % b:
+            raise TTTGraphError(f"folded input {tuple(x.shape)} does not split into batch {b}")
+        if self.fold == "hw":
+            frames = outer // b
+            return self._joint(x.reshape(b, frames * inner, width), frames).reshape(outer, inner, width)
+        frames, patches = inner, outer // b
+        flat = x.reshape(b, patches, frames, width).transpose(1, 2).reshape(b, frames * patches, width)
+        out = self._joint(flat, frames)
+        return out.reshape(b, frames, patches, width).transpose(1, 2).reshape(outer, inner, width)
+
     def extra_repr(self) -> str:
-        return f"layout={self.layout}, rope_grid={self.rope_grid}, bidirectional={self.bidirectional}"
+        fold = f", fold={self.fold!r}, fold_batch={self.fold_batch}" if self.fold else ""
+        return f"layout={self.layout}, rope_grid={self.rope_grid}, bidirectional={self.bidirectional}{fold}"
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from tttgraph.adapters import TokenLayout
-from tttgraph.analysis import Analysis, AttentionSite, analyse
+from tttgraph.analysis import Analysis, AttentionSite, analyse, size_at_example
 from tttgraph.capture import CapturedModel, bind_inputs, capture, capture_info
 from tttgraph.checkpoint import base_fingerprints
 from tttgraph.config import TTTConfig
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 __all__ = ["SitePlan", "TransformPlan", "inspect", "transform"]
 
 PLAN_KEY = "tttgraph_plan"
-_TTT_KINDS = {("joint", "thw"), ("video", "thw")}
+_TTT_KINDS = {("joint", "thw"), ("video", "thw"), ("video", "hw"), ("video", "t")}
 
 
 class TargetNotFoundError(TTTGraphError):
@@ -77,6 +77,7 @@ class TransformPlan:
     segment_sites: dict[str, tuple[AttentionSite, SequenceLayout]] = field(default_factory=dict, repr=False)
     backends: dict[str, str] = field(default_factory=dict)
     base_fingerprints: dict[str, str | None] = field(default_factory=dict, repr=False)
+    evaluate: Any = field(default=None, repr=False)  # symbolic size -> its value at the example inputs
 
     @property
     def ttt_modules(self) -> list[str]:
@@ -112,12 +113,7 @@ def _ttt_note(site: AttentionSite, cfg: TTTConfig) -> tuple[bool, str]:
     if not cfg.selects(site.module_path, cross_attention=cross):
         return False, "cross-attention: not targeted" if cross else "not selected by targets/exclude"
     if (site.kind, site.axes) in _TTT_KINDS or cross:
-        if site.data_dependent:
-            return False, "sequence length depends on input values (Mochi's text selection): not supported"
         return True, ""
-    if site.kind == "video":
-        span = "frame" if site.axes == "hw" else "patch over time"
-        return False, f"attention over one {span}: TTT needs the whole video"
     return False, f"{site.kind} attention: no video sequence"
 
 
@@ -131,20 +127,26 @@ def _plan(gm: torch.fx.GraphModule, analysis: Analysis, cfg: TTTConfig) -> Trans
         ttt, note = _ttt_note(site, cfg)
         seq = site_layout(site, layout, seg)
         excluded = not cfg.selects(site.module_path, cross_attention=False) and not site.kind == "cross"
-        segment = (seg.frames_per_segment is not None and seq is not None and not site.is_causal
-                   and not site.data_dependent and not excluded)
+        segment = seg.frames_per_segment is not None and seq is not None and not site.is_causal and not excluded
+        if segment and site.kind == "cross" and site.q_shape[2] != layout.video_tokens:
+            # Frames folded into the batch (Latte): each frame's queries see the whole text.
+            segment, note = False, (note + "; " if note else "") + "per-frame cross-attention: not segmented"
         if segment:
             segment_sites[site.name] = (site, seq)
         if ttt:
-            ttt_layout = seq if site.kind != "cross" else SequenceLayout(
+            folded = site.kind == "video" and site.axes in ("hw", "t")
+            ttt_layout = seq if site.kind == "joint" or (site.kind, site.axes) == ("video", "thw") else SequenceLayout(
                 0, layout.tokens_per_frame, seg.frames_per_segment, seg.overlap_frames)
             rope = layout.grid if cfg.rope else None
-            ttt_sites.append(TTTSite(site, ttt_layout, rope))
+            joint = layout.joint_tokens if site.kind == "joint" else None
+            fold = site.axes if folded else None
+            ttt_sites.append(TTTSite(site, ttt_layout, rope, joint, fold, layout.batch_size))
         sites.append(SitePlan(site.name, site.module_path, site.kind, site.axes, site.q_shape, site.k_shape,
                               segment, ttt, note))
-    added = sum(_count_params(item, cfg, gm) for item in ttt_sites)
+    evaluate = size_at_example(gm, info.example_inputs)
+    added = sum(_count_params(item, cfg, gm, evaluate) for item in ttt_sites)
     return TransformPlan(info.model_class, analysis.adapter, layout, cfg, seg, sites, added, info.frame_range,
-                         ttt_sites, segment_sites)
+                         ttt_sites, segment_sites, evaluate=evaluate)
 
 
 def _check_targets(cfg: TTTConfig, sites: tuple[AttentionSite, ...]) -> None:
@@ -159,11 +161,12 @@ def _check_targets(cfg: TTTConfig, sites: tuple[AttentionSite, ...]) -> None:
             )
 
 
-def _count_params(item: TTTSite, cfg: TTTConfig, gm) -> int:
+def _count_params(item: TTTSite, cfg: TTTConfig, gm, evaluate) -> int:
     from tttgraph.passes.insert_ttt import insertion_point
 
     nodes = {n.name: n for n in gm.graph.nodes}
-    width = int(insertion_point(nodes[item.site.name], item.site.module_path).meta["val"].shape[-1])
+    point = insertion_point(nodes[item.site.name], item.site.module_path, item.joint_tokens, evaluate)
+    width = int(point.meta["val"].shape[-1])
     with torch.device("meta"):
         layer = GatedBidirectionalTTT(width, item.site.q_shape[1], item.layout, head_dim=item.site.q_shape[3],
                                       mlp_expansion=cfg.mlp_expansion, bidirectional=cfg.bidirectional)
@@ -216,7 +219,7 @@ def transform(model: nn.Module, cfg: TTTConfig, example_inputs: Any, *, progress
     gm, plan = _capture_and_plan(model, cfg, example_inputs, progress)
     plan.base_fingerprints = base_fingerprints(model)
     lower = LowerTTT(cfg.backend)
-    passes = [InsertTTT(plan.ttt_sites, cfg)]
+    passes = [InsertTTT(plan.ttt_sites, cfg, plan.evaluate)]
     if plan.segment_sites:
         passes.append(SegmentAttentionPass(plan.segment_sites))
     passes.append(lower)
