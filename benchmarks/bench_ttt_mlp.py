@@ -104,12 +104,23 @@ def measure(args, seq_len, backend):
     flops = 7 * 2 * args.dim * args.hidden * seq_len * args.batch * args.heads
     row["fwd_tflops"] = flops / fwd / 1e12
     if args.check:
-        ref_inputs = [x.detach().float().requires_grad_(True) for x in inputs]
-        ref_out = ttt_mlp(*ref_inputs, **{**opts, "backend": "reference"})
-        ref_dq = torch.autograd.grad(ref_out, ref_inputs[0], grad_out.float())[0]
-        row["err_out"] = _relerr(out, ref_out)
-        row["err_dq"] = _relerr(grads[0], ref_dq)
+        del leaves
         row["finite"] = bool(all(torch.isfinite(g).all() for g in grads))
+        if seq_len > args.check_grads_up_to:  # the fp32 reference backward would not fit beside the rest
+            del grads
+        ref_inputs = [x.detach().float().requires_grad_(seq_len <= args.check_grads_up_to) for x in inputs]
+        with torch.set_grad_enabled(seq_len <= args.check_grads_up_to):
+            ref_out = ttt_mlp(*ref_inputs, **{**opts, "backend": "reference"})
+        row["err_out"] = _relerr(out, ref_out)
+        if seq_len <= args.check_grads_up_to:
+            ref_grads = torch.autograd.grad(ref_out, ref_inputs, grad_out.float())
+            row["err_dq"] = _relerr(grads[0], ref_grads[0])
+            names = ("q", "k", "v", "eta", "ln_weight", "ln_bias", "w1", "b1", "w2", "b2")
+            row["err_grads"] = {n: _relerr(g, r) for n, g, r in zip(names, grads, ref_grads, strict=True)}
+            row["err_grads_max"] = max(row["err_grads"].values())
+            if args.per_grad:
+                print(f"{backend} T={seq_len} per-gradient rel err: "
+                      + ", ".join(f"d{n} {e:.2e}" for n, e in row["err_grads"].items()), flush=True)
     return row
 
 
@@ -137,12 +148,14 @@ def device_name(device: str) -> str:
 
 
 def table(args, rows) -> str:
-    head = "| backend | T | fwd ms | bwd ms | fwd TFLOP/s | peak MiB (fwd+bwd) | rel err out | rel err dq |"
-    lines = [head, "|" + "---|" * 8]
+    head = ("| backend | T | fwd ms | bwd ms | fwd TFLOP/s | peak MiB (fwd+bwd) | rel err out | rel err dq "
+            "| max rel err of the 10 grads |")
+    lines = [head, "|" + "---|" * 9]
     for r in rows:
-        errs = "- | -"
+        errs = "- | - | -"
         if "err_out" in r:
-            errs = f"{r['err_out']:.2e} | {r['err_dq']:.2e}" + ("" if r["finite"] else " NaN!")
+            grad_errs = (f"{r['err_dq']:.2e} | {r['err_grads_max']:.2e}" if "err_dq" in r else "- | -")
+            errs = f"{r['err_out']:.2e} | {grad_errs}" + ("" if r["finite"] else " NaN!")
         lines.append(
             f"| {r['backend']} | {r['T']:,} | {r['fwd_ms']:.1f} | {r['bwd_ms']:.1f} | {r['fwd_tflops']:.3f} | "
             f"{r['peak_mib']:.0f} | {errs} |"
@@ -164,6 +177,9 @@ def main(argv=None):
     p.add_argument("--backends", nargs="+", default=["reference"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the error check")
+    p.add_argument("--per-grad", action="store_true", help="print the error of each of the ten gradients")
+    p.add_argument("--check-grads-up-to", type=int, default=101376,
+                   help="check gradients against the fp32 reference up to this T (output error at any T)")
     p.add_argument("--one", action="store_true", help="run each (T, backend) in a fresh process (CPU peak RSS)")
     p.add_argument("--json", action="store_true", help="print one JSON row per measurement (used by --one)")
     p.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
@@ -199,7 +215,8 @@ def main(argv=None):
 def _forward_args(args):
     out = ["--device", args.device, "--batch", str(args.batch), "--heads", str(args.heads), "--dim", str(args.dim),
            "--hidden", str(args.hidden), "--mini-batch", str(args.mini_batch), "--checkpoint-every",
-           str(args.checkpoint_every), "--dtype", args.dtype, "--repeats", str(args.repeats)]
+           str(args.checkpoint_every), "--dtype", args.dtype, "--repeats", str(args.repeats),
+           "--check-grads-up-to", str(args.check_grads_up_to)]
     return out + ([] if args.check else ["--no-check"])
 
 

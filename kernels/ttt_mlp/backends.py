@@ -66,10 +66,15 @@ def unavailable_reason(backend: TTTBackend, args: tuple, mini_batch_size: int, e
     return module.unsupported_reason(*args, mini_batch_size, eps)
 
 
-def resolve(name: str | TTTBackend, args: tuple, mini_batch_size: int, eps: float) -> ModuleType:
+def resolve(
+    name: str | TTTBackend, args: tuple, mini_batch_size: int, eps: float, backward: bool = False
+) -> ModuleType:
     """The backend module to run; for AUTO the first that supports the inputs (logging why others didn't).
 
-    Raises BackendUnavailableError when an explicitly requested backend can't run these inputs.
+    With ``backward=True`` (the op's backward), AUTO also skips backends whose module sets
+    ``AUTO_BACKWARD = False`` (a backward not yet accurate enough to be picked unasked; the reason is
+    the module's ``AUTO_BACKWARD_REASON``). Raises BackendUnavailableError when an explicitly
+    requested backend can't run these inputs.
     """
     backend = parse_backend(name)
     if backend is not TTTBackend.AUTO:
@@ -87,6 +92,8 @@ def resolve(name: str | TTTBackend, args: tuple, mini_batch_size: int, eps: floa
             # by name (tests): it is orders of magnitude slower than the reference there.
             continue
         reason = unavailable_reason(candidate, args, mini_batch_size, eps)
+        if reason is None and backward and not getattr(_load(candidate)[0], "AUTO_BACKWARD", True):
+            reason = getattr(_load(candidate)[0], "AUTO_BACKWARD_REASON", "its backward is not picked by auto")
         if reason is None:
             return _load(candidate)[0]
         logger.debug("ttt_mlp: backend %s skipped: %s", candidate.value, reason)

@@ -90,7 +90,7 @@ def ttt_mlp_backward_op(
     checkpoint_every: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     args = (q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2)
-    impl = backends.resolve(backend, args, mini_batch_size, eps)
+    impl = backends.resolve(backend, args, mini_batch_size, eps, backward=True)
     states = (w1_states, b1_states, w2_states, b2_states)
     grads = impl.backward(grad_out, *args, states, mini_batch_size, eps, checkpoint_every)
     return tuple(grads)

@@ -106,3 +106,21 @@ def test_auto_uses_reference_on_cpu_and_explains_the_others():
     assert reasons["reference"] == "ok"
     assert set(reasons) == {b.value for b in TTTBackend if b is not TTTBackend.AUTO}
     assert all(r == "ok" or len(r) > 10 for r in reasons.values())
+
+
+def test_auto_backward_skips_backends_that_opt_out(monkeypatch):
+    """A backend whose backward is not trusted yet (AUTO_BACKWARD = False) runs forward only under auto."""
+    import types
+
+    fake = types.SimpleNamespace(__name__="tttgraph.kernels.ttt_mlp.fake", AUTO_BACKWARD=False,
+                                 unsupported_reason=lambda *a: None)
+    real_load = backends._load
+
+    def load(backend):
+        return (fake, None) if backend is TTTBackend.TRITON else real_load(backend)
+
+    monkeypatch.setattr(backends, "_load", load)
+    args = random_inputs(1, 1, 8, 8, 16, device="meta")  # not CPU: auto considers GPU backends
+    assert backends.resolve("auto", args, 16, 1e-6) is fake
+    assert backends.resolve("auto", args, 16, 1e-6, backward=True).__name__.endswith(".reference")
+    assert backends.resolve("triton", args, 16, 1e-6, backward=True) is fake  # asked by name: runs

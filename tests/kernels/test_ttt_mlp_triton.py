@@ -220,3 +220,17 @@ def test_gpu_bitwise_repeatable():
     assert torch.equal(first[0], second[0])
     for a, b in zip(first[1] + first[2], second[1] + second[2], strict=True):
         assert torch.equal(a, b)
+
+
+def test_reference_backward_reads_triton_checkpoints():
+    """backend='auto' pairs the Triton forward with the reference backward: the checkpoints must agree."""
+    args = make_inputs(2, 3, 70, 16, 64, seed=21)
+    grad_out = torch.randn_like(args[0])
+    _, tri_states = tk.forward(*args, 16, EPS, 2, True)
+    _, ref_states = reference.forward(*args, 16, EPS, 2, True)
+    for t, r in zip(tri_states, ref_states, strict=True):
+        assert t.shape == r.shape and rel_err(t, r) < 1e-5
+    mixed = reference.backward(grad_out, *args, tri_states, 16, EPS, 2)
+    pure = reference.backward(grad_out, *args, ref_states, 16, EPS, 2)
+    for name, m, p in zip(GRAD_NAMES, mixed, pure, strict=True):
+        assert rel_err(m, p) < 1e-5, name
