@@ -19,7 +19,7 @@ from tttgraph.rewrite import TargetNotFoundError, inspect, plan_of, transform  #
 # Tiny configs: 4x4 tokens per frame, text 8 tokens. order: where the text sits in joint attention.
 FAMILIES = {
     "cogvideox": dict(order="text_first", frames=5, seg=2),
-    "cogvideox1.5": dict(order="text_first", frames=6, seg=2),  # 2 latent frames per token frame
+    "cogvideox1.5": dict(order="text_first", frames=8, seg=4, patch_t=2),  # 2 latent frames per token frame
     "wan2.1": dict(order="video_only", frames=5, seg=2),
     "hunyuanvideo": dict(order="video_first", frames=5, seg=2),
     "ltx-video": dict(order="video_only", frames=5, seg=2),
@@ -121,10 +121,10 @@ def segment_local_sdpa(frames, s, o, order, text_tokens_per_segment):
             groups = [(video(i),) * 2 for i in range(len(windows))]
         elif nq == nv and nk == nt:
             groups = [([r - video_at for r in video(i)], [c - text_at for c in text(i)]) for i in range(len(windows))]
-        elif nq == nk == nt:
-            groups = [([c - text_at for c in text(i)],) * 2 for i in range(len(windows))]
         elif nq == nk == frames:  # attention over time, one patch at a time (Latte's temporal blocks)
             groups = [(list(range(a, b)),) * 2 for a, b in windows]
+        elif nq == nk == nt:
+            groups = [([c - text_at for c in text(i)],) * 2 for i in range(len(windows))]
         else:
             return original(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
         assert scale is None and not is_causal
@@ -137,21 +137,41 @@ def segment_local_sdpa(frames, s, o, order, text_tokens_per_segment):
         F.scaled_dot_product_attention = original
 
 
-@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "cogvideox1.5"])
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_segments_match_an_eager_per_segment_reference(family):
     spec = FAMILIES[family]
+    pt = spec.get("patch_t", 1)  # the reference counts token frames (latent frames / temporal patch)
     model, inputs = _setup(family)
-    cfg = TTTConfig(gate_init=0.0, mini_batch_size=16, segment_latent_frames=spec["seg"], segment_overlap_frames=1)
+    cfg = TTTConfig(gate_init=0.0, mini_batch_size=16, segment_latent_frames=spec["seg"], segment_overlap_frames=pt)
     tm = transform(model, cfg, inputs, progress=False)
     plan = plan_of(tm)
     assert sum(s.segment for s in plan.sites) >= 2
     with torch.no_grad():
         got = _out(tm, inputs)
         plain = _out(model, inputs)
-        with segment_local_sdpa(spec["frames"], spec["seg"], 1, spec["order"], TEXT // 2):
+        with segment_local_sdpa(spec["frames"] // pt, spec["seg"] // pt, 1, spec["order"], TEXT // 2), \
+                _relative_temporal_table(model, spec["frames"], spec["seg"]):
             expected = _out(model, inputs)
     assert (expected - plain).abs().max() > 1e-3  # the reference really is local
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@contextlib.contextmanager
+def _relative_temporal_table(model, frames, seg):
+    """Latte's frame table indexed by each frame's place in its window (what passes/positions.py does)."""
+    table = getattr(model, "temp_pos_embed", None)
+    if table is None:
+        yield
+        return
+    windows, positions = _windows(frames, seg, 1), []
+    for i, (start, _) in enumerate(windows):
+        stop = (i + 1) * seg if i < len(windows) - 1 else frames
+        positions += [f - start for f in range(i * seg, stop)]
+    model.register_buffer("temp_pos_embed", table[:, positions], persistent=False)
+    try:
+        yield
+    finally:
+        model.register_buffer("temp_pos_embed", table, persistent=False)
 
 
 def _frame_outputs(out, family):
@@ -252,3 +272,30 @@ def test_graph_insertion_matches_the_hand_written_eager_insertion():
         got, expected = _out(tm, inputs), _out(eager, inputs)
     assert (got - _out(model, inputs)).abs().max() > 1e-4  # the TTT layers act
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_latte_runs_longer_than_its_position_table_with_segment_relative_positions():
+    from tttgraph.layout import SequenceLayout
+    from tttgraph.passes.positions import relative_frame_positions
+
+    model = build_tiny("latte")  # temp_pos_embed has video_length = 4 rows
+    frames = 8
+    inputs = example_inputs(model, frames, text_tokens=TEXT)
+    with pytest.raises(TTTGraphError, match=r"temp_pos_embed holds positions for 4 frames, the inputs have 8"):
+        inspect(model, TTTConfig(), inputs)
+    cfg = TTTConfig(gate_init=0.0, mini_batch_size=16, segment_latent_frames=2, segment_overlap_frames=1)
+    table = model.temp_pos_embed
+    tm = transform(model, cfg, inputs, progress=False)
+    assert model.temp_pos_embed is table  # the user's model is left as it was
+    # Reference: the eager model with the table indexed by each frame's place in its segment, and
+    # temporal attention cut into the same windows.
+    positions = relative_frame_positions(SequenceLayout(0, 1, 2, 1), frames)
+    assert positions == [0, 1, 0, 1, 0, 1, 0, 1]
+    model.register_buffer("temp_pos_embed", table[:, positions], persistent=False)
+    try:
+        with torch.no_grad(), segment_local_sdpa(frames, 2, 1, "video_only", TEXT // 4):
+            expected = _out(model, inputs)
+    finally:
+        model.register_buffer("temp_pos_embed", table, persistent=False)
+    with torch.no_grad():
+        torch.testing.assert_close(_out(tm, inputs), expected, rtol=1e-5, atol=1e-5)

@@ -12,6 +12,7 @@ changing anything and prints as a table.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tttgraph.adapters import TokenLayout
+from tttgraph.adapters import TokenLayout, get_adapter
 from tttgraph.analysis import Analysis, AttentionSite, analyse, size_at_example
 from tttgraph.capture import CapturedModel, bind_inputs, capture, capture_info
 from tttgraph.checkpoint import base_fingerprints
@@ -30,6 +31,7 @@ from tttgraph.layout import SequenceLayout
 from tttgraph.passes import normalize_attention
 from tttgraph.passes.insert_ttt import InsertTTT, TTTSite
 from tttgraph.passes.lower_ttt import LowerTTT
+from tttgraph.passes.positions import segment_relative_positions
 from tttgraph.passes.segment_attention import SegmentAttentionPass
 from tttgraph.passes.site_layout import Segmentation, segmentation, site_layout
 from tttgraph.passes.verify import check_order_preserved, node_order
@@ -179,7 +181,15 @@ def _capture_and_plan(model: nn.Module, cfg: TTTConfig, example_inputs: Any, pro
     if isinstance(model, CapturedModel):
         raise TTTGraphError("this model was already transformed or captured; pass the original model")
     _, named = bind_inputs(model, example_inputs)
-    gm = capture(model, named, progress=progress, dynamic_text=cfg.segment_latent_frames is not None)
+    adapter = get_adapter(model)
+    positions = contextlib.nullcontext(0)
+    if adapter.temporal_position_tables:
+        layout = adapter.layout(model, named)
+        seg = segmentation(cfg, layout)
+        frames = SequenceLayout(0, 1, seg.frames_per_segment, seg.overlap_frames)
+        positions = segment_relative_positions(model, adapter.temporal_position_tables, frames, layout.frames)
+    with positions:
+        gm = capture(model, named, progress=progress, dynamic_text=cfg.segment_latent_frames is not None)
     normalize_attention(gm)
     analysis = analyse(gm, model, named)
     plan = _plan(gm, analysis, cfg)

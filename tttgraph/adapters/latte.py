@@ -1,7 +1,8 @@
 """Latte: alternating spatial (per frame) and temporal (per patch) self-attention, text through
 cross-attention in the spatial blocks. ``[B, C, F, H, W]``.
 
-The frame count is baked in: a temporal position table of ``video_length`` entries is added.
+The frame count is baked in: a temporal position table of ``video_length`` entries is added
+(with segments, ``passes/positions.py`` makes it segment-relative so longer videos capture).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ class LatteAdapter(VideoAdapter):
         "frame count is fixed at capture"
     )
     order = "video_only"
+    temporal_position_tables = ("temp_pos_embed",)
 
     def patch_size(self, model):
         return (1, model.config.patch_size, model.config.patch_size)
