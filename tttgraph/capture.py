@@ -157,7 +157,7 @@ def capture(
     frames = _latent_frames(adapter, model, named)
     want_dynamic, note = _decide_dynamic(adapter, dynamic_frames, frames)
 
-    bar = tqdm(total=3, desc=f"capture {type(model).__name__}", disable=not progress, leave=False)
+    bar = tqdm(total=2, desc=f"capture {type(model).__name__}", disable=not progress, leave=False)
     try:
         bar.set_postfix_str("torch.export (non-strict)")
         log.info("capture: exporting %s (dynamic frames: %s)", type(model).__name__, want_dynamic)
