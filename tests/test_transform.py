@@ -302,3 +302,18 @@ def test_latte_runs_longer_than_its_position_table_with_segment_relative_positio
         model.register_buffer("temp_pos_embed", table, persistent=False)
     with torch.no_grad():
         torch.testing.assert_close(_out(tm, inputs), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_filter_fn_sees_the_attention_module_and_acts_like_exclude():
+    model, inputs = _setup("wan2.1")
+    seen = []
+
+    def only_first_block(path, module):
+        seen.append(type(module).__name__)
+        return path.startswith("blocks.0.")
+
+    plan = inspect(model, TTTConfig(filter_fn=only_first_block, segment_latent_frames=2, segment_overlap_frames=1),
+                   inputs)
+    assert "WanAttention" in seen
+    assert [s.module_path for s in plan.sites if s.ttt] == ["blocks.0.attn1"]
+    assert [s.module_path for s in plan.sites if s.segment] == ["blocks.0.attn1", "blocks.0.attn2"]

@@ -32,12 +32,14 @@ class TTTConfig:
     """How to rewrite a video DiT into the one-minute-video architecture.
 
     Attributes:
-        targets: module-path patterns of the attention modules to rewrite: shell globs
-            (``"transformer_blocks.*.attn1"``) or regexes prefixed with ``re:``. Empty (default):
-            every self-attention over video tokens. Cross-attention (text keys only) is left alone
-            unless a pattern names it.
-        exclude: patterns of attention modules never to rewrite.
-        filter_fn: optional ``fn(module_path, module) -> bool``, applied after targets/exclude.
+        targets: module-path patterns of the attention modules that get a TTT layer: shell globs
+            (``"transformer_blocks.*.attn1"``, ``**`` spans dots) or regexes prefixed with ``re:``.
+            Empty (default): every self-attention over video tokens. Cross-attention (text keys
+            only) gets none unless a pattern names it.
+        exclude: patterns of attention modules left exactly as they are: no TTT layer and no
+            segmentation. (With segments on, every other attention over frames is made
+            segment-local, targeted or not, so that no attention spans segments.)
+        filter_fn: optional ``fn(module_path, module) -> bool``; False acts like ``exclude``.
             Not serialisable: a config with one can't be saved.
         segment_latent_frames: S, latent frames per attention segment; None = no segmentation
             (attention stays global). The reference uses 12 (3 s of video).
@@ -103,17 +105,19 @@ class TTTConfig:
 
     # ------------------------------------------------------------------ matching
 
-    def selects(self, module_path: str, module: Any = None, *, cross_attention: bool = False) -> bool:
-        """Whether the attention module at ``module_path`` is rewritten under this config."""
+    def excludes(self, module_path: str, module: Any = None) -> bool:
+        """Whether ``exclude`` (or ``filter_fn``) keeps the attention at ``module_path`` as it is."""
         if any(_compile(p).fullmatch(module_path) for p in self.exclude):
+            return True
+        return self.filter_fn is not None and not self.filter_fn(module_path, module)
+
+    def selects(self, module_path: str, module: Any = None, *, cross_attention: bool = False) -> bool:
+        """Whether the attention at ``module_path`` gets a TTT layer under this config."""
+        if self.excludes(module_path, module):
             return False
         if self.targets:
-            chosen = any(_compile(p).fullmatch(module_path) for p in self.targets)
-        else:
-            chosen = not cross_attention
-        if chosen and self.filter_fn is not None:
-            chosen = bool(self.filter_fn(module_path, module))
-        return chosen
+            return any(_compile(p).fullmatch(module_path) for p in self.targets)
+        return not cross_attention
 
     # ------------------------------------------------------------------ serialisation
 

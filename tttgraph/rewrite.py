@@ -110,38 +110,47 @@ class TransformPlan:
         return "\n".join(head + table)
 
 
-def _ttt_note(site: AttentionSite, cfg: TTTConfig) -> tuple[bool, str]:
+def _ttt_note(site: AttentionSite, cfg: TTTConfig, module: nn.Module | None) -> tuple[bool, str]:
     cross = site.kind == "cross"
-    if not cfg.selects(site.module_path, cross_attention=cross):
+    if not cfg.selects(site.module_path, module, cross_attention=cross):
         return False, "cross-attention: not targeted" if cross else "not selected by targets/exclude"
     if (site.kind, site.axes) in _TTT_KINDS or cross:
         return True, ""
     return False, f"{site.kind} attention: no video sequence"
 
 
-def _plan(gm: torch.fx.GraphModule, analysis: Analysis, cfg: TTTConfig) -> TransformPlan:
+def _module_at(model: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(path) if path else None
+    except AttributeError:
+        return None
+
+
+def _plan(gm: torch.fx.GraphModule, analysis: Analysis, cfg: TTTConfig, model: nn.Module) -> TransformPlan:
     layout = analysis.layout
     seg = segmentation(cfg, layout)
     info = capture_info(gm)
     _check_targets(cfg, analysis.sites)
     sites, ttt_sites, segment_sites = [], [], {}
     for site in analysis.sites:
-        ttt, note = _ttt_note(site, cfg)
+        module = _module_at(model, site.module_path)
+        ttt, note = _ttt_note(site, cfg, module)
         seq = site_layout(site, layout, seg)
-        excluded = not cfg.selects(site.module_path, cross_attention=False) and not site.kind == "cross"
-        segment = seg.frames_per_segment is not None and seq is not None and not site.is_causal and not excluded
+        segment = (seg.frames_per_segment is not None and seq is not None and not site.is_causal
+                   and not cfg.excludes(site.module_path, module))
         if segment and site.kind == "cross" and site.q_shape[2] != layout.video_tokens:
             # Frames folded into the batch (Latte): each frame's queries see the whole text.
             segment, note = False, (note + "; " if note else "") + "per-frame cross-attention: not segmented"
         if segment:
             segment_sites[site.name] = (site, seq)
         if ttt:
-            folded = site.kind == "video" and site.axes in ("hw", "t")
-            ttt_layout = seq if site.kind == "joint" or (site.kind, site.axes) == ("video", "thw") else SequenceLayout(
-                0, layout.tokens_per_frame, seg.frames_per_segment, seg.overlap_frames)
-            rope = layout.grid if cfg.rope else None
+            if site.kind == "joint" or (site.kind, site.axes) == ("video", "thw"):
+                ttt_layout = seq
+            else:  # after a cross-attention, or a folded video (Latte): the TTT reads the video alone
+                ttt_layout = SequenceLayout(0, layout.tokens_per_frame, seg.frames_per_segment, seg.overlap_frames)
+            fold = site.axes if site.kind == "video" and site.axes in ("hw", "t") else None
             joint = layout.joint_tokens if site.kind == "joint" else None
-            fold = site.axes if folded else None
+            rope = layout.grid if cfg.rope else None
             ttt_sites.append(TTTSite(site, ttt_layout, rope, joint, fold, layout.batch_size))
         sites.append(SitePlan(site.name, site.module_path, site.kind, site.axes, site.q_shape, site.k_shape,
                               segment, ttt, note))
@@ -192,7 +201,7 @@ def _capture_and_plan(model: nn.Module, cfg: TTTConfig, example_inputs: Any, pro
         gm = capture(model, named, progress=progress, dynamic_text=cfg.segment_latent_frames is not None)
     normalize_attention(gm)
     analysis = analyse(gm, model, named)
-    plan = _plan(gm, analysis, cfg)
+    plan = _plan(gm, analysis, cfg, model)
     if not plan.ttt_sites:
         found = ", ".join(f"{s.module_path} ({s.kind}{'/' + s.axes if s.axes else ''}: {s.note})"
                           for s in plan.sites) or "no attention at all"
