@@ -6,6 +6,8 @@ are ``[B, H, N, D]`` as the ``tttgraph::ttt_mlp`` op takes them.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -182,10 +184,8 @@ class GatedBidirectionalTTT(nn.Module):
         """(cos, sin) [N, D/2] in joint-sequence order; text rows are the identity rotation."""
         if self.rope_grid is None:
             return None
-        angles = video_rope_angles(num_frames, self.rope_grid, self.ttt.head_dim, self.rope_theta)
-        text = torch.zeros(self.layout.text_tokens(num_frames), angles.shape[1], dtype=angles.dtype)
-        angles = torch.cat([text, angles] if self.layout.text_first else [angles, text])
-        return angles.cos().float().to(device), angles.sin().float().to(device)
+        return _rope_table(self.layout, num_frames, self.rope_grid, self.ttt.head_dim, self.rope_theta,
+                           torch.device(device))
 
     def gate(self, direction: str, num_frames: int) -> Tensor:
         """[N, C] tanh-gate of each joint-sequence token for the "forward" or "backward" direction."""
@@ -242,3 +242,13 @@ class GatedBidirectionalTTT(nn.Module):
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+@functools.lru_cache(maxsize=16)
+def _rope_table(layout: SequenceLayout, num_frames: int, grid: tuple[int, int], head_dim: int, theta: float,
+                device: torch.device) -> tuple[Tensor, Tensor]:
+    """Shared by every layer of a model (one table per frame count and device, not one per call)."""
+    angles = video_rope_angles(num_frames, grid, head_dim, theta)
+    text = torch.zeros(layout.text_tokens(num_frames), angles.shape[1], dtype=angles.dtype)
+    angles = torch.cat([text, angles] if layout.text_first else [angles, text])
+    return angles.cos().float().to(device), angles.sin().float().to(device)
