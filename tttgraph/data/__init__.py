@@ -1,0 +1,1 @@
+"""Datasets for the examples; ``synthetic`` is the embedded default (no downloads)."""
