@@ -71,9 +71,9 @@ def resolve(
 ) -> ModuleType:
     """The backend module to run; for AUTO the first that supports the inputs (logging why others didn't).
 
-    With ``backward=True`` (the op's backward), AUTO also skips backends whose module sets
-    ``AUTO_BACKWARD = False`` (a backward not yet accurate enough to be picked unasked; the reason is
-    the module's ``AUTO_BACKWARD_REASON``). Raises BackendUnavailableError when an explicitly
+    With ``backward=True`` (the op's backward), AUTO also skips a backend whose module's
+    ``auto_backward_reason(*args)`` gives a reason (its backward is slower than another's, or not
+    accurate enough yet, for these inputs). Raises BackendUnavailableError when an explicitly
     requested backend can't run these inputs.
     """
     backend = parse_backend(name)
@@ -92,8 +92,9 @@ def resolve(
             # by name (tests): it is orders of magnitude slower than the reference there.
             continue
         reason = unavailable_reason(candidate, args, mini_batch_size, eps)
-        if reason is None and backward and not getattr(_load(candidate)[0], "AUTO_BACKWARD", True):
-            reason = getattr(_load(candidate)[0], "AUTO_BACKWARD_REASON", "its backward is not picked by auto")
+        auto_backward = getattr(_load(candidate)[0], "auto_backward_reason", None)
+        if reason is None and backward and auto_backward is not None:
+            reason = auto_backward(*args)
         if reason is None:
             return _load(candidate)[0]
         logger.debug("ttt_mlp: backend %s skipped: %s", candidate.value, reason)

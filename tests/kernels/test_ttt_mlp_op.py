@@ -109,11 +109,11 @@ def test_auto_uses_reference_on_cpu_and_explains_the_others():
 
 
 def test_auto_backward_skips_backends_that_opt_out(monkeypatch):
-    """A backend whose backward is not trusted yet (AUTO_BACKWARD = False) runs forward only under auto."""
+    """A backend whose auto_backward_reason objects runs forward only under auto."""
     import types
 
-    fake = types.SimpleNamespace(__name__="tttgraph.kernels.ttt_mlp.fake", AUTO_BACKWARD=False,
-                                 unsupported_reason=lambda *a: None)
+    fake = types.SimpleNamespace(__name__="tttgraph.kernels.ttt_mlp.fake", unsupported_reason=lambda *a: None,
+                                 auto_backward_reason=lambda q, *a: "slower" if q.dtype == torch.float32 else None)
     real_load = backends._load
 
     def load(backend):
@@ -124,3 +124,5 @@ def test_auto_backward_skips_backends_that_opt_out(monkeypatch):
     assert backends.resolve("auto", args, 16, 1e-6) is fake
     assert backends.resolve("auto", args, 16, 1e-6, backward=True).__name__.endswith(".reference")
     assert backends.resolve("triton", args, 16, 1e-6, backward=True) is fake  # asked by name: runs
+    half = (args[0].bfloat16(), args[1].bfloat16(), args[2].bfloat16(), *args[3:])
+    assert backends.resolve("auto", half, 16, 1e-6, backward=True) is fake

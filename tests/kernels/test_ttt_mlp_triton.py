@@ -129,6 +129,13 @@ def test_low_precision_matches_reference(dtype):
     check_all(args, 32, 2, fwd_tol=2e-2, grad_tol=6e-2)
 
 
+def test_low_precision_extended_recompute(monkeypatch):
+    """The backward's chunk recomputation with the forward's split-bf16 products (XREC, off by default)."""
+    monkeypatch.setattr(tk, "CONFIG_OVERRIDE", {"bwd": {"XREC": True}})
+    args = make_inputs(1, 2, 65, 16, 64, dtype=torch.bfloat16, seed=9)
+    check_all(args, 16, 2, fwd_tol=2e-2, grad_tol=6e-2)
+
+
 def test_two_runs_bitwise_equal():
     args = make_inputs(2, 2, 70, 16, 64, seed=3)
     grad_out = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(4)).to(args[0])
