@@ -34,13 +34,18 @@ def _no_tf32():
 @pytest.mark.parametrize("family", ["cogvideox", "wan2.1"])
 def test_transformed_model_on_cuda_matches_cpu(family):
     cfg = TTTConfig(segment_latent_frames=2, segment_overlap_frames=1, mini_batch_size=16, gate_init=0.5)
-    results = {}
+    results, weights = {}, None
     for device in ("cpu", "cuda"):
         model = build_tiny(family).to(device)
         inputs = example_inputs(model, 5, text_tokens=8)
         inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else
                   tuple(t.to(device) for t in v) if isinstance(v, tuple) else v for k, v in inputs.items()}
         tm = transform(model, cfg, inputs, progress=False).train()
+        # The new layers are initialised from each device's own random stream: give both the same.
+        if weights is None:
+            weights = {k: v.detach().clone() for k, v in tm.state_dict().items()}
+        else:
+            tm.load_state_dict({k: v.to(device) for k, v in weights.items()})
         out = tm(**inputs, return_dict=False)[0]
         out.square().mean().backward()
         grads = {n: p.grad.cpu() for n, p in tm.named_parameters() if ".gated_ttt." in n}
