@@ -55,4 +55,7 @@ def test_transformed_model_on_cuda_matches_cpu(family):
     assert _rel(out_gpu, out_cpu) < 1e-4
     for name, g in g_cpu.items():
         assert torch.isfinite(g_gpu[name]).all(), name
-        assert _rel(g_gpu[name], g) < 1e-3, (name, _rel(g_gpu[name], g))
+        if g.abs().max() == 0:  # the last block's text gates: its text output is discarded
+            assert g_gpu[name].abs().max() == 0, name
+        else:
+            assert _rel(g_gpu[name], g) < 1e-3, (name, _rel(g_gpu[name], g))
