@@ -32,6 +32,7 @@ _LAZY = {
     "CapturedModel": "tttgraph.capture",
     "register_adapter": "tttgraph.adapters",
     "presets": "tttgraph.presets",
+    "export": "tttgraph.exporter",
 }
 
 

@@ -5,6 +5,7 @@ Each command wraps the Python call a user would make:
     tttgraph demo                              tiny CogVideoX + TTT: forward, backward, report
     tttgraph inspect [--family wan2.1]         dry run of transform on a tiny model of a family
     tttgraph transform [--family ...] --out D  transform, run once, save (tttgraph.save) to D
+    tttgraph export [--family ...] --out F     transform, export to F (.pt2 or .onnx; tttgraph.export)
 """
 
 from __future__ import annotations
@@ -78,6 +79,21 @@ def _transform(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from tttgraph.exporter import export
+    from tttgraph.rewrite import transform
+
+    model, cfg, inputs = _setup(args)
+    tm = transform(model, cfg, inputs, progress=args.progress)
+    result = export(tm, args.out, format=args.format, dynamic_frames=args.dynamic_frames, opset=args.opset,
+                    ttt_op=args.ttt_op)
+    print(f"exported {result.format} to {result.path} in {result.seconds:.1f} s ({result.bytes / 1e6:.2f} MB)")
+    print(f"inputs: {', '.join(result.input_names)}; latent frames accepted: {result.frames}")
+    for note in result.notes:
+        print(f"note: {note}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tttgraph", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -98,6 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arguments(p)
     p.add_argument("--out", default="tttgraph-out", help="directory for the saved weights + recipe")
     p.set_defaults(run=_transform)
+
+    p = commands.add_parser("export", help="transform a tiny model of a family and export it (.pt2 or .onnx)")
+    _model_arguments(p)
+    p.add_argument("--out", default="tttgraph-model.onnx", help="file to write; .pt2 or .onnx picks the format")
+    p.add_argument("--format", choices=["pt2", "onnx"], help="format (default: from the --out suffix)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default 23)")
+    p.add_argument("--ttt-op", default="decompose", choices=["decompose", "custom"],
+                   help="ONNX form of the TTT scan: standard ops in a Loop (default) or one tttgraph.TTTMLP node")
+    p.add_argument("--static-frames", dest="dynamic_frames", action="store_false",
+                   help="fix the frame count to --frames (default: dynamic, whole segments)")
+    p.set_defaults(run=_export)
     return parser
 
 
