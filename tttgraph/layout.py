@@ -139,11 +139,11 @@ class SequenceLayout:
 
     def interleave_index(self, num_frames: int, device=None, reverse: bool = False) -> Tensor:
         """[N] indices into the joint sequence, in TTT order (of ``rev`` if ``reverse``)."""
-        return _interleave_index(self, num_frames, reverse).to(device)
+        return _placed_index(self, num_frames, reverse, False, _device(device))
 
     def deinterleave_index(self, num_frames: int, device=None, reverse: bool = False) -> Tensor:
         """[N] indices into the TTT-order sequence that restore joint-sequence order."""
-        return _inverse(_interleave_index(self, num_frames, reverse)).to(device)
+        return _placed_index(self, num_frames, reverse, True, _device(device))
 
     def reverse_index(self, num_frames: int, device=None) -> Tensor:
         """[N] indices into the joint sequence of ``rev`` (joint-sequence order)."""
@@ -203,3 +203,15 @@ def _inverse(index: Tensor) -> Tensor:
     inv = torch.empty_like(index)
     inv[index] = torch.arange(index.numel(), device=index.device)
     return inv
+
+
+def _device(device) -> torch.device:
+    return torch.device("cpu") if device is None else torch.device(device)
+
+
+@functools.lru_cache(maxsize=128)
+def _placed_index(layout: SequenceLayout, num_frames: int, reverse: bool, inverse: bool,
+                  device: torch.device) -> Tensor:
+    """The (inverse) TTT-order index, built and moved to ``device`` once: every TTT call reads it twice."""
+    index = _interleave_index(layout, num_frames, reverse)
+    return (_inverse(index) if inverse else index).to(device)
