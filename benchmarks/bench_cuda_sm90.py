@@ -1,0 +1,144 @@
+"""Build, check and time the ``cuda_sm90`` TTT-MLP forward beside Triton and the reference, in one process.
+
+For the issue #5 protocol (B=1, H=48, D=64, F=256, mini-batch 64, bf16): build time of the extension,
+then per T the forward time of cuda_sm90 (split-bf16 products on and off), Triton and, up to
+``--ref-up-to``, the float32 reference; effective TFLOP/s (229,376 FLOP per token-head); relative
+L2 error of each output against the float32 reference on the same inputs (layer-scale inputs: eta =
+0.1/D * sigmoid / 64, inner weights std 0.02); and the time per mini-batch. Prints a markdown table;
+``--append`` adds it to BENCHMARKS.md with the card's name.
+
+    python benchmarks/bench_cuda_sm90.py --seq-lens 18048 101376 351168
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOP_PER_TOKEN_HEAD = 229_376
+
+
+def layer_inputs(heads, seq_len, seed=0, device="cuda"):
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape, std=1.0):
+        return torch.randn(*shape, generator=g) * std
+
+    q = F.normalize(randn(1, heads, seq_len, 64), dim=-1).to(device, torch.bfloat16)
+    k = F.normalize(randn(1, heads, seq_len, 64), dim=-1).to(device, torch.bfloat16)
+    v = (k.float().cpu() + randn(1, heads, seq_len, 64)).to(device, torch.bfloat16)
+    eta = ((0.1 / 64 / 64) * torch.sigmoid(randn(1, heads, seq_len))).to(device)
+    rest = [1 + randn(heads, 64, std=0.1), randn(heads, 64, std=0.1), randn(heads, 64, 256, std=0.02),
+            torch.zeros(heads, 256), randn(heads, 256, 64, std=0.02), torch.zeros(heads, 64)]
+    return [q, k, v, eta, *(t.to(device) for t in rest)]
+
+
+def cuda_time(fn, repeats):
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def relerr(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seq-lens", type=int, nargs="+", default=[18048, 101376, 351168])
+    p.add_argument("--heads", type=int, default=48)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--ref-up-to", type=int, default=351168, help="largest T to run the fp32 reference at")
+    p.add_argument("--no-triton", action="store_true")
+    p.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
+    args = p.parse_args(argv)
+
+    from tttgraph.kernels.ttt_mlp import cuda_sm90, reference
+    from tttgraph.kernels.ttt_mlp import triton as triton_backend
+    from tttgraph.kernels.ttt_mlp.cuda_sm90 import build
+
+    t0 = time.perf_counter()
+    reason = build.unavailable_reason()
+    build_s = time.perf_counter() - t0
+    if reason:
+        sys.exit(f"cuda_sm90 unavailable: {reason}")
+    card = torch.cuda.get_device_name()
+    print(f"{card}; extension built/loaded in {build_s:.1f} s", flush=True)
+
+    rows = []
+    for seq_len in args.seq_lens:
+        inputs = layer_inputs(args.heads, seq_len)
+        n_mb = -(-seq_len // 64)
+        ref = None
+        if seq_len <= args.ref_up_to:
+            with torch.no_grad():
+                up = [x.float() for x in inputs]
+                t = time.perf_counter()
+                ref = reference.forward(*up, 64, 1e-6, 16, False)[0]
+                torch.cuda.synchronize()
+                ref_ms = (time.perf_counter() - t) * 1e3
+                rows.append(dict(name="reference (fp32, one run)", T=seq_len, ms=ref_ms, err=0.0, n_mb=n_mb))
+                del up
+        variants = [("cuda_sm90 split", True), ("cuda_sm90 plain bf16", False)]
+        for name, split in variants:
+            cuda_sm90.SPLIT_PRODUCTS = split
+
+            def run(inputs=inputs):
+                return cuda_sm90.forward(*inputs, 64, 1e-6, 16, False)[0]
+
+            ms = cuda_time(run, args.repeats)
+            out = run()
+            again = run()
+            err = relerr(out, ref) if ref is not None else float("nan")
+            rows.append(dict(name=name, T=seq_len, ms=ms, err=err, n_mb=n_mb,
+                             bitwise=bool(torch.equal(out, again)), finite=bool(torch.isfinite(out).all())))
+            print(rows[-1], flush=True)
+        cuda_sm90.SPLIT_PRODUCTS = True
+        if not args.no_triton:
+            def run_triton(inputs=inputs):
+                return triton_backend.forward(*inputs, 64, 1e-6, 16, False)[0]
+
+            ms = cuda_time(run_triton, args.repeats)
+            out = run_triton()
+            err = relerr(out, ref) if ref is not None else float("nan")
+            rows.append(dict(name="triton", T=seq_len, ms=ms, err=err, n_mb=n_mb))
+            print(rows[-1], flush=True)
+        del inputs, ref
+        torch.cuda.empty_cache()
+
+    lines = [f"Card: {card}. B=1, H={args.heads}, D=64, F=256, mini-batch 64, bf16, forward only (no state "
+             f"saved); median of {args.repeats} after a warm-up. Command: `python benchmarks/bench_cuda_sm90.py "
+             f"{' '.join(argv if argv is not None else sys.argv[1:])}`", "",
+             "| forward | T | ms | TFLOP/s | us per mini-batch | rel err vs fp32 ref | vs Triton |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    triton_ms = {r["T"]: r["ms"] for r in rows if r["name"] == "triton"}
+    for r in rows:
+        tflops = FLOP_PER_TOKEN_HEAD * r["T"] * args.heads / (r["ms"] / 1e3) / 1e12
+        speed = f"{triton_ms[r['T']] / r['ms']:.2f}x" if r["T"] in triton_ms else "-"
+        flags = "" if r.get("finite", True) and r.get("bitwise", True) else " (NOT finite/deterministic)"
+        lines.append(f"| {r['name']} | {r['T']:,} | {r['ms']:.1f} | {tflops:.1f} | {r['ms'] * 1e3 / r['n_mb']:.2f} | "
+                     f"{r['err']:.2e}{flags} | {speed} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.append:
+        with open(ROOT / "BENCHMARKS.md", "a") as f:
+            f.write("\n" + text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""``cuda_sm90`` backend of ``tttgraph::ttt_mlp``: the on-chip tensor-parallel Hopper kernel.
+
+Shapes (the op's canonical layout):
+    q, k, v: [B, H, T, D] bfloat16    eta: [B, H, T]    ln_weight, ln_bias: [H, D]
+    w1: [H, D, F]   b1: [H, F]   w2: [H, F, D]   b2: [H, D]      out: [B, H, T, D] bfloat16
+
+One cluster of 2 CTAs per (batch, head) keeps the inner state on chip for the whole scan
+(README.md beside this file). Built for D = 64, F = 256, mini-batch 64 (CogVideoX-5B), bf16 inputs,
+on sm_90 GPUs; anything else is declined with a reason and ``auto`` falls back to Triton.
+
+The CUDA sources are compiled on first use with ``torch.utils.cpp_extension`` into a persistent
+cache (``build.py``; ``python -m tttgraph.kernels.ttt_mlp.cuda_sm90.build`` builds ahead of time).
+Importing this module builds nothing and does not initialise CUDA.
+
+The backward is not yet written for sm_90 (issue #5): ``backward`` runs the Triton backward from
+this kernel's checkpoints (the same fp32 state, in the op's layout), and ``auto`` picks Triton for
+the backward directly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import build
+
+D_BUILT, F_BUILT, MINI_BATCH_BUILT = 64, 256, 64
+
+# bf16 hi/lo operands for Z1, Z2 and G_a, the products of the state update that feed the
+# recurrence (kernels/ttt_mlp/README.md, "bf16 accuracy of the scan"): plain bf16 there lets
+# ill-conditioned heads drift. Benchmarks turn it off to measure its cost.
+SPLIT_PRODUCTS = True
+# Tests set this to fill the output and checkpoint buffers with NaN before the kernel runs, so an
+# element it never writes shows up.
+POISON_BUFFERS = False
+
+
+def unsupported_reason(q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, mini_batch_size: int, eps: float):
+    """None if the sm_90 kernel can run these inputs here, else a readable reason."""
+    if q.device.type != "cuda":
+        return f"tensors are on {q.device.type}, not a CUDA device"
+    dim, hidden = q.shape[-1], w1.shape[-1]
+    if q.dtype != torch.bfloat16:
+        return f"q, k, v are {q.dtype}; the kernel is built for bfloat16"
+    if (dim, hidden, mini_batch_size) != (D_BUILT, F_BUILT, MINI_BATCH_BUILT):
+        return (f"D={dim}, F={hidden}, mini_batch_size={mini_batch_size}: the kernel is built for "
+                f"D={D_BUILT}, F={F_BUILT}, mini_batch_size={MINI_BATCH_BUILT}")
+    if q.shape[0] * q.shape[1] > 65535:
+        return f"B*H = {q.shape[0] * q.shape[1]} exceeds the kernel's grid limit of 65535"
+    major, minor = torch.cuda.get_device_capability(q.device)
+    if (major, minor) != (9, 0):
+        return f"the GPU is sm_{major}{minor}; the kernel needs sm_90 (Hopper: H100, H200)"
+    return build.unavailable_reason()
+
+
+def _run(q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, eps, checkpoint_every, save_state, with_out):
+    ext = build.extension()
+    bsz, heads, seq_len, dim = q.shape
+    hidden = w1.shape[-1]
+    n_mb = math.ceil(seq_len / MINI_BATCH_BUILT)
+    n_ck = math.ceil(n_mb / checkpoint_every) if save_state else 0
+    dev = q.device
+    f32 = dict(device=dev, dtype=torch.float32)
+    q, k, v = (t.to(torch.bfloat16).contiguous() for t in (q, k, v))
+    params = [t.to(torch.float32).contiguous() for t in (eta, ln_weight, ln_bias, w1, b1, w2, b2)]
+    out = torch.empty_like(q) if with_out else torch.empty(1, device=dev, dtype=torch.bfloat16)
+    ck = (
+        torch.empty(bsz, heads, n_ck, dim, hidden, **f32),
+        torch.empty(bsz, heads, n_ck, hidden, **f32),
+        torch.empty(bsz, heads, n_ck, hidden, dim, **f32),
+        torch.empty(bsz, heads, n_ck, dim, **f32),
+    )
+    if POISON_BUFFERS:
+        for t in (out, *ck):
+            t.fill_(float("nan"))
+    # With no checkpoints the kernel never touches those pointers; pass valid ones.
+    ck_args = ck if save_state else tuple(torch.empty(1, **f32) for _ in range(4))
+    ext.forward(q, k, v, *params, out, *ck_args, checkpoint_every, n_ck, save_state, with_out, float(eps),
+                SPLIT_PRODUCTS)
+    return out, ck
+
+
+def forward(q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, mini_batch_size: int, eps: float,
+            checkpoint_every: int, save_state: bool):
+    """Returns out [B,H,T,D] (bf16) and the fp32 checkpoints W1 [B,H,C,D,F], b1 [B,H,C,F],
+    W2 [B,H,C,F,D], b2 [B,H,C,D] (C = ceil(n_minibatches / checkpoint_every), 0 without save_state)."""
+    return _run(q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, eps, checkpoint_every, save_state, True)
+
+
+def auto_backward_reason(q, *args) -> str | None:
+    """backend="auto" takes the Triton backward directly: this backend has no backward of its own yet."""
+    return "the cuda_sm90 backward is not written yet (issue #5); the Triton backward runs"
+
+
+def backward(grad_out, q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, states, mini_batch_size: int,
+             eps: float, checkpoint_every: int):
+    """The ten gradients: the Triton backward, recomputing from this kernel's checkpoints."""
+    from tttgraph.kernels.ttt_mlp import triton as triton_backend
+
+    if states[0].shape[2] == 0:
+        _, states = _run(q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, eps, checkpoint_every, True, False)
+    return triton_backend.backward(grad_out, q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, states,
+                                   mini_batch_size, eps, checkpoint_every)

@@ -1,0 +1,232 @@
+// Building blocks of the sm_90a TTT-MLP kernels: warp-level bf16 tensor-core products (mma.sync
+// m16n8k16), ldmatrix loads from swizzled shared memory, cluster barriers and distributed shared
+// memory, and the elementwise maths (GELU-tanh, LayerNorm rows) in the accumulator layout.
+//
+// Fragment layouts of mma.sync.m16n8k16 (g = lane / 4, t = lane % 4), as in the PTX ISA:
+//   A 16x16 bf16: a0 (row g, cols 2t..2t+1), a1 (row g+8, 2t..), a2 (row g, 2t+8..), a3 (row g+8, 2t+8..)
+//   B 16x8  bf16: b0 (k 2t..2t+1, col g), b1 (k 2t+8.., col g)
+//   C 16x8  fp32: c0, c1 (row g, cols 2t, 2t+1), c2, c3 (row g+8, cols 2t, 2t+1)
+// So a warp's accumulators for a 16 x 8n tile are float acc[n][4], and two neighbouring n-tiles of
+// an accumulator are exactly the A fragment of a 16x16 block (the flash-attention register reuse).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cstdint>
+
+namespace tttgraph {
+
+using bf16 = __nv_bfloat16;
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// x = hi + lo with hi = bf16(x), lo = bf16(x - hi): ~16 mantissa bits in two bf16 operands.
+__device__ __forceinline__ void split_bf16(float x0, float x1, uint32_t& hi, uint32_t& lo) {
+  __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
+  float2 hf = __bfloat1622float2(h);
+  hi = *reinterpret_cast<uint32_t*>(&h);
+  lo = pack_bf16(x0 - hf.x, x1 - hf.y);
+}
+
+__device__ __forceinline__ uint32_t neg_bf16x2(uint32_t x) { return x ^ 0x80008000u; }
+
+// d += a * b on the tensor cores: bf16 operands, fp32 accumulation.
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// Element offset of (row, col) in a row-major bf16 tile of COLS columns (COLS a multiple of 64),
+// with the 16-byte chunks of each row XOR-swizzled by (row % 8): the 8 rows an ldmatrix reads
+// (and the rows a fragment store writes) then fall in 8 different bank groups.
+template <int COLS>
+__device__ __forceinline__ int swz(int row, int col) {
+  static_assert(COLS % 64 == 0, "swizzled tiles need rows of >= 8 chunks of 16 bytes");
+  return row * COLS + ((((col >> 3) ^ (row & 7))) << 3) + (col & 7);
+}
+
+// ---- ldmatrix addressing ------------------------------------------------------------------------
+// Each returns the shared address this lane passes to ldmatrix.x4 so that the four registers come
+// back as the operand fragments named in the comment.
+
+// A fragment (16 rows x 16 k) of a row-major [rows][k] tile: rows r0.., k k0...
+template <int COLS>
+__device__ __forceinline__ uint32_t addr_a(const bf16* tile, int r0, int k0, int lane) {
+  int row = r0 + (lane & 7) + ((lane >> 3) & 1) * 8;
+  int col = k0 + (lane >> 4) * 8;
+  return smem_u32(tile + swz<COLS>(row, col));
+}
+
+// A fragment (16 m x 16 k) of the transpose of a row-major [k][m] tile (use with ldsm_x4_t).
+template <int COLS>
+__device__ __forceinline__ uint32_t addr_a_t(const bf16* tile, int m0, int k0, int lane) {
+  int mat = lane >> 3;  // matrices a0..a3: (m 0-7, k 0-7), (m 8-15, k 0-7), (m 0-7, k 8-15), (m 8-15, k 8-15)
+  int row = k0 + (mat >> 1) * 8 + (lane & 7);
+  int col = m0 + (mat & 1) * 8;
+  return smem_u32(tile + swz<COLS>(row, col));
+}
+
+// B fragments of two n-tiles (n0..n0+15) x 16 k from a row-major [n][k] tile (k contiguous):
+// r0, r1 = b0, b1 of n-tile n0; r2, r3 = b0, b1 of n-tile n0 + 8 (use with ldsm_x4).
+template <int COLS>
+__device__ __forceinline__ uint32_t addr_b_nk(const bf16* tile, int n0, int k0, int lane) {
+  int mat = lane >> 3;
+  int row = n0 + (mat >> 1) * 8 + (lane & 7);
+  int col = k0 + (mat & 1) * 8;
+  return smem_u32(tile + swz<COLS>(row, col));
+}
+
+// The same two n-tiles from a row-major [k][n] tile (n contiguous; use with ldsm_x4_t).
+template <int COLS>
+__device__ __forceinline__ uint32_t addr_b_kn(const bf16* tile, int n0, int k0, int lane) {
+  int mat = lane >> 3;
+  int row = k0 + (mat & 1) * 8 + (lane & 7);
+  int col = n0 + (mat >> 1) * 8;
+  return smem_u32(tile + swz<COLS>(row, col));
+}
+
+// The A fragment of the 16x16 block (n-tiles 2j, 2j+1) of a 16 x 8n fp32 accumulator.
+template <int N>
+__device__ __forceinline__ void acc_to_a(const float (&acc)[N][4], int j, uint32_t (&a)[4]) {
+  a[0] = pack_bf16(acc[2 * j][0], acc[2 * j][1]);
+  a[1] = pack_bf16(acc[2 * j][2], acc[2 * j][3]);
+  a[2] = pack_bf16(acc[2 * j + 1][0], acc[2 * j + 1][1]);
+  a[3] = pack_bf16(acc[2 * j + 1][2], acc[2 * j + 1][3]);
+}
+
+template <int N>
+__device__ __forceinline__ void acc_to_a_split(const float (&acc)[N][4], int j, uint32_t (&hi)[4], uint32_t (&lo)[4]) {
+  split_bf16(acc[2 * j][0], acc[2 * j][1], hi[0], lo[0]);
+  split_bf16(acc[2 * j][2], acc[2 * j][3], hi[1], lo[1]);
+  split_bf16(acc[2 * j + 1][0], acc[2 * j + 1][1], hi[2], lo[2]);
+  split_bf16(acc[2 * j + 1][2], acc[2 * j + 1][3], hi[3], lo[3]);
+}
+
+// Store a 16 x 8n accumulator tile as bf16 into a swizzled [rows][COLS] tile at (r0, c0).
+template <int COLS, int N>
+__device__ __forceinline__ void store_acc_bf16(bf16* tile, const float (&acc)[N][4], int r0, int c0, int lane) {
+  int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+    int c = c0 + 8 * j + 2 * t;
+    *reinterpret_cast<uint32_t*>(tile + swz<COLS>(r0 + g, c)) = pack_bf16(acc[j][0], acc[j][1]);
+    *reinterpret_cast<uint32_t*>(tile + swz<COLS>(r0 + g + 8, c)) = pack_bf16(acc[j][2], acc[j][3]);
+  }
+}
+
+// Store the bf16 hi and lo parts of a 16 x 8n fp32 tile (the state) into two swizzled tiles.
+template <int COLS, int N>
+__device__ __forceinline__ void store_acc_split(bf16* hi, bf16* lo, const float (&acc)[N][4], int r0, int c0,
+                                                int lane) {
+  int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+    int c = c0 + 8 * j + 2 * t;
+    uint32_t h, l;
+    split_bf16(acc[j][0], acc[j][1], h, l);
+    *reinterpret_cast<uint32_t*>(hi + swz<COLS>(r0 + g, c)) = h;
+    *reinterpret_cast<uint32_t*>(lo + swz<COLS>(r0 + g, c)) = l;
+    split_bf16(acc[j][2], acc[j][3], h, l);
+    *reinterpret_cast<uint32_t*>(hi + swz<COLS>(r0 + g + 8, c)) = h;
+    *reinterpret_cast<uint32_t*>(lo + swz<COLS>(r0 + g + 8, c)) = l;
+  }
+}
+
+// Two values of a bf16 tile at (row, col), (row, col + 1) as floats.
+template <int COLS>
+__device__ __forceinline__ float2 load_pair(const bf16* tile, int row, int col) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(tile + swz<COLS>(row, col)));
+}
+
+// ---- asynchronous copies global -> shared ---------------------------------------------------------
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  // src-size 0 fills the 16 bytes with zeros: rows past the end of the sequence read as zero.
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// ---- clusters -------------------------------------------------------------------------------------
+
+__device__ __forceinline__ uint32_t cluster_rank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+// Release this CTA's prior shared-memory writes to the cluster / wait until every CTA arrived.
+__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;\n" ::); }
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::); }
+__device__ __forceinline__ void cluster_sync() {
+  cluster_arrive();
+  cluster_wait();
+}
+
+// Generic address of the same shared-memory object in CTA `rank` of the cluster.
+template <typename T>
+__device__ __forceinline__ T* map_rank(T* p, uint32_t rank) {
+  uint64_t out;
+  asm volatile("mapa.u64 %0, %1, %2;\n" : "=l"(out) : "l"(reinterpret_cast<uint64_t>(p)), "r"(rank));
+  return reinterpret_cast<T*>(out);
+}
+
+// ---- elementwise --------------------------------------------------------------------------------
+
+constexpr float kGeluC = 0.7978845608028654f;  // sqrt(2 / pi)
+constexpr float kGeluA = 0.044715f;
+
+// tanh through exp: 1 - 2 / (1 + e^{2u}); exact limits at +-inf, ~1e-7 relative error.
+__device__ __forceinline__ float tanh_exp(float u) { return 1.f - __fdividef(2.f, 1.f + __expf(2.f * u)); }
+
+__device__ __forceinline__ float gelu(float z) {
+  float t = tanh_exp(kGeluC * (z + kGeluA * z * z * z));
+  return 0.5f * z * (1.f + t);
+}
+
+__device__ __forceinline__ void gelu_d1(float z, float& g, float& d) {
+  float t = tanh_exp(kGeluC * (z + kGeluA * z * z * z));
+  float du = kGeluC * (1.f + 3.f * kGeluA * z * z);
+  g = 0.5f * z * (1.f + t);
+  d = 0.5f * (1.f + t) + 0.5f * z * (1.f - t * t) * du;
+}
+
+// Sum over the 4 lanes of a quad (the lanes holding one accumulator row).
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  x += __shfl_xor_sync(0xffffffffu, x, 2);
+  return x;
+}
+
+// Sum over the 8 row groups g of a warp (lanes with the same t): a column sum of a 16-row tile
+// once the two rows each lane holds are added.
+__device__ __forceinline__ float col_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 4);
+  x += __shfl_xor_sync(0xffffffffu, x, 8);
+  x += __shfl_xor_sync(0xffffffffu, x, 16);
+  return x;
+}
+
+}  // namespace tttgraph

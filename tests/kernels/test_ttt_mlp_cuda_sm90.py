@@ -1,0 +1,137 @@
+"""The sm_90a backend of ``tttgraph::ttt_mlp`` against the reference (GPU machine), and its CPU-side checks.
+
+On the GPU machine (``-m gpu``, an H100 or H200): forward output and checkpoints against the float32
+reference at odd and real shapes, every gradient through the op, NaN-poisoned buffers, two runs
+bitwise equal. In CI: the kernels compile for sm_90a with nvcc, importing builds nothing, and the
+backend declines what it can't run with a reason.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.kernels.ttt_loop import random_inputs
+from tttgraph.kernels.ttt_mlp import backends, reference
+from tttgraph.kernels.ttt_mlp import cuda_sm90 as sm90
+
+EPS = 1e-6
+on_hopper = pytest.mark.skipif(
+    not (torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)), reason="needs an sm_90 GPU"
+)
+
+
+def _relerr(a, b):
+    a, b = a.double().cpu(), b.double().cpu()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def _inputs(bsz, heads, seq_len, seed=0, layer_scale=False):
+    """bf16 q/k/v on the GPU and fp32 parameters; layer_scale: the TTT layer's own scales (init std 0.02)."""
+    args = random_inputs(bsz, heads, seq_len, 64, 256, dtype=torch.float32, seed=seed)
+    if layer_scale:
+        g = torch.Generator().manual_seed(seed + 7)
+        args = list(args)
+        args[3] = (0.1 / 64 / 64) * torch.sigmoid(torch.randn(bsz, heads, seq_len, generator=g))
+        args[6] = torch.randn(heads, 64, 256, generator=g) * 0.02
+        args[8] = torch.randn(heads, 256, 64, generator=g) * 0.02
+    return [a.to("cuda", torch.bfloat16 if i < 3 else torch.float32) for i, a in enumerate(args)]
+
+
+def _reference(args, every=16, save=True):
+    up = [a.float() for a in args]
+    return reference.forward(*up, 64, EPS, every, save)
+
+
+# ---------------------------------------------------------------- CPU (CI)
+
+
+def test_kernels_compile_for_sm90a_with_nvcc(tmp_path):
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc is not installed on this machine")
+    from tttgraph.kernels.ttt_mlp.cuda_sm90 import build
+
+    objects = build.compile_check(out_dir=tmp_path)
+    assert objects and all(o.stat().st_size > 10_000 for o in objects)
+    cuobjdump = shutil.which("cuobjdump")
+    if cuobjdump:  # the tensor-core and cluster instructions the design relies on are there
+        sass = subprocess.run([cuobjdump, "--dump-sass", str(objects[0])], capture_output=True, text=True).stdout
+        assert "HMMA" in sass and "LDSM" in sass
+
+
+def test_import_builds_nothing_and_initialises_no_cuda():
+    code = ("import torch, tttgraph.kernels.ttt_mlp.cuda_sm90 as m; import sys; "
+            "assert not torch.cuda.is_initialized(); "
+            "assert not any(k.startswith('tttgraph_cuda_sm90') for k in sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_declines_cpu_tensors_with_a_reason():
+    args = [a.to(torch.bfloat16) if i < 3 else a for i, a in enumerate(random_inputs(1, 2, 70, 64, 256))]
+    assert "not a CUDA device" in sm90.unsupported_reason(*args, 64, EPS)
+    assert "not a CUDA device" in backends.explain(tuple(args))["cuda_sm90"]
+
+
+# ---------------------------------------------------------------- GPU
+
+
+@pytest.mark.gpu
+@on_hopper
+@pytest.mark.parametrize("shape", [(2, 3, 63), (1, 4, 200), (2, 3, 1), (1, 2, 1000), (3, 5, 130)],
+                         ids=lambda s: "B{}-H{}-T{}".format(*s))
+def test_forward_and_checkpoints_match_the_reference(shape, monkeypatch):
+    monkeypatch.setattr(sm90, "POISON_BUFFERS", True)
+    args = _inputs(*shape, seed=sum(shape))
+    from tttgraph.kernels.ttt_mlp import triton as triton_backend
+
+    out, states = sm90.forward(*args, 64, EPS, 3, True)
+    ref_out, ref_states = _reference(args, every=3)
+    # The tolerance is the error of the same computation in Triton (bf16 operands, same split products).
+    tri_out, tri_states = triton_backend.forward(*args, 64, EPS, 3, True)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    assert _relerr(out, ref_out) < max(1e-2, 2 * _relerr(tri_out, ref_out))
+    for s, t, r in zip(states, tri_states, ref_states, strict=True):
+        assert s.shape == r.shape and torch.isfinite(s).all()
+        assert _relerr(s, r) < 2 * _relerr(t, r) + 1e-5
+
+
+@pytest.mark.gpu
+@on_hopper
+def test_real_shape_forward_error_and_determinism():
+    args = _inputs(1, 48, 18048, layer_scale=True)
+    out1, _ = sm90.forward(*args, 64, EPS, 16, False)
+    out2, _ = sm90.forward(*args, 64, EPS, 16, False)
+    assert torch.equal(out1, out2)
+    ref_out, _ = _reference(args, save=False)
+    assert _relerr(out1, ref_out) < 1e-2
+
+
+@pytest.mark.gpu
+@on_hopper
+def test_gradients_through_the_op_match_the_reference():
+    from tttgraph.ops import ttt_mlp
+
+    args = [a.requires_grad_(True) for a in _inputs(2, 3, 333, seed=3)]
+    grad_out = torch.randn(2, 3, 333, 64, device="cuda").to(torch.bfloat16)
+    out = ttt_mlp(*args, backend="cuda_sm90")
+    grads = torch.autograd.grad(out, args, grad_out)
+    ref_args = [a.detach().float().requires_grad_(True) for a in args]
+    ref = ttt_mlp(*ref_args, backend="reference")
+    ref_grads = torch.autograd.grad(ref, ref_args, grad_out.float())
+    assert _relerr(out, ref) < 1e-2
+    for i, (g, r) in enumerate(zip(grads, ref_grads, strict=True)):
+        assert torch.isfinite(g).all(), i
+        assert _relerr(g, r) < 2e-2, (i, _relerr(g, r))
+
+
+@pytest.mark.gpu
+@on_hopper
+def test_auto_picks_sm90_forward_and_triton_backward():
+    args = tuple(_inputs(1, 2, 100))
+    assert backends.resolve("auto", args, 64, EPS) is sm90
+    assert backends.resolve("auto", args, 64, EPS, backward=True).__name__.endswith(".triton")
+    assert "mini_batch_size=32" in sm90.unsupported_reason(*args, 32, EPS)
