@@ -23,6 +23,8 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOP_PER_TOKEN_HEAD = 229_376
+VARIANT_NAMES = {0: "plain bf16", 1: "split", 3: "split, fast tanh out", 7: "split, fast tanh",
+                 6: "plain bf16, fast tanh"}
 
 
 def layer_inputs(heads, seq_len, seed=0, device="cuda"):
@@ -65,6 +67,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--ref-up-to", type=int, default=351168, help="largest T to run the fp32 reference at")
     p.add_argument("--no-triton", action="store_true")
+    p.add_argument("--variants", type=int, nargs="+", default=[1], help="kernel variants (bits, see ttt_mlp.h)")
     p.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
     args = p.parse_args(argv)
 
@@ -72,6 +75,7 @@ def main(argv=None):
     from tttgraph.kernels.ttt_mlp import triton as triton_backend
     from tttgraph.kernels.ttt_mlp.cuda_sm90 import build
 
+    default_variant = cuda_sm90.VARIANT
     t0 = time.perf_counter()
     reason = build.unavailable_reason()
     build_s = time.perf_counter() - t0
@@ -94,9 +98,9 @@ def main(argv=None):
                 ref_ms = (time.perf_counter() - t) * 1e3
                 rows.append(dict(name="reference (fp32, one run)", T=seq_len, ms=ref_ms, err=0.0, n_mb=n_mb))
                 del up
-        variants = [("cuda_sm90 split", True), ("cuda_sm90 plain bf16", False)]
-        for name, split in variants:
-            cuda_sm90.SPLIT_PRODUCTS = split
+        for variant in args.variants:
+            name = f"cuda_sm90 v{variant} ({VARIANT_NAMES[variant]})"
+            cuda_sm90.VARIANT = variant
 
             def run(inputs=inputs):
                 return cuda_sm90.forward(*inputs, 64, 1e-6, 16, False)[0]
@@ -108,7 +112,7 @@ def main(argv=None):
             rows.append(dict(name=name, T=seq_len, ms=ms, err=err, n_mb=n_mb,
                              bitwise=bool(torch.equal(out, again)), finite=bool(torch.isfinite(out).all())))
             print(rows[-1], flush=True)
-        cuda_sm90.SPLIT_PRODUCTS = True
+        cuda_sm90.VARIANT = default_variant
         if not args.no_triton:
             def run_triton(inputs=inputs):
                 return triton_backend.forward(*inputs, 64, 1e-6, 16, False)[0]

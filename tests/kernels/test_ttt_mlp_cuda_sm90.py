@@ -101,6 +101,17 @@ def test_forward_and_checkpoints_match_the_reference(shape, monkeypatch):
 
 @pytest.mark.gpu
 @on_hopper
+def test_checkpoint_only_pass_writes_the_same_states():
+    """The backward's recomputation (no output, alternating exchange slots) gives bitwise the forward's states."""
+    args = _inputs(2, 3, 777, seed=5)
+    _, states = sm90.forward(*args, 64, EPS, 4, True)
+    _, again = sm90._run(*args, EPS, 4, True, False)
+    for s, t in zip(states, again, strict=True):
+        assert torch.equal(s, t)
+
+
+@pytest.mark.gpu
+@on_hopper
 def test_real_shape_forward_error_and_determinism():
     args = _inputs(1, 48, 18048, layer_scale=True)
     out1, _ = sm90.forward(*args, 64, EPS, 16, False)

@@ -16,7 +16,7 @@ void check(const torch::Tensor& t, const char* name, torch::ScalarType dtype) {
 void forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor eta, torch::Tensor ln_w,
              torch::Tensor ln_b, torch::Tensor w1, torch::Tensor b1, torch::Tensor w2, torch::Tensor b2,
              torch::Tensor out, torch::Tensor ck_w1, torch::Tensor ck_b1, torch::Tensor ck_w2, torch::Tensor ck_b2,
-             int64_t checkpoint_every, int64_t n_ck, bool save, bool with_out, double eps, bool split) {
+             int64_t checkpoint_every, int64_t n_ck, bool save, bool with_out, double eps, int64_t variant) {
   for (auto [t, name] : {std::pair{&q, "q"}, {&k, "k"}, {&v, "v"}, {&out, "out"}}) check(*t, name, torch::kBFloat16);
   for (auto [t, name] : {std::pair{&eta, "eta"}, {&ln_w, "ln_w"}, {&ln_b, "ln_b"}, {&w1, "w1"}, {&b1, "b1"},
                          {&w2, "w2"}, {&b2, "b2"}, {&ck_w1, "ck_w1"}, {&ck_b1, "ck_b1"}, {&ck_w2, "ck_w2"},
@@ -52,7 +52,7 @@ void forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor et
   p.save = save ? 1 : 0;
   p.with_out = with_out ? 1 : 0;
   p.eps = static_cast<float>(eps);
-  const int err = tttgraph_ttt_mlp_fwd_sm90(&p, static_cast<int>(batch_heads), split ? 1 : 0,
+  const int err = tttgraph_ttt_mlp_fwd_sm90(&p, static_cast<int>(batch_heads), static_cast<int>(variant),
                                             at::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == 0, "ttt_mlp cuda_sm90 forward launch failed: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
 }

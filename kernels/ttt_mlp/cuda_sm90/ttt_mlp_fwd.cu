@@ -46,8 +46,8 @@ constexpr int OFF_W2L = OFF_W2H + FL * D * 2;
 constexpr int OFF_A = OFF_W2L + FL * D * 2;           // [M][FL] gelu(Z1), bf16
 constexpr int OFF_GZ1 = OFF_A + M * FL * 2;           // [M][FL] G_z1, bf16
 constexpr int OFF_GZ2 = OFF_GZ1 + M * FL * 2;         // [M][D] G_z2, bf16
-constexpr int OFF_X = OFF_GZ2 + kTile;                // [2 slots][2 halves][M][D] fp32 partial sums
-constexpr int OFF_B1 = OFF_X + 2 * 2 * M * D * 4;     // [FL] fp32
+constexpr int OFF_X = OFF_GZ2 + kTile;                // [2 slots][CS source ranks][M][D] fp32 partials
+constexpr int OFF_B1 = OFF_X + 2 * CS * M * D * 4;    // [FL] fp32
 constexpr int OFF_B2 = OFF_B1 + FL * 4;               // [D] fp32
 constexpr int OFF_GAMMA = OFF_B2 + D * 4;
 constexpr int OFF_BETA = OFF_GAMMA + D * 4;
@@ -167,38 +167,55 @@ __device__ __forceinline__ void rows_times_w1(float (&acc)[NF][4], const bf16* x
   }
 }
 
-// Sum this warp's partial [16, D] row-sum with the other half-warp's and the other CTA's through
-// slot `slot` of the exchange buffers, in a fixed order so that both CTAs get bitwise-equal sums,
-// then add the bias. acc holds the partial on entry and the total on return.
-__device__ __forceinline__ void cluster_row_sum(float (&acc)[ND][4], const Smem& s, int slot, int wr, int wc,
-                                                int lane, const float* bias) {
+// All-reduce of the [M, D] row-sum across the warps and CTAs that hold partials of it: on entry
+// acc is this warp's partial (its FH hidden columns), on return the total plus the bias.
+// The twin warps (wr, 0) and (wr, 1) first add their partials in shared memory; warp (wr, 0) then
+// pushes the CTA's partial into slot `slot`, row block wr, of both CTAs (a remote store is cheaper
+// than a remote load: nothing waits for it); after the cluster barrier each warp adds the two CTAs'
+// partials in rank order, so both CTAs get bitwise-equal totals.
+__device__ __forceinline__ void cluster_row_sum(float (&acc)[ND][4], const Smem& s, int slot, int rank, int wr,
+                                                int wc, int lane, const float* bias) {
   const int g = lane >> 2, t = lane & 3;
-  float* mine = s.x + (slot * 2 + wc) * M * D;
+  float* mine = s.x + (slot * CS + rank) * M * D;
+  if (wc == 1) {
 #pragma unroll
-  for (int j = 0; j < ND; ++j) {
-    const int c = 8 * j + 2 * t;
-    *reinterpret_cast<float2*>(mine + xidx(16 * wr + g, c)) = make_float2(acc[j][0], acc[j][1]);
-    *reinterpret_cast<float2*>(mine + xidx(16 * wr + g + 8, c)) = make_float2(acc[j][2], acc[j][3]);
+    for (int j = 0; j < ND; ++j) {
+      const int c = 8 * j + 2 * t;
+      *reinterpret_cast<float2*>(mine + xidx(16 * wr + g, c)) = make_float2(acc[j][0], acc[j][1]);
+      *reinterpret_cast<float2*>(mine + xidx(16 * wr + g + 8, c)) = make_float2(acc[j][2], acc[j][3]);
+    }
+  }
+  named_barrier(1 + wr, 64);
+  if (wc == 0) {
+    float* peer = map_rank(mine, rank ^ 1);
+#pragma unroll
+    for (int j = 0; j < ND; ++j) {
+      const int c = 8 * j + 2 * t;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int i = xidx(16 * wr + g + 8 * half, c);
+        float2 o = *reinterpret_cast<const float2*>(mine + i);
+        o.x += acc[j][2 * half];
+        o.y += acc[j][2 * half + 1];
+        *reinterpret_cast<float2*>(mine + i) = o;
+        *reinterpret_cast<float2*>(peer + i) = o;
+      }
+    }
   }
   cluster_arrive();
   cluster_wait();
-  const float* parts[4];
-#pragma unroll
-  for (int r = 0; r < CS; ++r)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) parts[r * 2 + h] = map_rank(s.x + (slot * 2 + h) * M * D, r);
+  const float* p0 = s.x + (slot * CS + 0) * M * D;
+  const float* p1 = s.x + (slot * CS + 1) * M * D;
 #pragma unroll
   for (int j = 0; j < ND; ++j) {
     const int c = 8 * j + 2 * t;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int i = xidx(16 * wr + g + 8 * half, c);
-      float2 p0 = *reinterpret_cast<const float2*>(parts[0] + i);
-      float2 p1 = *reinterpret_cast<const float2*>(parts[1] + i);
-      float2 p2 = *reinterpret_cast<const float2*>(parts[2] + i);
-      float2 p3 = *reinterpret_cast<const float2*>(parts[3] + i);
-      acc[j][2 * half] = ((p0.x + p1.x) + (p2.x + p3.x)) + bias[c];
-      acc[j][2 * half + 1] = ((p0.y + p1.y) + (p2.y + p3.y)) + bias[c + 1];
+      const float2 a = *reinterpret_cast<const float2*>(p0 + i);
+      const float2 b = *reinterpret_cast<const float2*>(p1 + i);
+      acc[j][2 * half] = (a.x + b.x) + bias[c];
+      acc[j][2 * half + 1] = (a.y + b.y) + bias[c + 1];
     }
   }
 }
@@ -234,7 +251,7 @@ __device__ __forceinline__ float2 layer_norm_rows(float (&z)[ND][4], float eps) 
   return make_float2(r0, r1);
 }
 
-template <bool SPLIT>
+template <bool SPLIT, bool FAST_INNER, bool FAST_OUT>
 __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp_fwd_kernel(const FwdParams p) {
   extern __shared__ __align__(128) char smem_raw[];
   const Smem s(smem_raw);
@@ -320,7 +337,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
 #pragma unroll
     for (int j = 0; j < NF; ++j)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) gelu_d1(za[j][e], za[j][e], da[j][e]);
+      for (int e = 0; e < 4; ++e) gelu_d1<FAST_INNER>(za[j][e], za[j][e], da[j][e]);
     store_acc_bf16<FL>(s.a, za, 16 * wr, wc * FH, lane);
     float z2[ND][4];
 #pragma unroll
@@ -328,7 +345,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
     rows_times_w2<SPLIT>(z2, za, s, wc, lane);
     // Without the output's exchange (slot 1) between two inner steps, alternate their slots so a
     // CTA never overwrites a partial its peer has yet to read.
-    cluster_row_sum(z2, s, p.with_out ? 0 : (step & 1), wr, wc, lane, s.b2);
+    cluster_row_sum(z2, s, p.with_out ? 0 : (step & 1), rank, wr, wc, lane, s.b2);
 
 
     // ---- G_z2 = rstd P(G_xh), G_xh = gamma eta (gamma Xh + beta - (V - K)); rows past T zeroed ----
@@ -468,12 +485,12 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
 #pragma unroll
       for (int j = 0; j < NF; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) zq[j][e] = gelu(zq[j][e]);
+        for (int e = 0; e < 4; ++e) zq[j][e] = gelu<FAST_OUT>(zq[j][e]);
       float o[ND][4];
 #pragma unroll
       for (int j = 0; j < ND; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
       rows_times_w2<false>(o, zq, s, wc, lane);
-      cluster_row_sum(o, s, 1, wr, wc, lane, s.b2);
+      cluster_row_sum(o, s, 1, rank, wr, wc, lane, s.b2);
       layer_norm_rows(o, p.eps);
       if (rank == 0 && wc == 0) {
         bf16* out = p.out + (bh * p.T + t0) * D;
@@ -504,10 +521,20 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
 }  // namespace tttgraph
 
 // Launch on `stream`; returns the cudaError_t of the launch. batch_heads = B * H clusters.
-extern "C" int tttgraph_ttt_mlp_fwd_sm90(const tttgraph::FwdParams* params, int batch_heads, int split,
+// variant: bit 0 split-bf16 state-update products, bit 1 tanh.approx in the output's GELU, bit 2
+// tanh.approx in the inner step's GELU (see ttt_mlp.h).
+extern "C" int tttgraph_ttt_mlp_fwd_sm90(const tttgraph::FwdParams* params, int batch_heads, int variant,
                                           cudaStream_t stream) {
   using namespace tttgraph::fwd;
-  auto kernel = split ? ttt_mlp_fwd_kernel<true> : ttt_mlp_fwd_kernel<false>;
+  void (*kernel)(const tttgraph::FwdParams) = nullptr;
+  switch (variant) {
+    case 0: kernel = ttt_mlp_fwd_kernel<false, false, false>; break;
+    case 1: kernel = ttt_mlp_fwd_kernel<true, false, false>; break;
+    case 3: kernel = ttt_mlp_fwd_kernel<true, false, true>; break;
+    case 7: kernel = ttt_mlp_fwd_kernel<true, true, true>; break;
+    case 6: kernel = ttt_mlp_fwd_kernel<false, true, true>; break;
+    default: return static_cast<int>(cudaErrorInvalidValue);
+  }
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM);
   if (err != cudaSuccess) return static_cast<int>(err);
   kernel<<<dim3(CS, batch_heads), THREADS, SMEM, stream>>>(*params);
