@@ -60,6 +60,43 @@ def relerr(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
+GRAD_NAMES = ("q", "k", "v", "eta", "ln_w", "ln_b", "w1", "b1", "w2", "b2")
+
+
+def backward_rows(args, inputs, seq_len, n_mb, cuda_sm90, triton_backend, reference):
+    """Backward time (from the forward's checkpoints, G = 16) and the max relative error over the ten
+    gradients against the float32 reference backward (up to --ref-grads-up-to)."""
+    grad_out = torch.randn(1, args.heads, seq_len, 64, generator=torch.Generator().manual_seed(1)).to(
+        "cuda", torch.bfloat16)
+    _, states = cuda_sm90.forward(*inputs, 64, 1e-6, 16, True)
+    ref = None
+    if seq_len <= args.ref_grads_up_to:
+        up = [x.float() for x in inputs]
+        _, ref_states = reference.forward(*up, 64, 1e-6, 16, True)
+        ref = reference.backward(grad_out.float(), *up, ref_states, 64, 1e-6, 16)
+        del up, ref_states
+    out = []
+    for name, fn in (("cuda_sm90 backward", cuda_sm90.backward), ("triton backward", triton_backend.backward)):
+        def run(fn=fn):
+            return fn(grad_out, *inputs, states, 64, 1e-6, 16)
+
+        ms = cuda_time(run, args.repeats)
+        grads = run()
+        row = dict(name=name, T=seq_len, ms=ms, n_mb=n_mb, err=float("nan"), bwd=True,
+                   finite=all(bool(torch.isfinite(g).all()) for g in grads))
+        if name.startswith("cuda"):
+            row["bitwise"] = all(torch.equal(a, b) for a, b in zip(grads, run(), strict=True))
+        if ref is not None:
+            errs = {n: relerr(g, r) for n, g, r in zip(GRAD_NAMES, grads, ref, strict=True)}
+            row["err"] = max(errs.values())
+            print(name, seq_len, "per-gradient rel err:", ", ".join(f"d{n} {e:.2e}" for n, e in errs.items()),
+                  flush=True)
+        print({k: v for k, v in row.items()}, flush=True)
+        out.append(row)
+        del grads
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seq-lens", type=int, nargs="+", default=[18048, 101376, 351168])
@@ -68,6 +105,8 @@ def main(argv=None):
     p.add_argument("--ref-up-to", type=int, default=351168, help="largest T to run the fp32 reference at")
     p.add_argument("--no-triton", action="store_true")
     p.add_argument("--variants", type=int, nargs="+", default=[1], help="kernel variants (bits, see ttt_mlp.h)")
+    p.add_argument("--backward", action="store_true", help="also time the backward (cuda_sm90 and Triton)")
+    p.add_argument("--ref-grads-up-to", type=int, default=18048, help="largest T for the fp32 reference gradients")
     p.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
     args = p.parse_args(argv)
 
@@ -122,18 +161,22 @@ def main(argv=None):
             err = relerr(out, ref) if ref is not None else float("nan")
             rows.append(dict(name="triton", T=seq_len, ms=ms, err=err, n_mb=n_mb))
             print(rows[-1], flush=True)
+        if args.backward:
+            rows.extend(backward_rows(args, inputs, seq_len, n_mb, cuda_sm90, triton_backend, reference))
         del inputs, ref
         torch.cuda.empty_cache()
 
     lines = [f"Card: {card}. B=1, H={args.heads}, D=64, F=256, mini-batch 64, bf16, forward only (no state "
              f"saved); median of {args.repeats} after a warm-up. Command: `python benchmarks/bench_cuda_sm90.py "
              f"{' '.join(argv if argv is not None else sys.argv[1:])}`", "",
-             "| forward | T | ms | TFLOP/s | us per mini-batch | rel err vs fp32 ref | vs Triton |",
+             "| pass | T | ms | TFLOP/s (fwd FLOP) | us per mini-batch | rel err vs fp32 ref (bwd: max of 10 grads) "
+             "| vs Triton |",
              "|---|---:|---:|---:|---:|---:|---:|"]
-    triton_ms = {r["T"]: r["ms"] for r in rows if r["name"] == "triton"}
+    triton_ms = {(r["T"], r.get("bwd", False)): r["ms"] for r in rows if r["name"].startswith("triton")}
     for r in rows:
         tflops = FLOP_PER_TOKEN_HEAD * r["T"] * args.heads / (r["ms"] / 1e3) / 1e12
-        speed = f"{triton_ms[r['T']] / r['ms']:.2f}x" if r["T"] in triton_ms else "-"
+        key = (r["T"], r.get("bwd", False))
+        speed = f"{triton_ms[key] / r['ms']:.2f}x" if key in triton_ms else "-"
         flags = "" if r.get("finite", True) and r.get("bitwise", True) else " (NOT finite/deterministic)"
         lines.append(f"| {r['name']} | {r['T']:,} | {r['ms']:.1f} | {tflops:.1f} | {r['ms'] * 1e3 / r['n_mb']:.2f} | "
                      f"{r['err']:.2e}{flags} | {speed} |")

@@ -12,9 +12,8 @@ The CUDA sources are compiled on first use with ``torch.utils.cpp_extension`` in
 cache (``build.py``; ``python -m tttgraph.kernels.ttt_mlp.cuda_sm90.build`` builds ahead of time).
 Importing this module builds nothing and does not initialise CUDA.
 
-The backward is not yet written for sm_90 (issue #5): ``backward`` runs the Triton backward from
-this kernel's checkpoints (the same fp32 state, in the op's layout), and ``auto`` picks Triton for
-the backward directly.
+The backward (``ttt_mlp_bwd.cu``) recomputes each checkpoint chunk's states with the forward's
+inner step and walks the chunk in reverse in the same 2-CTA layout, the state gradient on chip.
 """
 
 from __future__ import annotations
@@ -88,17 +87,69 @@ def forward(q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, mini_batch_size: i
     return _run(q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, eps, checkpoint_every, save_state, True)
 
 
+# The sm_90 backward (ttt_mlp_bwd.cu) runs when this is set; otherwise `backward` and `auto` take
+# the Triton backward from this kernel's checkpoints. Bit 2 of BACKWARD_VARIANT: tanh.approx in the
+# GELU derivatives (built: 0, 4).
+NATIVE_BACKWARD = True
+BACKWARD_VARIANT = 4
+
+
 def auto_backward_reason(q, *args) -> str | None:
-    """backend="auto" takes the Triton backward directly: this backend has no backward of its own yet."""
-    return "the cuda_sm90 backward is not written yet (issue #5); the Triton backward runs"
+    """Why backend="auto" should not run this backward (None: run it)."""
+    if not NATIVE_BACKWARD:
+        return "the cuda_sm90 backward is switched off (NATIVE_BACKWARD); the Triton backward runs"
+    return None
 
 
 def backward(grad_out, q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, states, mini_batch_size: int,
              eps: float, checkpoint_every: int):
-    """The ten gradients: the Triton backward, recomputing from this kernel's checkpoints."""
-    from tttgraph.kernels.ttt_mlp import triton as triton_backend
-
+    """The ten gradients, each in its input's dtype: recomputation from the checkpoints, chunk by chunk,
+    in the forward's tensor-parallel layout (ttt_mlp_bwd.cu)."""
     if states[0].shape[2] == 0:
         _, states = _run(q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, eps, checkpoint_every, True, False)
-    return triton_backend.backward(grad_out, q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, states,
-                                   mini_batch_size, eps, checkpoint_every)
+    if not NATIVE_BACKWARD:
+        from tttgraph.kernels.ttt_mlp import triton as triton_backend
+
+        return triton_backend.backward(grad_out, q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, states,
+                                       mini_batch_size, eps, checkpoint_every)
+    ext = build.extension()
+    bsz, heads, seq_len, dim = q.shape
+    hidden = w1.shape[-1]
+    n_mb = math.ceil(seq_len / MINI_BATCH_BUILT)
+    slots = min(checkpoint_every, n_mb) + 1
+    dev = q.device
+    f32 = dict(device=dev, dtype=torch.float32)
+    bf = torch.bfloat16
+    q, k, v, dout = (t.to(bf).contiguous() for t in (q, k, v, grad_out))
+    eta32, lnw, lnb = (t.to(torch.float32).contiguous() for t in (eta, ln_weight, ln_bias))
+    states = tuple(s.to(torch.float32).contiguous() for s in states)
+    dq, dk, dv = (torch.empty_like(q) for _ in range(3))
+    deta = torch.empty(bsz, heads, seq_len, **f32)
+    dgamma, dbeta = torch.empty(bsz, heads, dim, **f32), torch.empty(bsz, heads, dim, **f32)
+    dw1, db1 = torch.empty(bsz, heads, dim, hidden, **f32), torch.empty(bsz, heads, hidden, **f32)
+    dw2, db2 = torch.empty(bsz, heads, hidden, dim, **f32), torch.empty(bsz, heads, dim, **f32)
+    scratch = (
+        torch.empty(bsz * heads, slots, dim, hidden, device=dev, dtype=bf),
+        torch.empty(bsz * heads, slots, hidden, dim, device=dev, dtype=bf),
+        torch.empty(bsz * heads, slots, hidden, **f32),
+        torch.empty(bsz * heads, 2, slots, dim, **f32),
+        torch.empty(bsz * heads, 13, MINI_BATCH_BUILT, dim, **f32),
+    )
+    if POISON_BUFFERS:
+        for t in (dq, dk, dv, deta, dgamma, dbeta, dw1, db1, dw2, db2, *scratch):
+            t.fill_(float("nan"))
+    ext.backward(q, k, v, dout, eta32, lnw, lnb, *states, dq, dk, dv, deta, dgamma, dbeta, dw1, db1, dw2, db2,
+                 *scratch, checkpoint_every, float(eps), BACKWARD_VARIANT)
+    # The initial state and the LayerNorm parameters are shared by the batch: sum their gradients.
+    return (
+        dq,
+        dk,
+        dv,
+        deta.to(eta.dtype),
+        dgamma.sum(0).to(ln_weight.dtype),
+        dbeta.sum(0).to(ln_bias.dtype),
+        dw1.sum(0).to(w1.dtype),
+        db1.sum(0).to(b1.dtype),
+        dw2.sum(0).to(w2.dtype),
+        db2.sum(0).to(b2.dtype),
+    )

@@ -3,6 +3,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
 
+#include <algorithm>
+
 #include "ttt_mlp.h"
 
 namespace {
@@ -57,8 +59,74 @@ void forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor et
   TORCH_CHECK(err == 0, "ttt_mlp cuda_sm90 forward launch failed: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
 }
 
+const __nv_bfloat16* bf(const torch::Tensor& t) { return reinterpret_cast<const __nv_bfloat16*>(t.data_ptr()); }
+__nv_bfloat16* bf_mut(torch::Tensor& t) { return reinterpret_cast<__nv_bfloat16*>(t.data_ptr()); }
+
+// Gradients into the given tensors (allocated by the caller, see cuda_sm90/__init__.py::backward).
+void backward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor dout, torch::Tensor eta,
+              torch::Tensor ln_w, torch::Tensor ln_b, torch::Tensor ck_w1, torch::Tensor ck_b1, torch::Tensor ck_w2,
+              torch::Tensor ck_b2, torch::Tensor dq, torch::Tensor dk, torch::Tensor dv, torch::Tensor deta,
+              torch::Tensor dgamma, torch::Tensor dbeta, torch::Tensor dw1, torch::Tensor db1, torch::Tensor dw2,
+              torch::Tensor db2, torch::Tensor st_w1, torch::Tensor st_w2, torch::Tensor st_b1, torch::Tensor st_b2,
+              torch::Tensor part, int64_t checkpoint_every, double eps, int64_t variant) {
+  for (auto [t, name] : {std::pair{&q, "q"}, {&k, "k"}, {&v, "v"}, {&dout, "dout"}, {&dq, "dq"}, {&dk, "dk"},
+                         {&dv, "dv"}, {&st_w1, "st_w1"}, {&st_w2, "st_w2"}})
+    check(*t, name, torch::kBFloat16);
+  for (auto [t, name] : {std::pair{&eta, "eta"}, {&ln_w, "ln_w"}, {&ln_b, "ln_b"}, {&ck_w1, "ck_w1"},
+                         {&ck_b1, "ck_b1"}, {&ck_w2, "ck_w2"}, {&ck_b2, "ck_b2"}, {&deta, "deta"},
+                         {&dgamma, "dgamma"}, {&dbeta, "dbeta"}, {&dw1, "dw1"}, {&db1, "db1"}, {&dw2, "dw2"},
+                         {&db2, "db2"}, {&st_b1, "st_b1"}, {&st_b2, "st_b2"}, {&part, "part"}})
+    check(*t, name, torch::kFloat32);
+  TORCH_CHECK(q.dim() == 4 && q.size(3) == 64 && ck_w1.dim() == 5 && ck_w1.size(4) == 256, "built for D = 64, F = 256");
+  const int64_t batch_heads = q.size(0) * q.size(1);
+  const int64_t n_mb = (q.size(2) + 63) / 64;
+  const int64_t n_ck = ck_w1.size(2);
+  TORCH_CHECK(n_ck == (n_mb + checkpoint_every - 1) / checkpoint_every, "checkpoints do not match checkpoint_every");
+  const int64_t slots = std::min(checkpoint_every, n_mb) + 1;
+  TORCH_CHECK(st_w1.numel() == batch_heads * slots * 64 * 256, "st_w1 must hold (min(G, n_mb) + 1) states per (b, h)");
+  TORCH_CHECK(part.numel() == batch_heads * 13 * 64 * 64, "part must be [B*H, 13, 64, 64]");
+  const at::cuda::CUDAGuard guard(q.device());
+  tttgraph::BwdParams p{};
+  p.q = bf(q);
+  p.k = bf(k);
+  p.v = bf(v);
+  p.dout = bf(dout);
+  p.eta = eta.data_ptr<float>();
+  p.ln_w = ln_w.data_ptr<float>();
+  p.ln_b = ln_b.data_ptr<float>();
+  p.ck_w1 = ck_w1.data_ptr<float>();
+  p.ck_b1 = ck_b1.data_ptr<float>();
+  p.ck_w2 = ck_w2.data_ptr<float>();
+  p.ck_b2 = ck_b2.data_ptr<float>();
+  p.dq = bf_mut(dq);
+  p.dk = bf_mut(dk);
+  p.dv = bf_mut(dv);
+  p.deta = deta.data_ptr<float>();
+  p.dgamma = dgamma.data_ptr<float>();
+  p.dbeta = dbeta.data_ptr<float>();
+  p.dw1 = dw1.data_ptr<float>();
+  p.db1 = db1.data_ptr<float>();
+  p.dw2 = dw2.data_ptr<float>();
+  p.db2 = db2.data_ptr<float>();
+  p.st_w1 = bf_mut(st_w1);
+  p.st_w2 = bf_mut(st_w2);
+  p.st_b1 = st_b1.data_ptr<float>();
+  p.st_b2 = st_b2.data_ptr<float>();
+  p.part = part.data_ptr<float>();
+  p.T = static_cast<int>(q.size(2));
+  p.H = static_cast<int>(q.size(1));
+  p.G = static_cast<int>(checkpoint_every);
+  p.n_ck = static_cast<int>(n_ck);
+  p.slots = static_cast<int>(slots);
+  p.eps = static_cast<float>(eps);
+  const int err = tttgraph_ttt_mlp_bwd_sm90(&p, static_cast<int>(batch_heads), static_cast<int>(variant),
+                                            at::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == 0, "ttt_mlp cuda_sm90 backward launch failed: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "TTT-MLP forward scan (sm_90a)");
+  m.def("backward", &backward, "TTT-MLP backward (sm_90a)");
 }

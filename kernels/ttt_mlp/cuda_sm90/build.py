@@ -21,9 +21,9 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-KERNEL_SOURCES = ("ttt_mlp_fwd.cu",)
+KERNEL_SOURCES = ("ttt_mlp_fwd.cu", "ttt_mlp_bwd.cu")
 SOURCES = ("binding.cpp", *KERNEL_SOURCES)
-HEADERS = ("common.cuh", "ttt_mlp.h")
+HEADERS = ("common.cuh", "scan_common.cuh", "ttt_mlp.h")
 ARCH_FLAGS = ("-gencode=arch=compute_90a,code=sm_90a",)
 CUDA_FLAGS = (*ARCH_FLAGS, "-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo")
 

@@ -166,6 +166,11 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool va
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
                "r"(valid ? 16 : 0));
 }
+// 4 bytes (zeros when !valid; gmem must still be a mapped address).
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
+               "r"(valid ? 4 : 0));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
@@ -229,6 +234,24 @@ __device__ __forceinline__ void gelu_d1(float z, float& g, float& d) {
   float du = kGeluC * (1.f + 3.f * kGeluA * z * z);
   g = 0.5f * z * (1.f + t);
   d = 0.5f * (1.f + t) + 0.5f * z * (1.f - t * t) * du;
+}
+
+// gelu_tanh'(z) and gelu_tanh''(z). With u = c (z + a z^3), t = tanh(u):
+// g' = (1 + t)/2 + z (1 - t^2) u'/2, g'' = (1 - t^2) (u' - z t u'^2 + 3 a c z^2).
+template <bool FAST>
+__device__ __forceinline__ void gelu_d12(float z, float& d1, float& d2) {
+  const float t = tanh_sel<FAST>(kGeluC * (z + kGeluA * z * z * z));
+  const float du = kGeluC * (1.f + 3.f * kGeluA * z * z);
+  const float s = 1.f - t * t;
+  d1 = 0.5f * (1.f + t) + 0.5f * z * s * du;
+  d2 = s * (du - z * t * du * du + 3.f * kGeluA * kGeluC * z * z);
+}
+
+template <bool FAST>
+__device__ __forceinline__ float gelu_d1_only(float z) {
+  const float t = tanh_sel<FAST>(kGeluC * (z + kGeluA * z * z * z));
+  const float du = kGeluC * (1.f + 3.f * kGeluA * z * z);
+  return 0.5f * (1.f + t) + 0.5f * z * (1.f - t * t) * du;
 }
 
 // Sum over the 4 lanes of a quad (the lanes holding one accumulator row).

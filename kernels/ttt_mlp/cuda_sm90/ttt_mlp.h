@@ -32,6 +32,41 @@ struct FwdParams {
   float eps;     // LayerNorm epsilon inside the square root
 };
 
+struct BwdParams {
+  const __nv_bfloat16* q;     // [B, H, T, D]
+  const __nv_bfloat16* k;
+  const __nv_bfloat16* v;
+  const __nv_bfloat16* dout;  // [B, H, T, D] gradient of out
+  const float* eta;           // [B, H, T]
+  const float* ln_w;          // [H, D]
+  const float* ln_b;
+  const float* ck_w1;         // [B, H, C, D, F] checkpoints of the forward (the state before every G-th mini-batch)
+  const float* ck_b1;         // [B, H, C, F]
+  const float* ck_w2;         // [B, H, C, F, D]
+  const float* ck_b2;         // [B, H, C, D]
+  __nv_bfloat16* dq;          // [B, H, T, D]
+  __nv_bfloat16* dk;
+  __nv_bfloat16* dv;
+  float* deta;                // [B, H, T]
+  float* dgamma;              // [B, H, D] per batch element (the caller sums over B)
+  float* dbeta;
+  float* dw1;                 // [B, H, D, F] gradient of the initial state, per batch element
+  float* db1;                 // [B, H, F]
+  float* dw2;                 // [B, H, F, D]
+  float* db2;                 // [B, H, D]
+  __nv_bfloat16* st_w1;       // scratch [B*H][G+1][D][F]: the recomputed states of one checkpoint chunk
+  __nv_bfloat16* st_w2;       // scratch [B*H][G+1][F][D]
+  float* st_b1;               // scratch [B*H][G+1][F]
+  float* st_b2;               // scratch [B*H][2][G+1][D] (one copy per CTA)
+  float* part;                // scratch [B*H][13][64][64]: partial sums of dq and dk
+  int T;
+  int H;
+  int G;      // mini-batches between checkpoints
+  int n_ck;   // C
+  int slots;  // G + 1 state slots in the scratch (G capped at the number of mini-batches)
+  float eps;
+};
+
 }  // namespace tttgraph
 
 // Returns a cudaError_t (0 = the launch succeeded; cudaErrorInvalidValue for a variant that is not
@@ -39,4 +74,9 @@ struct FwdParams {
 // the recurrence (Z1, Z2, G_a); 2 = tanh.approx in the output's GELU; 4 = tanh.approx in the inner
 // step's GELU. Built: 0, 1, 3, 6, 7.
 extern "C" int tttgraph_ttt_mlp_fwd_sm90(const tttgraph::FwdParams* params, int batch_heads, int variant,
+                                          cudaStream_t stream);
+
+// The backward: all gradients from the checkpoints. Returns a cudaError_t. variant bit 2: tanh.approx
+// in the GELU derivatives (built: 0 and 4).
+extern "C" int tttgraph_ttt_mlp_bwd_sm90(const tttgraph::BwdParams* params, int batch_heads, int variant,
                                           cudaStream_t stream);

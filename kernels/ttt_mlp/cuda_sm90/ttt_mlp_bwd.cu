@@ -1,0 +1,811 @@
+// Backward of tttgraph::ttt_mlp on Hopper (sm_90a), in the forward's tensor-parallel layout.
+//
+// One cluster of 2 CTAs per (batch, head), each owning half of the hidden layer (scan_common.cuh).
+// The gradient of the inner state, dS = (dW1, db1, dW2, db2), stays on chip like the forward's
+// state: dW1/dW2 in registers (mma accumulators of the warps that own those tiles), db1/db2 in
+// shared memory. Checkpoint chunks are walked last first:
+//   1. recompute: from the chunk's fp32 checkpoint, run the forward's inner step (same code, same
+//      numerics) over the chunk's G mini-batches, writing every state as bf16 W1/W2 + fp32 b1/b2
+//      into a per-(b, h) scratch (L2-resident at real sizes; dS is parked in the dw1/dw2 outputs);
+//   2. reverse: for each mini-batch of the chunk, last first, with S (before) and S' (after) loaded
+//      from the scratch into shared memory:
+//      phase 1  recompute Zq1 = Q W1' + b1', Aq, Zq2 and Z1 = K W1 + b1, A, Z2; one exchange E1 of
+//               the two row sums (Z2 in slot 0, kept until phase 3; Zq2 in slot 1);
+//      phase 2  output backward: dZq2 = rq P_q(gamma dO), dZq1 = (dZq2 W2'^T) gelu'(Zq1),
+//               dQ partial = dZq1 W1'^T, dW2' += Aq^T dZq2, dW1' += Q^T dZq1, db'; then bf16
+//               copies of dW1', dW2' replace S' in shared memory;
+//      phase 3  through the update W' = W - grad: G_z2, G_a, dG_z1 = -(K dW1' + db1'),
+//               dK partial -G_z1 dW1'^T, dA, dG_a, partial dZ1, and the row sum
+//               dG_z2 = -db2' - A dW2' + dG_a W2 (exchange E2, slot 1); then, one row per lane
+//               group, the LayerNorm backward: dG_xh, dXh, drstd, dgamma, dbeta, deta, dV, dZ2;
+//      phase 4  dZ1 = partial + (dZ2 W2^T) gelu'(Z1), dK partial dZ1 W1^T, dW2 += dG_a^T G_z2 +
+//               A^T dZ2, dW1 += K^T dZ1, db1 += sum dZ1, db2 += sum dZ2; a cluster barrier, then CTA 0
+//               writes dQ = dO + (sum of the 4 partials) and CTA 1 dK = dresid + (sum of 8 partials),
+//               in a fixed order: deterministic, no atomics.
+// The derivation is kernels/ttt_mlp/README.md ("Backward of one step"); the products use bf16
+// operands and fp32 accumulation; the recomputation of step 1 uses the forward's split products.
+#include <cuda_runtime.h>
+
+#include "scan_common.cuh"
+#include "ttt_mlp.h"
+
+namespace tttgraph {
+namespace sm90 {
+namespace bwd {
+
+// Shared memory (bytes). SB0/SB1: two state buffers (W1 [D][FL], W2 [FL][D] bf16, b1 [FL], b2 [D]
+// fp32) whose roles (before / after the step) alternate; during recomputation they hold the hi and
+// lo copies. T1, T2 [M][FL] and U1, U2 [M][D] are bf16 scratch tiles reused across phases.
+constexpr int kW = D * FL * 2;
+constexpr int OFF_SB_W1_0 = 0;
+constexpr int OFF_SB_W2_0 = OFF_SB_W1_0 + kW;
+constexpr int OFF_SB_W1_1 = OFF_SB_W2_0 + kW;
+constexpr int OFF_SB_W2_1 = OFF_SB_W1_1 + kW;
+constexpr int OFF_SB_B1_0 = OFF_SB_W2_1 + kW;
+constexpr int OFF_SB_B2_0 = OFF_SB_B1_0 + FL * 4;
+constexpr int OFF_SB_B1_1 = OFF_SB_B2_0 + D * 4;
+constexpr int OFF_SB_B2_1 = OFF_SB_B1_1 + FL * 4;
+constexpr int OFF_K = OFF_SB_B2_1 + D * 4;   // [M][D] bf16
+constexpr int OFF_Q = OFF_K + kTileMD;       // [M][D] bf16 (V during recomputation)
+constexpr int OFF_V = OFF_Q + kTileMD;       // [M][D] bf16
+constexpr int OFF_A = OFF_V + kTileMD;       // [M][FL] gelu(Z1)
+constexpr int OFF_T1 = OFF_A + kTileMF;      // Aq (phase 1-2), dG_a (phase 3-4)
+constexpr int OFF_T2 = OFF_T1 + kTileMF;     // G_z1 (recompute), dZq1 (phase 2), dZ1 (phase 4)
+constexpr int OFF_U1 = OFF_T2 + kTileMF;     // G_z2 (recompute), dZq2 (phase 2), G_z2 (phase 3-4)
+constexpr int OFF_U2 = OFF_U1 + kTileMD;     // dZ2 (phase 3-4)
+constexpr int OFF_X = OFF_U2 + kTileMD;      // exchange, 2 slots
+constexpr int OFF_ETA = OFF_X + 2 * kXSlot;  // [M]
+constexpr int OFF_GAMMA = OFF_ETA + M * 4;
+constexpr int OFF_BETA = OFF_GAMMA + D * 4;
+constexpr int OFF_RED1 = OFF_BETA + D * 4;   // [4][FL]
+constexpr int OFF_RED2 = OFF_RED1 + 4 * FL * 4;  // [8][D]
+constexpr int OFF_DB1 = OFF_RED2 + 8 * D * 4;    // [FL] db1 of dS
+constexpr int OFF_DB2 = OFF_DB1 + FL * 4;        // [D] db2 of dS (replicated)
+constexpr int OFF_DGAM = OFF_DB2 + D * 4;        // [8][D] per-warp dgamma
+constexpr int OFF_DBET = OFF_DGAM + 8 * D * 4;   // [8][D] per-warp dbeta
+constexpr int SMEM = OFF_DBET + 8 * D * 4;
+static_assert(SMEM <= 227 * 1024, "shared memory over the sm_90 per-block limit");
+
+// Partial-sum buffers of the scratch `part` ([B*H][NPART][M][D] fp32), per (rank, wc).
+constexpr int P_DQ = 0, P_DKA = 4, P_DKB = 8, P_DRES = 12, NPART = 13;
+
+template <typename T>
+__device__ __forceinline__ T* at(char* base, int off) {
+  return reinterpret_cast<T*>(base + off);
+}
+
+struct StateBuf {
+  bf16* w1;
+  bf16* w2;
+  float* b1;
+  float* b2;
+};
+
+__device__ __forceinline__ StateBuf state_buf(char* sm, int i) {
+  return i == 0 ? StateBuf{at<bf16>(sm, OFF_SB_W1_0), at<bf16>(sm, OFF_SB_W2_0), at<float>(sm, OFF_SB_B1_0),
+                           at<float>(sm, OFF_SB_B2_0)}
+                : StateBuf{at<bf16>(sm, OFF_SB_W1_1), at<bf16>(sm, OFF_SB_W2_1), at<float>(sm, OFF_SB_B1_1),
+                           at<float>(sm, OFF_SB_B2_1)};
+}
+
+// A 16 x D accumulator tile (rows 16 wr..) into a row-major fp32 [M][D] global buffer.
+__device__ __forceinline__ void store_rows_f32(float* dst, const float (&acc)[ND][4], int wr, int lane) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int j = 0; j < ND; ++j) {
+    const int c = 8 * j + 2 * t;
+    *reinterpret_cast<float2*>(dst + (16 * wr + g) * D + c) = make_float2(acc[j][0], acc[j][1]);
+    *reinterpret_cast<float2*>(dst + (16 * wr + g + 8) * D + c) = make_float2(acc[j][2], acc[j][3]);
+  }
+}
+
+// cp.async a bf16 [M][D] tile of rows t0.. of a [B, H, T, D] tensor (rows past T read as zeros).
+__device__ __forceinline__ void load_rows(bf16* dst, const bf16* src, size_t bh, int T, int t0, int tid) {
+  const size_t base = (bh * T + t0) * D;
+  for (int i = tid; i < M * D / 8; i += THREADS) {
+    const int row = i / (D / 8), col = (i % (D / 8)) * 8;
+    const bool valid = t0 + row < T;
+    cp_async16(dst + swz<D>(row, col), src + (valid ? base + row * D + col : 0), valid);
+  }
+}
+
+__device__ __forceinline__ void load_eta(float* dst, const float* eta, size_t bh, int T, int t0, int tid) {
+  if (tid < M) cp_async4(dst + tid, eta + bh * T + min(t0 + tid, T - 1), t0 + tid < T);
+}
+
+// cp.async state slot `slot` of the scratch (this CTA's half) into a state buffer.
+__device__ __forceinline__ void load_state_slot(const BwdParams& p, const StateBuf& sb, size_t bh, int slot, int rank,
+                                                int tid) {
+  const int f_base = rank * FL;
+  const size_t s = bh * p.slots + slot;
+  const bf16* w1 = p.st_w1 + s * D * F;
+  const bf16* w2 = p.st_w2 + s * F * D + static_cast<size_t>(f_base) * D;
+  for (int i = tid; i < D * FL / 8; i += THREADS) {
+    const int row = i / (FL / 8), col = (i % (FL / 8)) * 8;
+    cp_async16(sb.w1 + swz<FL>(row, col), w1 + row * F + f_base + col, true);
+  }
+  for (int i = tid; i < FL * D / 8; i += THREADS) {
+    const int row = i / (D / 8), col = (i % (D / 8)) * 8;
+    cp_async16(sb.w2 + swz<D>(row, col), w2 + row * D + col, true);
+  }
+  if (tid < FL / 4) {
+    cp_async16(sb.b1 + 4 * tid, p.st_b1 + s * F + f_base + 4 * tid, true);
+  } else if (tid < FL / 4 + D / 4) {
+    const int i = tid - FL / 4;
+    cp_async16(sb.b2 + 4 * i, p.st_b2 + ((bh * CS + rank) * p.slots + slot) * D + 4 * i, true);
+  }
+}
+
+// Write the register state and the shared biases as scratch slot `slot`.
+__device__ __forceinline__ void save_state_slot(const BwdParams& p, const float (&w1s)[NF][4], const float (&w2s)[ND][4],
+                                                const float* b1, const float* b2, size_t bh, int slot, int rank, int tid) {
+  const int f_base = rank * FL;
+  const size_t s = bh * p.slots + slot;
+  store_state_bf16(p.st_w1 + s * D * F, p.st_w2 + s * F * D, w1s, w2s, f_base, tid >> 5, tid & 31);
+  if (tid < FL) p.st_b1[s * F + f_base + tid] = b1[tid];
+  if (tid < D) p.st_b2[((bh * CS + rank) * p.slots + slot) * D + tid] = b2[tid];
+}
+
+template <bool FAST>
+__global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp_bwd_kernel(const BwdParams p) {
+  extern __shared__ __align__(128) char sm[];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wr = warp & 3, wc = warp >> 2;
+  const int g = lane >> 2, t = lane & 3;
+  const int rank = static_cast<int>(cluster_rank());
+  const size_t bh = blockIdx.y;
+  const int h = static_cast<int>(bh % p.H);
+  const int f_base = rank * FL;
+  const int n_mb = (p.T + M - 1) / M;
+
+  bf16* sK = at<bf16>(sm, OFF_K);
+  bf16* sQ = at<bf16>(sm, OFF_Q);
+  bf16* sV = at<bf16>(sm, OFF_V);
+  bf16* sA = at<bf16>(sm, OFF_A);
+  bf16* T1 = at<bf16>(sm, OFF_T1);
+  bf16* T2 = at<bf16>(sm, OFF_T2);
+  bf16* U1 = at<bf16>(sm, OFF_U1);
+  bf16* U2 = at<bf16>(sm, OFF_U2);
+  float* X = at<float>(sm, OFF_X);
+  float* X0 = X;               // slot 0
+  float* X1 = X + kXSlot / 4;  // slot 1
+  float* seta = at<float>(sm, OFF_ETA);
+  float* gamma = at<float>(sm, OFF_GAMMA);
+  float* beta = at<float>(sm, OFF_BETA);
+  float* red1 = at<float>(sm, OFF_RED1);
+  float* red2 = at<float>(sm, OFF_RED2);
+  float* sdb1 = at<float>(sm, OFF_DB1);
+  float* sdb2 = at<float>(sm, OFF_DB2);
+  float* dgam = at<float>(sm, OFF_DGAM);
+  float* dbet = at<float>(sm, OFF_DBET);
+  float* part = p.part + bh * NPART * M * D;
+
+  for (int i = tid; i < D; i += THREADS) {
+    gamma[i] = p.ln_w[h * D + i];
+    beta[i] = p.ln_b[h * D + i];
+    sdb2[i] = 0.f;
+  }
+  for (int i = tid; i < FL; i += THREADS) sdb1[i] = 0.f;
+  for (int i = tid; i < 8 * D; i += THREADS) dgam[i] = dbet[i] = 0.f;
+  float dw1s[NF][4], dw2s[ND][4];  // dS: gradient of the state after the current step
+#pragma unroll
+  for (int j = 0; j < NF; ++j) dw1s[j][0] = dw1s[j][1] = dw1s[j][2] = dw1s[j][3] = 0.f;
+#pragma unroll
+  for (int j = 0; j < ND; ++j) dw2s[j][0] = dw2s[j][1] = dw2s[j][2] = dw2s[j][3] = 0.f;
+  cluster_sync();
+
+  for (int c = p.n_ck - 1; c >= 0; --c) {
+    const int j0 = c * p.G, j1 = min(j0 + p.G, n_mb);
+    // dS is parked in the dw1/dw2 outputs while the recomputation needs the registers.
+    store_state(p.dw1 + bh * D * F, p.dw2 + bh * F * D, dw1s, dw2s, f_base, warp, lane);
+
+    // ---- 1. recompute the chunk's states from its checkpoint (the forward's inner step) ----
+    {
+      const StateBuf hi = state_buf(sm, 0), lo = state_buf(sm, 1);
+      StepBufs s;
+      s.k = sK;
+      s.v = sQ;
+      s.eta = seta;
+      s.w1h = hi.w1;
+      s.w1l = lo.w1;
+      s.w2h = hi.w2;
+      s.w2l = lo.w2;
+      s.a = sA;
+      s.gz1 = T2;
+      s.gz2 = U1;
+      s.x = X;
+      s.b1 = hi.b1;
+      s.b2 = hi.b2;
+      s.gamma = gamma;
+      s.beta = beta;
+      s.red1 = red1;
+      s.red2 = red2;
+      float w1s[NF][4], w2s[ND][4];
+      const size_t ck = bh * p.n_ck + c;
+      load_state(w1s, w2s, p.ck_w1 + ck * D * F, p.ck_w2 + ck * F * D, f_base, warp, lane);
+      for (int i = tid; i < FL; i += THREADS) s.b1[i] = p.ck_b1[ck * F + f_base + i];
+      for (int i = tid; i < D; i += THREADS) s.b2[i] = p.ck_b2[ck * D + i];
+      store_state_copies<true>(s, w1s, w2s, warp, lane);
+      for (int j = j0; j < j1; ++j) {
+        __syncthreads();  // biases of the state before step j are visible
+        save_state_slot(p, w1s, w2s, s.b1, s.b2, bh, j - j0, rank, tid);
+        load_rows(sK, p.k, bh, p.T, j * M, tid);
+        load_rows(sQ, p.v, bh, p.T, j * M, tid);
+        load_eta(seta, p.eta, bh, p.T, j * M, tid);
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();
+        inner_step<true, FAST>(w1s, w2s, s, min(M, p.T - j * M), (j - j0) & 1, rank, tid, p.eps);
+      }
+      save_state_slot(p, w1s, w2s, s.b1, s.b2, bh, j1 - j0, rank, tid);
+    }
+    load_state(dw1s, dw2s, p.dw1 + bh * D * F, p.dw2 + bh * F * D, f_base, warp, lane);
+    // The scratch written above is read back by other threads, and the peer may still be reading
+    // the exchange slots of the last recomputed step.
+    __syncthreads();
+    cluster_sync();
+
+    // ---- 2. reverse over the chunk ----
+    int after = 0;
+    load_state_slot(p, state_buf(sm, after), bh, j1 - j0, rank, tid);
+    for (int j = j1 - 1; j >= j0; --j) {
+      const int before = after ^ 1;
+      const StateBuf B = state_buf(sm, before), A = state_buf(sm, after);
+      const int t0 = j * M, n = min(M, p.T - t0);
+      load_state_slot(p, B, bh, j - j0, rank, tid);
+      load_rows(sK, p.k, bh, p.T, t0, tid);
+      load_rows(sQ, p.q, bh, p.T, t0, tid);
+      load_rows(sV, p.v, bh, p.T, t0, tid);
+      load_eta(seta, p.eta, bh, p.T, t0, tid);
+      cp_async_commit();
+      cp_async_wait<0>();
+      __syncthreads();
+
+      // ---- phase 1: recompute Zq (with S') and Z (with S); exchange E1 ----
+      float gq1[NF][4];
+      {
+        float zq[NF][4];
+        rows_times_w1<false>(zq, sQ, A.w1, nullptr, A.b1, wr, wc, lane);
+#pragma unroll
+        for (int jn = 0; jn < NF; ++jn)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) gelu_d1<FAST>(zq[jn][e], zq[jn][e], gq1[jn][e]);
+        store_acc_bf16<FL>(T1, zq, 16 * wr, wc * FH, lane);  // Aq
+        float o[ND][4];
+#pragma unroll
+        for (int jn = 0; jn < ND; ++jn) o[jn][0] = o[jn][1] = o[jn][2] = o[jn][3] = 0.f;
+        rows_times_w2<false>(o, zq, A.w2, nullptr, wc, lane);
+        push_row_sum(o, X1, rank, wr, wc, lane);
+      }
+      float z1[NF][4];
+      rows_times_w1<false>(z1, sK, B.w1, nullptr, B.b1, wr, wc, lane);
+      {
+        float at_[NF][4];
+#pragma unroll
+        for (int jn = 0; jn < NF; ++jn)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) at_[jn][e] = gelu<FAST>(z1[jn][e]);
+        store_acc_bf16<FL>(sA, at_, 16 * wr, wc * FH, lane);
+        float z2[ND][4];
+#pragma unroll
+        for (int jn = 0; jn < ND; ++jn) z2[jn][0] = z2[jn][1] = z2[jn][2] = z2[jn][3] = 0.f;
+        rows_times_w2<false>(z2, at_, B.w2, nullptr, wc, lane);
+        push_row_sum(z2, X0, rank, wr, wc, lane);
+      }
+      cluster_arrive();  // E1
+      cluster_wait();
+
+      // ---- phase 2: output backward ----
+      {
+        float xq[ND][4];
+        read_row_sum(xq, X1, wr, lane, A.b2);
+        const float2 rq = layer_norm_rows(xq, p.eps);
+        float dz[ND][4];
+        const int r0 = 16 * wr + g;
+        const bf16* dout = p.dout + (bh * p.T + t0) * D;
+        float m0 = 0.f, m1 = 0.f, x0 = 0.f, x1 = 0.f;
+#pragma unroll
+        for (int jn = 0; jn < ND; ++jn) {
+          const int cc = 8 * jn + 2 * t;
+          float2 d0 = make_float2(0.f, 0.f), d1 = make_float2(0.f, 0.f);
+          if (r0 < n) d0 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(dout + r0 * D + cc));
+          if (r0 + 8 < n) d1 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(dout + (r0 + 8) * D + cc));
+          if (wc == 0) {  // dbeta += sum dO, dgamma += sum dO Xq (the twin holds the same rows)
+            const float sb0 = col_sum(d0.x + d1.x), sb1 = col_sum(d0.y + d1.y);
+            const float sg0 = col_sum(d0.x * xq[jn][0] + d1.x * xq[jn][2]);
+            const float sg1 = col_sum(d0.y * xq[jn][1] + d1.y * xq[jn][3]);
+            if (g == 0) {
+              dbet[warp * D + cc] += sb0;
+              dbet[warp * D + cc + 1] += sb1;
+              dgam[warp * D + cc] += sg0;
+              dgam[warp * D + cc + 1] += sg1;
+            }
+          }
+          dz[jn][0] = gamma[cc] * d0.x;
+          dz[jn][1] = gamma[cc + 1] * d0.y;
+          dz[jn][2] = gamma[cc] * d1.x;
+          dz[jn][3] = gamma[cc + 1] * d1.y;
+          m0 += dz[jn][0] + dz[jn][1];
+          m1 += dz[jn][2] + dz[jn][3];
+          x0 += dz[jn][0] * xq[jn][0] + dz[jn][1] * xq[jn][1];
+          x1 += dz[jn][2] * xq[jn][2] + dz[jn][3] * xq[jn][3];
+        }
+        m0 = quad_sum(m0) * (1.f / D), m1 = quad_sum(m1) * (1.f / D);
+        x0 = quad_sum(x0) * (1.f / D), x1 = quad_sum(x1) * (1.f / D);
+        const float s0 = r0 < n ? rq.x : 0.f, s1 = r0 + 8 < n ? rq.y : 0.f;
+#pragma unroll
+        for (int jn = 0; jn < ND; ++jn) {  // dZq2 = rq P_q(gamma dO)
+          dz[jn][0] = s0 * (dz[jn][0] - m0 - xq[jn][0] * x0);
+          dz[jn][1] = s0 * (dz[jn][1] - m0 - xq[jn][1] * x0);
+          dz[jn][2] = s1 * (dz[jn][2] - m1 - xq[jn][2] * x1);
+          dz[jn][3] = s1 * (dz[jn][3] - m1 - xq[jn][3] * x1);
+        }
+        if (wc == 0) {
+          store_acc_bf16<D>(U1, dz, 16 * wr, 0, lane);
+          store_col_sums(red2 + wr * D, dz, lane);
+        }
+        cluster_arrive();  // B: this CTA is done reading slot 1 (the peer may push E2 into it)
+
+        // dZq1 = (dZq2 W2'^T) * gelu'(Zq1), on this warp's hidden columns
+        float dq1[NF][4];
+#pragma unroll
+        for (int jn = 0; jn < NF; ++jn) dq1[jn][0] = dq1[jn][1] = dq1[jn][2] = dq1[jn][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < ND / 2; ++kk) {
+          uint32_t a[4];
+          acc_to_a(dz, kk, a);
+#pragma unroll
+          for (int jj = 0; jj < NF / 2; ++jj) {
+            uint32_t b[4];
+            ldsm_x4(b, addr_b_nk<D>(A.w2, wc * FH + 16 * jj, 16 * kk, lane));
+            mma_bf16(dq1[2 * jj], a, b[0], b[1]);
+            mma_bf16(dq1[2 * jj + 1], a, b[2], b[3]);
+          }
+        }
+#pragma unroll
+        for (int jn = 0; jn < NF; ++jn)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) dq1[jn][e] *= gq1[jn][e];
+        store_acc_bf16<FL>(T2, dq1, 16 * wr, wc * FH, lane);
+        store_col_sums(red1 + wr * FL + wc * FH, dq1, lane);
+        // dQ partial = dZq1 W1'^T (a row sum over the hidden layer: 4 partials per row block)
+        float dqp[ND][4];
+#pragma unroll
+        for (int jn = 0; jn < ND; ++jn) dqp[jn][0] = dqp[jn][1] = dqp[jn][2] = dqp[jn][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < NF / 2; ++kk) {
+          uint32_t a[4];
+          acc_to_a(dq1, kk, a);
+#pragma unroll
+          for (int jj = 0; jj < ND / 2; ++jj) {
+            uint32_t b[4];
+            ldsm_x4(b, addr_b_nk<FL>(A.w1, 16 * jj, wc * FH + 16 * kk, lane));
+            mma_bf16(dqp[2 * jj], a, b[0], b[1]);
+            mma_bf16(dqp[2 * jj + 1], a, b[2], b[3]);
+          }
+        }
+        store_rows_f32(part + (P_DQ + rank * 2 + wc) * M * D, dqp, wr, lane);
+      }
+      __syncthreads();  // Aq, dZq2, dZq1 and column sums in shared memory; S' no longer read
+
+      // dW2' += Aq^T dZq2, dW1' += Q^T dZq1, db1' += sum dZq1, db2' += sum dZq2
+#pragma unroll
+      for (int kk = 0; kk < M / 16; ++kk) {
+        uint32_t a[4];
+        ldsm_x4_t(a, addr_a_t<FL>(T1, 16 * warp, 16 * kk, lane));
+#pragma unroll
+        for (int jj = 0; jj < ND / 2; ++jj) {
+          uint32_t b[4];
+          ldsm_x4_t(b, addr_b_kn<D>(U1, 16 * jj, 16 * kk, lane));
+          mma_bf16(dw2s[2 * jj], a, b[0], b[1]);
+          mma_bf16(dw2s[2 * jj + 1], a, b[2], b[3]);
+        }
+      }
+#pragma unroll
+      for (int kk = 0; kk < M / 16; ++kk) {
+        uint32_t a[4];
+        ldsm_x4_t(a, addr_a_t<D>(sQ, 16 * wr, 16 * kk, lane));
+#pragma unroll
+        for (int jj = 0; jj < NF / 2; ++jj) {
+          uint32_t b[4];
+          ldsm_x4_t(b, addr_b_kn<FL>(T2, wc * FH + 16 * jj, 16 * kk, lane));
+          mma_bf16(dw1s[2 * jj], a, b[0], b[1]);
+          mma_bf16(dw1s[2 * jj + 1], a, b[2], b[3]);
+        }
+      }
+      if (tid < FL) {
+        sdb1[tid] += (red1[tid] + red1[FL + tid]) + (red1[2 * FL + tid] + red1[3 * FL + tid]);
+      } else if (tid < FL + D) {
+        const int i = tid - FL;
+        sdb2[i] += (red2[i] + red2[D + i]) + (red2[2 * D + i] + red2[3 * D + i]);
+      }
+      // bf16 copies of dW1', dW2' take the place of S' in shared memory
+      store_acc_bf16<FL>(A.w1, dw1s, 16 * wr, wc * FH, lane);
+      store_acc_bf16<D>(A.w2, dw2s, 16 * warp, 0, lane);
+      __syncthreads();
+      const bf16* DW1 = A.w1;
+      const bf16* DW2 = A.w2;
+
+      // ---- phase 3: through the update W' = W - grad ----
+      float dz1[NF][4];  // dG_z1, then the partial dZ1
+      {
+        float ga[NF][4], dan[NF][4];  // G_a = G_z2 W2^T and G_z2 dW2'^T (= -dA)
+        {
+          float xh[ND][4];
+          read_row_sum(xh, X0, wr, lane, B.b2);
+          const float2 rstd = layer_norm_rows(xh, p.eps);
+          uint32_t gzf[ND / 2][4];  // G_z2 as bf16 A fragments
+          {
+            float gz[ND][4];
+            grad_z2_rows(gz, xh, rstd, sK, sV, seta, gamma, beta, n, wr, lane);
+            if (wc == 0) store_acc_bf16<D>(U1, gz, 16 * wr, 0, lane);  // G_z2 for dW2 += dG_a^T G_z2
+#pragma unroll
+            for (int kk = 0; kk < ND / 2; ++kk) acc_to_a(gz, kk, gzf[kk]);
+          }
+#pragma unroll
+          for (int jn = 0; jn < NF; ++jn)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) ga[jn][e] = dan[jn][e] = 0.f;
+#pragma unroll
+          for (int kk = 0; kk < ND / 2; ++kk) {
+            const uint32_t(&a)[4] = gzf[kk];
+#pragma unroll
+            for (int jj = 0; jj < NF / 2; ++jj) {
+              const int n0 = wc * FH + 16 * jj;
+              uint32_t b[4];
+              ldsm_x4(b, addr_b_nk<D>(B.w2, n0, 16 * kk, lane));
+              mma_bf16(ga[2 * jj], a, b[0], b[1]);
+              mma_bf16(ga[2 * jj + 1], a, b[2], b[3]);
+              ldsm_x4(b, addr_b_nk<D>(DW2, n0, 16 * kk, lane));
+              mma_bf16(dan[2 * jj], a, b[0], b[1]);
+              mma_bf16(dan[2 * jj + 1], a, b[2], b[3]);
+            }
+          }
+        }
+        rows_times_w1<false>(dz1, sK, DW1, nullptr, sdb1, wr, wc, lane);  // K dW1' + db1' = -dG_z1
+        // Elementwise: G_z1 = G_a g', dG_a = dG_z1 g', partial dZ1 = dG_z1 G_a g'' + dA g'.
+#pragma unroll
+        for (int jn = 0; jn < NF; ++jn)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            float d1, d2;
+            gelu_d12<FAST>(z1[jn][e], d1, d2);
+            const float dgz1 = -dz1[jn][e];
+            dz1[jn][e] = dgz1 * ga[jn][e] * d2 - dan[jn][e] * d1;
+            ga[jn][e] *= d1;          // G_z1
+            dan[jn][e] = dgz1 * d1;   // dG_a
+          }
+        store_acc_bf16<FL>(T1, dan, 16 * wr, wc * FH, lane);  // dG_a for dW2 += dG_a^T G_z2
+        // dK partial (a) = -G_z1 dW1'^T
+        float dk[ND][4];
+#pragma unroll
+        for (int jn = 0; jn < ND; ++jn) dk[jn][0] = dk[jn][1] = dk[jn][2] = dk[jn][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < NF / 2; ++kk) {
+          uint32_t a[4];
+          acc_to_a(ga, kk, a);
+#pragma unroll
+          for (int i = 0; i < 4; ++i) a[i] = neg_bf16x2(a[i]);
+#pragma unroll
+          for (int jj = 0; jj < ND / 2; ++jj) {
+            uint32_t b[4];
+            ldsm_x4(b, addr_b_nk<FL>(DW1, 16 * jj, wc * FH + 16 * kk, lane));
+            mma_bf16(dk[2 * jj], a, b[0], b[1]);
+            mma_bf16(dk[2 * jj + 1], a, b[2], b[3]);
+          }
+        }
+        store_rows_f32(part + (P_DKA + rank * 2 + wc) * M * D, dk, wr, lane);
+        // dG_z2 partial = -A dW2' + dG_a W2 (a row sum over the hidden layer)
+        float dg2[ND][4];
+#pragma unroll
+        for (int jn = 0; jn < ND; ++jn) dg2[jn][0] = dg2[jn][1] = dg2[jn][2] = dg2[jn][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < NF / 2; ++kk) {
+          const int k0 = wc * FH + 16 * kk;
+          uint32_t a[4], a2[4];
+          ldsm_x4(a, addr_a<FL>(sA, 16 * wr, k0, lane));
+#pragma unroll
+          for (int i = 0; i < 4; ++i) a[i] = neg_bf16x2(a[i]);
+          acc_to_a(dan, kk, a2);
+#pragma unroll
+          for (int jj = 0; jj < ND / 2; ++jj) {
+            uint32_t b[4];
+            ldsm_x4_t(b, addr_b_kn<D>(DW2, 16 * jj, k0, lane));
+            mma_bf16(dg2[2 * jj], a, b[0], b[1]);
+            mma_bf16(dg2[2 * jj + 1], a, b[2], b[3]);
+            ldsm_x4_t(b, addr_b_kn<D>(B.w2, 16 * jj, k0, lane));
+            mma_bf16(dg2[2 * jj], a2, b[0], b[1]);
+            mma_bf16(dg2[2 * jj + 1], a2, b[2], b[3]);
+          }
+        }
+        cluster_wait();  // B: the peer is done reading its slot 1
+        push_row_sum(dg2, X1, rank, wr, wc, lane);
+        cluster_arrive();  // E2
+        cluster_wait();
+      }
+
+      // LayerNorm backward, one token row per lane quad: warp w has rows 8w.., lane: row 8w + g,
+      // columns 4t + 16q + e (q, e = 0..3).
+      {
+        const int row = 8 * warp + g;
+        const bool live = row < n;
+        const float e_r = live ? seta[row] : 0.f;
+        float xh[16], rs[16], u[16];
+        float sum = 0.f;
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const int cc = 4 * t + 16 * q;
+          const float4 a = *reinterpret_cast<const float4*>(X0 + xidx(row, cc));
+          const float4 b = *reinterpret_cast<const float4*>(X0 + M * D + xidx(row, cc));
+          const float4 ua = *reinterpret_cast<const float4*>(X1 + xidx(row, cc));
+          const float4 ub = *reinterpret_cast<const float4*>(X1 + M * D + xidx(row, cc));
+          xh[4 * q + 0] = (a.x + b.x) + B.b2[cc + 0];
+          xh[4 * q + 1] = (a.y + b.y) + B.b2[cc + 1];
+          xh[4 * q + 2] = (a.z + b.z) + B.b2[cc + 2];
+          xh[4 * q + 3] = (a.w + b.w) + B.b2[cc + 3];
+          u[4 * q + 0] = (ua.x + ub.x) - sdb2[cc + 0];
+          u[4 * q + 1] = (ua.y + ub.y) - sdb2[cc + 1];
+          u[4 * q + 2] = (ua.z + ub.z) - sdb2[cc + 2];
+          u[4 * q + 3] = (ua.w + ub.w) - sdb2[cc + 3];
+          sum += (xh[4 * q] + xh[4 * q + 1]) + (xh[4 * q + 2] + xh[4 * q + 3]);
+        }
+        const float mu = quad_sum(sum) * (1.f / D);
+        float var = 0.f;
+#pragma unroll
+        for (int i = 0; i < 16; ++i) {
+          xh[i] -= mu;
+          var += xh[i] * xh[i];
+        }
+        const float r = rsqrtf(quad_sum(var) * (1.f / D) + p.eps);
+        float sg = 0.f, sgx = 0.f, su = 0.f, sux = 0.f;  // sums of G_xh, G_xh Xh, u, u Xh
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const int cc = 4 * t + 16 * q;
+          const uint2 kr = *reinterpret_cast<const uint2*>(sK + swz<D>(row, cc));
+          const uint2 vr = *reinterpret_cast<const uint2*>(sV + swz<D>(row, cc));
+          const float2 k01 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&kr.x));
+          const float2 k23 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&kr.y));
+          const float2 v01 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&vr.x));
+          const float2 v23 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&vr.y));
+          const float kk4[4] = {k01.x, k01.y, k23.x, k23.y}, vv4[4] = {v01.x, v01.y, v23.x, v23.y};
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int i = 4 * q + e;
+            xh[i] *= r;
+            rs[i] = gamma[cc + e] * xh[i] + beta[cc + e] - (vv4[e] - kk4[e]);
+            const float gx = gamma[cc + e] * e_r * rs[i];
+            sg += gx;
+            sgx += gx * xh[i];
+            su += u[i];
+            sux += u[i] * xh[i];
+          }
+        }
+        sg = quad_sum(sg), sgx = quad_sum(sgx), su = quad_sum(su), sux = quad_sum(sux);
+        const float mg = sg * (1.f / D), mgx = sgx * (1.f / D), mu_u = su * (1.f / D), mux = sux * (1.f / D);
+        // drstd = u . P(G_xh); then dG_xh = r P(u) and the G_xh -> resid chain, per element.
+        float drstd = 0.f, deta = 0.f, sdx = 0.f, sdxx = 0.f;
+#pragma unroll
+        for (int i = 0; i < 16; ++i) {
+          const int cc = 4 * t + 16 * (i / 4) + (i % 4);
+          const float gx = gamma[cc] * e_r * rs[i];
+          drstd += u[i] * (gx - mg - xh[i] * mgx);
+          const float dgx = r * (u[i] - mu_u - xh[i] * mux);             // dG_xh
+          float dxh = -(r * (1.f / D)) * (sgx * u[i] + sux * gx);        // dXh through P's Xh
+          const float gy = e_r * rs[i];                                    // G_y
+          const float dgy = gamma[cc] * dgx;                               // dG_y
+          deta += dgy * rs[i];
+          const float dres = e_r * dgy;                                    // dresid
+          dxh += gamma[cc] * dres;
+          // per-column sums over the warp's rows: dgamma += dG_xh G_y + dresid Xh, dbeta += dresid
+          u[i] = dxh;                                                      // u := dXh
+          rs[i] = dres;                                                    // rs := dresid
+          const float cg = col_sum(dgx * gy + dres * xh[i]), cb = col_sum(dres);
+          if (g == 0) {
+            dgam[warp * D + cc] += cg;
+            dbet[warp * D + cc] += cb;
+          }
+          sdx += dxh;
+          sdxx += dxh * xh[i];
+        }
+        drstd = quad_sum(drstd), deta = quad_sum(deta);
+        sdx = quad_sum(sdx) * (1.f / D), sdxx = quad_sum(sdxx) * (1.f / D);
+        // dZ2 = r P(dXh) - (r^2 / D) drstd Xh; rows past T are zero.
+        const float cz = live ? 1.f : 0.f;
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const int cc = 4 * t + 16 * q;
+          float dz2[4];
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int i = 4 * q + e;
+            dz2[e] = cz * (r * (u[i] - sdx - xh[i] * sdxx) - (r * r * (1.f / D)) * drstd * xh[i]);
+            const float cs = col_sum(dz2[e]);
+            if (g == 0) red2[warp * D + cc + e] = cs;
+          }
+          uint2 pk;
+          pk.x = pack_bf16(dz2[0], dz2[1]);
+          pk.y = pack_bf16(dz2[2], dz2[3]);
+          *reinterpret_cast<uint2*>(U2 + swz<D>(row, cc)) = pk;
+          if (live) {
+            const size_t gi = (bh * p.T + t0 + row) * D + cc;
+            if (rank == 0) {
+              uint2 dv;
+              dv.x = pack_bf16(-rs[4 * q], -rs[4 * q + 1]);
+              dv.y = pack_bf16(-rs[4 * q + 2], -rs[4 * q + 3]);
+              *reinterpret_cast<uint2*>(p.dv + gi) = dv;
+            } else {
+              *reinterpret_cast<float4*>(part + P_DRES * M * D + row * D + cc) =
+                  make_float4(rs[4 * q], rs[4 * q + 1], rs[4 * q + 2], rs[4 * q + 3]);
+            }
+          }
+        }
+        if (live && rank == 0 && t == 0) p.deta[bh * p.T + t0 + row] = deta;
+      }
+      __syncthreads();  // dZ2 (U2), its column sums, G_z2 (U1), dG_a (T1) are in shared memory
+
+      // ---- phase 4: dZ1, dK partial (b), and the state gradient of the step's input ----
+      {
+        float tz[NF][4];
+#pragma unroll
+        for (int jn = 0; jn < NF; ++jn) tz[jn][0] = tz[jn][1] = tz[jn][2] = tz[jn][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < ND / 2; ++kk) {
+          uint32_t a[4];
+          ldsm_x4(a, addr_a<D>(U2, 16 * wr, 16 * kk, lane));
+#pragma unroll
+          for (int jj = 0; jj < NF / 2; ++jj) {
+            uint32_t b[4];
+            ldsm_x4(b, addr_b_nk<D>(B.w2, wc * FH + 16 * jj, 16 * kk, lane));
+            mma_bf16(tz[2 * jj], a, b[0], b[1]);
+            mma_bf16(tz[2 * jj + 1], a, b[2], b[3]);
+          }
+        }
+#pragma unroll
+        for (int jn = 0; jn < NF; ++jn)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) dz1[jn][e] += tz[jn][e] * gelu_d1_only<FAST>(z1[jn][e]);
+        store_acc_bf16<FL>(T2, dz1, 16 * wr, wc * FH, lane);
+        store_col_sums(red1 + wr * FL + wc * FH, dz1, lane);
+        float dk[ND][4];
+#pragma unroll
+        for (int jn = 0; jn < ND; ++jn) dk[jn][0] = dk[jn][1] = dk[jn][2] = dk[jn][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < NF / 2; ++kk) {
+          uint32_t a[4];
+          acc_to_a(dz1, kk, a);
+#pragma unroll
+          for (int jj = 0; jj < ND / 2; ++jj) {
+            uint32_t b[4];
+            ldsm_x4(b, addr_b_nk<FL>(B.w1, 16 * jj, wc * FH + 16 * kk, lane));
+            mma_bf16(dk[2 * jj], a, b[0], b[1]);
+            mma_bf16(dk[2 * jj + 1], a, b[2], b[3]);
+          }
+        }
+        store_rows_f32(part + (P_DKB + rank * 2 + wc) * M * D, dk, wr, lane);
+      }
+      __syncthreads();  // dZ1 (T2) and its column sums
+#pragma unroll
+      for (int kk = 0; kk < M / 16; ++kk) {
+        uint32_t a[4];
+        ldsm_x4_t(a, addr_a_t<FL>(T1, 16 * warp, 16 * kk, lane));
+#pragma unroll
+        for (int jj = 0; jj < ND / 2; ++jj) {
+          uint32_t b[4];
+          ldsm_x4_t(b, addr_b_kn<D>(U1, 16 * jj, 16 * kk, lane));
+          mma_bf16(dw2s[2 * jj], a, b[0], b[1]);
+          mma_bf16(dw2s[2 * jj + 1], a, b[2], b[3]);
+        }
+        ldsm_x4_t(a, addr_a_t<FL>(sA, 16 * warp, 16 * kk, lane));
+#pragma unroll
+        for (int jj = 0; jj < ND / 2; ++jj) {
+          uint32_t b[4];
+          ldsm_x4_t(b, addr_b_kn<D>(U2, 16 * jj, 16 * kk, lane));
+          mma_bf16(dw2s[2 * jj], a, b[0], b[1]);
+          mma_bf16(dw2s[2 * jj + 1], a, b[2], b[3]);
+        }
+      }
+#pragma unroll
+      for (int kk = 0; kk < M / 16; ++kk) {
+        uint32_t a[4];
+        ldsm_x4_t(a, addr_a_t<D>(sK, 16 * wr, 16 * kk, lane));
+#pragma unroll
+        for (int jj = 0; jj < NF / 2; ++jj) {
+          uint32_t b[4];
+          ldsm_x4_t(b, addr_b_kn<FL>(T2, wc * FH + 16 * jj, 16 * kk, lane));
+          mma_bf16(dw1s[2 * jj], a, b[0], b[1]);
+          mma_bf16(dw1s[2 * jj + 1], a, b[2], b[3]);
+        }
+      }
+      if (tid < FL) {
+        sdb1[tid] += (red1[tid] + red1[FL + tid]) + (red1[2 * FL + tid] + red1[3 * FL + tid]);
+      } else if (tid < FL + D) {
+        const int i = tid - FL;
+        float s8 = 0.f;
+#pragma unroll
+        for (int w = 0; w < 8; ++w) s8 += red2[w * D + i];
+        sdb2[i] += s8;
+      }
+
+      // END: every partial of dQ and dK of this step is written (both CTAs), then CTA 0 finishes dQ
+      // and CTA 1 dK, summing in a fixed order.
+      cluster_arrive();
+      cluster_wait();
+      for (int i = tid; i < M * D / 4; i += THREADS) {
+        const int row = i / (D / 4), cc = (i % (D / 4)) * 4;
+        if (row >= n) continue;
+        const int o = row * D + cc;
+        float4 acc;
+        if (rank == 0) {
+          const uint2 dr = *reinterpret_cast<const uint2*>(p.dout + (bh * p.T + t0 + row) * D + cc);
+          const float2 d01 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&dr.x));
+          const float2 d23 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&dr.y));
+          const float4 a0 = *reinterpret_cast<const float4*>(part + (P_DQ + 0) * M * D + o);
+          const float4 a1 = *reinterpret_cast<const float4*>(part + (P_DQ + 1) * M * D + o);
+          const float4 a2 = *reinterpret_cast<const float4*>(part + (P_DQ + 2) * M * D + o);
+          const float4 a3 = *reinterpret_cast<const float4*>(part + (P_DQ + 3) * M * D + o);
+          acc.x = d01.x + ((a0.x + a1.x) + (a2.x + a3.x));
+          acc.y = d01.y + ((a0.y + a1.y) + (a2.y + a3.y));
+          acc.z = d23.x + ((a0.z + a1.z) + (a2.z + a3.z));
+          acc.w = d23.y + ((a0.w + a1.w) + (a2.w + a3.w));
+        } else {
+          acc = *reinterpret_cast<const float4*>(part + P_DRES * M * D + o);
+#pragma unroll
+          for (int base = P_DKA; base <= P_DKB; base += 4) {
+            const float4 a0 = *reinterpret_cast<const float4*>(part + (base + 0) * M * D + o);
+            const float4 a1 = *reinterpret_cast<const float4*>(part + (base + 1) * M * D + o);
+            const float4 a2 = *reinterpret_cast<const float4*>(part + (base + 2) * M * D + o);
+            const float4 a3 = *reinterpret_cast<const float4*>(part + (base + 3) * M * D + o);
+            acc.x += (a0.x + a1.x) + (a2.x + a3.x);
+            acc.y += (a0.y + a1.y) + (a2.y + a3.y);
+            acc.z += (a0.z + a1.z) + (a2.z + a3.z);
+            acc.w += (a0.w + a1.w) + (a2.w + a3.w);
+          }
+        }
+        uint2 pk;
+        pk.x = pack_bf16(acc.x, acc.y);
+        pk.y = pack_bf16(acc.z, acc.w);
+        *reinterpret_cast<uint2*>((rank == 0 ? p.dq : p.dk) + (bh * p.T + t0 + row) * D + cc) = pk;
+      }
+      after = before;
+    }
+  }
+
+  // dS is now the gradient of the initial state (per batch element).
+  store_state(p.dw1 + bh * D * F, p.dw2 + bh * F * D, dw1s, dw2s, f_base, warp, lane);
+  __syncthreads();
+  for (int i = tid; i < FL; i += THREADS) p.db1[bh * F + f_base + i] = sdb1[i];
+  if (rank == 0) {
+    for (int i = tid; i < D; i += THREADS) {
+      p.db2[bh * D + i] = sdb2[i];
+      float sgm = 0.f, sbt = 0.f;
+      for (int w = 0; w < 8; ++w) {
+        sgm += dgam[w * D + i];
+        sbt += dbet[w * D + i];
+      }
+      p.dgamma[bh * D + i] = sgm;
+      p.dbeta[bh * D + i] = sbt;
+    }
+  }
+  cluster_sync();
+}
+
+}  // namespace bwd
+}  // namespace sm90
+}  // namespace tttgraph
+
+extern "C" int tttgraph_ttt_mlp_bwd_sm90(const tttgraph::BwdParams* params, int batch_heads, int variant,
+                                          cudaStream_t stream) {
+  using namespace tttgraph::sm90::bwd;
+  using tttgraph::sm90::CS;
+  using tttgraph::sm90::THREADS;
+  void (*kernel)(const tttgraph::BwdParams) = nullptr;
+  switch (variant) {
+    case 0: kernel = ttt_mlp_bwd_kernel<false>; break;
+    case 4: kernel = ttt_mlp_bwd_kernel<true>; break;
+    default: return static_cast<int>(cudaErrorInvalidValue);
+  }
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM);
+  if (err != cudaSuccess) return static_cast<int>(err);
+  kernel<<<dim3(CS, batch_heads), THREADS, SMEM, stream>>>(*params);
+  return static_cast<int>(cudaGetLastError());
+}
