@@ -85,13 +85,14 @@ __device__ __forceinline__ void rows_times_w2(float (&acc)[ND][4], const float (
 }
 
 // acc[NF][4] (16 token rows x this warp's FH hidden cols) = X[16 rows, D] @ W1[:, cols] + b1, X a
-// bf16 [M][D] tile. SPLIT: W1 as hi + lo (X is exact in bf16).
-template <bool SPLIT>
+// bf16 [M][D] tile. SPLIT: W1 as hi + lo (X is exact in bf16). ROLL: keep the k loop rolled (the
+// backward kernel is larger than the instruction cache when everything is unrolled).
+template <bool SPLIT, bool ROLL = false>
 __device__ __forceinline__ void rows_times_w1(float (&acc)[NF][4], const bf16* xt, const bf16* w1h, const bf16* w1l,
                                               const float* b1, int wr, int wc, int lane) {
 #pragma unroll
   for (int j = 0; j < NF; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-#pragma unroll
+#pragma unroll(ROLL ? 1 : D / 16)
   for (int kk = 0; kk < D / 16; ++kk) {
     uint32_t a[4];
     ldsm_x4(a, addr_a<D>(xt, 16 * wr, 16 * kk, lane));
@@ -343,12 +344,12 @@ __device__ __forceinline__ void store_state_copies(const StepBufs& s, const floa
 // reduced in exchange slot `slot`), G_z2, G_z1 = (G_z2 W2^T) gelu'(Z1), then W2 -= A^T G_z2,
 // W1 -= K^T G_z1, b1 -= sum G_z1, b2 -= sum G_z2 and the bf16 copies rewritten. n rows are real.
 // Ends with __syncthreads: the new copies and biases are visible to every warp.
-template <bool SPLIT, bool FAST>
+template <bool SPLIT, bool FAST, bool ROLL = false>
 __device__ __forceinline__ void inner_step(float (&w1s)[NF][4], float (&w2s)[ND][4], const StepBufs& s, int n,
                                            int slot, int rank, int tid, float eps) {
   const int lane = tid & 31, warp = tid >> 5, wr = warp & 3, wc = warp >> 2;
   float za[NF][4], da[NF][4];
-  rows_times_w1<SPLIT>(za, s.k, s.w1h, s.w1l, s.b1, wr, wc, lane);
+  rows_times_w1<SPLIT, ROLL>(za, s.k, s.w1h, s.w1l, s.b1, wr, wc, lane);
 #pragma unroll
   for (int j = 0; j < NF; ++j)
 #pragma unroll
@@ -405,7 +406,7 @@ __device__ __forceinline__ void inner_step(float (&w1s)[NF][4], float (&w2s)[ND]
   __syncthreads();  // A, G_z1, G_z2 and the column sums are in shared memory; the W copies are no longer read
 
   // The update: W2 -= A^T G_z2, W1 -= K^T G_z1, accumulated into the register state.
-#pragma unroll
+#pragma unroll(ROLL ? 1 : M / 16)
   for (int kk = 0; kk < M / 16; ++kk) {
     uint32_t a[4];
     ldsm_x4_t(a, addr_a_t<FL>(s.a, 16 * warp, 16 * kk, lane));
@@ -419,7 +420,7 @@ __device__ __forceinline__ void inner_step(float (&w1s)[NF][4], float (&w2s)[ND]
       mma_bf16(w2s[2 * jj + 1], a, b[2], b[3]);
     }
   }
-#pragma unroll
+#pragma unroll(ROLL ? 1 : M / 16)
   for (int kk = 0; kk < M / 16; ++kk) {
     uint32_t a[4];
     ldsm_x4_t(a, addr_a_t<D>(s.k, 16 * wr, 16 * kk, lane));

@@ -235,7 +235,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
         cp_async_commit();
         cp_async_wait<0>();
         __syncthreads();
-        inner_step<true, FAST>(w1s, w2s, s, min(M, p.T - j * M), (j - j0) & 1, rank, tid, p.eps);
+        inner_step<true, FAST, true>(w1s, w2s, s, min(M, p.T - j * M), (j - j0) & 1, rank, tid, p.eps);
       }
       save_state_slot(p, w1s, w2s, s.b1, s.b2, bh, j1 - j0, rank, tid);
     }
@@ -265,7 +265,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
       float gq1[NF][4];
       {
         float zq[NF][4];
-        rows_times_w1<false>(zq, sQ, A.w1, nullptr, A.b1, wr, wc, lane);
+        rows_times_w1<false, true>(zq, sQ, A.w1, nullptr, A.b1, wr, wc, lane);
 #pragma unroll
         for (int jn = 0; jn < NF; ++jn)
 #pragma unroll
@@ -278,7 +278,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
         push_row_sum(o, X1, rank, wr, wc, lane);
       }
       float z1[NF][4];
-      rows_times_w1<false>(z1, sK, B.w1, nullptr, B.b1, wr, wc, lane);
+      rows_times_w1<false, true>(z1, sK, B.w1, nullptr, B.b1, wr, wc, lane);
       {
         float at_[NF][4];
 #pragma unroll
@@ -389,7 +389,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
       __syncthreads();  // Aq, dZq2, dZq1 and column sums in shared memory; S' no longer read
 
       // dW2' += Aq^T dZq2, dW1' += Q^T dZq1, db1' += sum dZq1, db2' += sum dZq2
-#pragma unroll
+#pragma unroll 1
       for (int kk = 0; kk < M / 16; ++kk) {
         uint32_t a[4];
         ldsm_x4_t(a, addr_a_t<FL>(T1, 16 * warp, 16 * kk, lane));
@@ -401,7 +401,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
           mma_bf16(dw2s[2 * jj + 1], a, b[2], b[3]);
         }
       }
-#pragma unroll
+#pragma unroll 1
       for (int kk = 0; kk < M / 16; ++kk) {
         uint32_t a[4];
         ldsm_x4_t(a, addr_a_t<D>(sQ, 16 * wr, 16 * kk, lane));
@@ -462,7 +462,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
             }
           }
         }
-        rows_times_w1<false>(dz1, sK, DW1, nullptr, sdb1, wr, wc, lane);  // K dW1' + db1' = -dG_z1
+        rows_times_w1<false, true>(dz1, sK, DW1, nullptr, sdb1, wr, wc, lane);  // K dW1' + db1' = -dG_z1
         // Elementwise: G_z1 = G_a g', dG_a = dG_z1 g', partial dZ1 = dG_z1 G_a g'' + dA g'.
 #pragma unroll
         for (int jn = 0; jn < NF; ++jn)
@@ -500,22 +500,31 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
 #pragma unroll
         for (int jn = 0; jn < ND; ++jn) dg2[jn][0] = dg2[jn][1] = dg2[jn][2] = dg2[jn][3] = 0.f;
 #pragma unroll
-        for (int kk = 0; kk < NF / 2; ++kk) {
+        for (int kk = 0; kk < NF / 2; ++kk) {  // + dG_a W2 (A operand from registers: unrolled)
           const int k0 = wc * FH + 16 * kk;
-          uint32_t a[4], a2[4];
+          uint32_t a2[4];
+          acc_to_a(dan, kk, a2);
+#pragma unroll
+          for (int jj = 0; jj < ND / 2; ++jj) {
+            uint32_t b[4];
+            ldsm_x4_t(b, addr_b_kn<D>(B.w2, 16 * jj, k0, lane));
+            mma_bf16(dg2[2 * jj], a2, b[0], b[1]);
+            mma_bf16(dg2[2 * jj + 1], a2, b[2], b[3]);
+          }
+        }
+#pragma unroll 1
+        for (int kk = 0; kk < NF / 2; ++kk) {  // - A dW2' (A operand from shared memory: a rolled loop)
+          const int k0 = wc * FH + 16 * kk;
+          uint32_t a[4];
           ldsm_x4(a, addr_a<FL>(sA, 16 * wr, k0, lane));
 #pragma unroll
           for (int i = 0; i < 4; ++i) a[i] = neg_bf16x2(a[i]);
-          acc_to_a(dan, kk, a2);
 #pragma unroll
           for (int jj = 0; jj < ND / 2; ++jj) {
             uint32_t b[4];
             ldsm_x4_t(b, addr_b_kn<D>(DW2, 16 * jj, k0, lane));
             mma_bf16(dg2[2 * jj], a, b[0], b[1]);
             mma_bf16(dg2[2 * jj + 1], a, b[2], b[3]);
-            ldsm_x4_t(b, addr_b_kn<D>(B.w2, 16 * jj, k0, lane));
-            mma_bf16(dg2[2 * jj], a2, b[0], b[1]);
-            mma_bf16(dg2[2 * jj + 1], a2, b[2], b[3]);
           }
         }
         cluster_wait();  // B: the peer is done reading its slot 1
@@ -648,7 +657,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
         float tz[NF][4];
 #pragma unroll
         for (int jn = 0; jn < NF; ++jn) tz[jn][0] = tz[jn][1] = tz[jn][2] = tz[jn][3] = 0.f;
-#pragma unroll
+#pragma unroll 1
         for (int kk = 0; kk < ND / 2; ++kk) {
           uint32_t a[4];
           ldsm_x4(a, addr_a<D>(U2, 16 * wr, 16 * kk, lane));
@@ -684,7 +693,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
         store_rows_f32(part + (P_DKB + rank * 2 + wc) * M * D, dk, wr, lane);
       }
       __syncthreads();  // dZ1 (T2) and its column sums
-#pragma unroll
+#pragma unroll 1
       for (int kk = 0; kk < M / 16; ++kk) {
         uint32_t a[4];
         ldsm_x4_t(a, addr_a_t<FL>(T1, 16 * warp, 16 * kk, lane));
@@ -704,7 +713,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
           mma_bf16(dw2s[2 * jj + 1], a, b[2], b[3]);
         }
       }
-#pragma unroll
+#pragma unroll 1
       for (int kk = 0; kk < M / 16; ++kk) {
         uint32_t a[4];
         ldsm_x4_t(a, addr_a_t<D>(sK, 16 * wr, 16 * kk, lane));
