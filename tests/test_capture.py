@@ -140,3 +140,44 @@ def test_core_modules_do_not_import_diffusers():
         "assert 'diffusers' not in sys.modules, 'diffusers imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _to(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(_to(v, device) for v in value)
+    return value
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_a_model_captured_on_the_cpu_runs_where_it_is_moved(family):
+    """torch.export bakes the capture device into device checks, .to() and factory ops; after
+    capture the graph follows its inputs, so .to(device) works (here: the meta device, which
+    fails exactly as CUDA did: "Tensor on device cpu is not on the expected device")."""
+    model = build_tiny(family)
+    inputs = example_inputs(model, FAMILIES[family].default_frames)
+    cm = CapturedModel.capture(model, inputs, progress=False)
+    baked = [n for n in cm.graph_module.graph.nodes if n.op == "call_function"
+             and (isinstance(n.kwargs.get("device"), torch.device) or any(isinstance(a, torch.device) for a in n.args))]
+    assert not baked, [n.format_node() for n in baked]
+    assert not any(n.target is torch.ops.aten._assert_tensor_metadata.default for n in cm.graph_module.graph.nodes)
+    expected = cm(**inputs, return_dict=False)[0]
+    if family == "mochi":  # its nonzero() has no meta kernel (data-dependent size); the CPU run above checks it
+        return
+    out = cm.to("meta")(**{k: _to(v, "meta") for k, v in inputs.items()}, return_dict=False)[0]
+    assert out.device.type == "meta" and out.shape == expected.shape and out.dtype == expected.dtype
+
+
+def test_root_buffers_of_the_graph_follow_to():
+    """Latte's temporal table is a buffer at the graph's root, registered on the wrapper too: after
+    .to() the graph must read the moved tensor, not the one it was captured with."""
+    model = build_tiny("latte")
+    inputs = example_inputs(model)
+    cm = CapturedModel.capture(model, inputs, progress=False)
+    expected = cm(**inputs, return_dict=False)[0]
+    cm.to("meta")
+    assert cm.graph_module.temp_pos_embed is cm.temp_pos_embed
+    assert cm.graph_module.temp_pos_embed.device.type == "meta"
+    out = cm(**{k: _to(v, "meta") for k, v in inputs.items()}, return_dict=False)[0]
+    assert out.device.type == "meta" and out.shape == expected.shape

@@ -317,3 +317,22 @@ def test_filter_fn_sees_the_attention_module_and_acts_like_exclude():
     assert "WanAttention" in seen
     assert [s.module_path for s in plan.sites if s.ttt] == ["blocks.0.attn1"]
     assert [s.module_path for s in plan.sites if s.segment] == ["blocks.0.attn1", "blocks.0.attn2"]
+
+
+@pytest.mark.parametrize("family", ["cogvideox", "wan2.1"])
+def test_transformed_model_trains_under_bf16_autocast(family):
+    """Mixed precision (the fine-tuning recipe's bf16 autocast): SDPA in the segments and the TTT
+    projections give bf16 while LayerNorms stay float32; forward and backward must still run."""
+    model = build_tiny(family)
+    frames = 5
+    inputs = example_inputs(model, frames, text_tokens=8)
+    cfg = TTTConfig(segment_latent_frames=2, segment_overlap_frames=1, mini_batch_size=16, text_tokens_per_segment=4)
+    tm = transform(model, cfg, inputs, progress=False).train()
+    ref = tm(**inputs, return_dict=False)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = tm(**inputs, return_dict=False)[0]
+        out.float().square().mean().backward()
+    assert out.dtype == torch.bfloat16
+    assert ((out.float() - ref).norm() / ref.norm()).item() < 3e-2
+    new = [p for n, p in tm.named_parameters() if ".gated_ttt." in n]
+    assert new and all(p.grad is not None and torch.isfinite(p.grad).all() for p in new)

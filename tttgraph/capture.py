@@ -173,6 +173,7 @@ def capture(
     for attr in ("train", "eval"):
         gm.__dict__.pop(attr, None)
     _differentiable_copies(gm)
+    _devices_follow_inputs(gm)
     gm.train(model.training)
 
     sym = _frame_symbol(gm, _frame_dim(adapter, named))
@@ -193,6 +194,47 @@ def capture(
     )
     log.info("capture: done, frames %s", frame_range)
     return gm
+
+
+def _devices_follow_inputs(gm: torch.fx.GraphModule) -> int:
+    """Make the graph run on the device of its inputs, not on the device it was captured on.
+
+    torch.export bakes the capture device into the graph: the checks of
+    ``aten._assert_tensor_metadata`` (device and dtype of the inputs of ``.to(...)``), and the
+    ``device=`` of ``.to(...)`` and of factory ops (``arange``, ``zeros`` ...). A model captured on the
+    CPU (or the meta device) and then moved with ``.to("cuda")`` would fail those checks ("Tensor
+    device mismatch") or create CPU tensors, and autocast or FSDP mixed precision would fail their
+    dtype checks. The checks are removed (they compute nothing) and every other baked device becomes
+    the device of the first tensor input, read at run time. Returns the nodes changed or removed.
+    """
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    ref = next((n for n in placeholders if isinstance(n.meta.get("val"), torch.Tensor)), None)
+    if ref is None:
+        return 0
+    device = None
+    changed = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target is torch.ops.aten._assert_tensor_metadata.default and not node.users:
+            gm.graph.erase_node(node)
+            changed += 1
+            continue
+        in_kwargs = isinstance(node.kwargs.get("device"), torch.device)
+        in_args = [i for i, a in enumerate(node.args) if isinstance(a, torch.device)]
+        if not in_kwargs and not in_args:
+            continue
+        changed += 1
+        if device is None:
+            with gm.graph.inserting_after(placeholders[-1]):
+                device = gm.graph.call_function(getattr, (ref, "device"))
+            device.meta["val"] = ref.meta["val"].device
+        if in_kwargs:
+            node.kwargs = {**node.kwargs, "device": device}
+        node.args = tuple(device if i in in_args else a for i, a in enumerate(node.args))
+    if changed:
+        gm.recompile()
+    return changed
 
 
 def _differentiable_copies(gm: torch.fx.GraphModule) -> int:
@@ -326,6 +368,17 @@ class CapturedModel(nn.Module):
             self.register_buffer(name, buf)
         self._info = capture_info(graph_module)
         self.config = self._info.config
+
+    def _apply(self, fn, recurse=True):
+        # .to()/.half()/... replace this module's own parameter and buffer entries; the graph module
+        # holds the same names at its root and must read the new tensors, not the old ones.
+        super()._apply(fn, recurse)
+        gm = self.graph_module
+        for name in gm._parameters:
+            gm._parameters[name] = self._parameters[name]
+        for name in gm._buffers:
+            gm._buffers[name] = self._buffers[name]
+        return self
 
     @classmethod
     def capture(cls, model: nn.Module, example_inputs: Any, **kwargs) -> CapturedModel:

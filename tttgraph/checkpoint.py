@@ -50,8 +50,11 @@ def fingerprint(t: torch.Tensor) -> str | None:
         return None
     flat = t.detach().reshape(-1)
     if flat.numel() > _FINGERPRINT_SAMPLES:
+        # float32 linspace rounds the last index up past the end once numel - 1 > 2**24 (a 37.7M-element
+        # CogVideoX-5B weight hit it); clamping keeps every fingerprint that was valid before unchanged,
+        # so directories saved earlier still restore.
         idx = torch.linspace(0, flat.numel() - 1, _FINGERPRINT_SAMPLES, device=flat.device).long()
-        flat = flat[idx]
+        flat = flat[idx.clamp_(max=flat.numel() - 1)]
     h = hashlib.sha256(f"{tuple(t.shape)}|{t.dtype}".encode())
     h.update(flat.cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()

@@ -87,7 +87,9 @@ class TTTMLP(nn.Module):
         return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)  # [B, H, N, D]
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        q = F.normalize(self._heads(self.wq(x)), dim=-1)
+        q = self._heads(self.wq(x))
+        dtype = q.dtype  # the projections' dtype: the parameters', or autocast's (e.g. bf16)
+        q = F.normalize(q, dim=-1)
         k = F.normalize(self._heads(self.wk(x)), dim=-1)
         v = self._heads(self.wv(x))
         if rope is not None:
@@ -97,6 +99,9 @@ class TTTMLP(nn.Module):
         d = v - k
         d = (d - d.mean(-1, keepdim=True)) / (d.std(-1, keepdim=True) + 1e-8)
         v = k + gamma * d + beta
+        # Under autocast normalize, RoPE and the LayerNorm run in float32 while the projections give
+        # bf16: the op takes q, k, v in one dtype, the projections' (a no-op without autocast).
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         lr = torch.sigmoid(self.learnable_lr(x)).transpose(1, 2)  # [B, H, N]
         eta = (self.base_lr / self.head_dim / self.mini_batch_size) * lr
         out = ttt_mlp(

@@ -106,7 +106,7 @@ def segment_sdpa(
     ``F.scaled_dot_product_attention`` (``scale``, ``enable_gqa``).
     """
     bsz, heads, _, _ = q.shape
-    out = q.new_zeros(bsz, heads, index.q_tokens, v.shape[-1])
+    out = None
     for q_idx, kv_idx in index.groups:
         n, lq = q_idx.shape
         qs = _gather(q, q_idx)
@@ -114,6 +114,8 @@ def segment_sdpa(
         mask = None if attn_mask is None else _gather_mask(attn_mask, q_idx, kv_idx, bsz)
         o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, **sdpa_kwargs)  # [n*B, H, Lq, Dv]
         o = o.unflatten(0, (n, bsz)).permute(1, 2, 0, 3, 4).flatten(2, 3)  # [B, H, n*Lq, Dv]
+        if out is None:  # in SDPA's output dtype, which autocast may lower below q's
+            out = o.new_zeros(bsz, heads, index.q_tokens, v.shape[-1])
         out = out.index_add(2, q_idx.flatten(), o)
     if index.overlap:
         out = out / index.counts.to(out.dtype)[:, None]
