@@ -6,7 +6,9 @@ import functools
 import json
 import subprocess
 import sys
+import tempfile
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,8 +93,13 @@ def test_ttt_decomposition_matches_the_reference_with_a_short_last_mini_batch(tm
     path = tmp_path / "scan.onnx"
     torch.onnx.export(ep, (), str(path), dynamo=True, custom_translation_table=translation_table("decompose"))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert "Loop" in {n.op_type for n in onnx.load(str(path)).graph.node}
-    for t in (37, 64, 5):  # 4 full + 5, whole mini-batches, one short mini-batch
+    (loop,) = [n for n in onnx.load(str(path)).graph.node if n.op_type == "Loop"]
+    # 4 carried states + 1 scan output (the per-mini-batch outputs, stacked by the runtime); the body
+    # does not grow any tensor (a Concat there would make the scan quadratic in T).
+    assert len(loop.input) == 2 + 4 and len(loop.output) == 4 + 1
+    body = next(a.g for a in loop.attribute if a.name == "body")
+    assert "Concat" not in {n.op_type for n in body.node}
+    for t in (37, 64, 5, 2):  # 4 full + 5, whole mini-batches, one short mini-batch, T < 8
         x = args(t)
         with torch.no_grad():
             expected = scan(**x)
@@ -130,23 +137,40 @@ def cogvideox():
     return _transform("cogvideox")
 
 
+@pytest.fixture
+def wan():
+    pytest.importorskip("diffusers")
+    return _transform("wan2.1")
+
+
 def _gates_matter(model, tm, cases):
     inputs, expected = cases[0]
     with torch.no_grad():
         assert (model(**inputs, return_dict=False)[0] - expected).abs().max() > 1e-3
 
 
-def test_onnx_runtime_matches_pytorch_at_two_frame_counts_from_one_file(transformed, tmp_path):
+_FOLDER = tempfile.TemporaryDirectory(prefix="tttgraph-test-export-")
+
+
+@functools.cache
+def onnx_export(family):
+    """The default ONNX export (dynamic frames, opset 23, TTT as a Loop) of a family's transformed model."""
+    from tttgraph import export
+
+    return export(_transform(family)[1], Path(_FOLDER.name) / f"{family}.onnx")
+
+
+def test_onnx_runtime_matches_pytorch_at_two_frame_counts_from_one_file(transformed):
     pytest.importorskip("onnxscript")
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from tttgraph import export
     from tttgraph.exporter import run_onnx
 
     family, model, tm, cases = transformed
     _gates_matter(model, tm, cases)
-    result = export(tm, tmp_path / f"{family}.onnx")
+    result = onnx_export(family)
     assert result.format == "onnx" and result.opset == 23 and result.ttt_op == "decompose"
+    assert result.frame_rule.kind == "segments" and (result.frame_rule.step, result.frame_rule.offset) == (2, 1)
     proto = onnx.load(str(result.path))
     ops = Counter(n.op_type for n in proto.graph.node)
     assert ops["Loop"] == 4 and ops["Attention"] >= 2  # 2 TTT layers x 2 directions; segment attention
@@ -204,8 +228,14 @@ def test_errors_name_the_fix(cogvideox, tmp_path):
         export(model, tmp_path / "m.pt2")
     with pytest.raises(NotTransformedError, match="transform it first"):
         export(CapturedModel.capture(model, cases[0][0], progress=False), tmp_path / "m.pt2")
-    with pytest.raises(ExportError, match=r"name it \.pt2 or \.onnx"):
+    with pytest.raises(ExportError, match=r"name it \.pt2, \.onnx, \.engine, \.plan"):
         export(tm, tmp_path / "m.bin")
+    with pytest.raises(ExportError, match="format='trt' is not one of"):
+        export(tm, tmp_path / "m.onnx", format="trt")
+    with pytest.raises(ExportError, match="external_data applies to ONNX files only"):
+        export(tm, tmp_path / "m.pt2", external_data=True)
+    with pytest.raises(ExportError, match="external_data='yes' must be None"):
+        export(tm, tmp_path / "m.onnx", external_data="yes")
     pytest.importorskip("onnxscript")
     for opset in (17, 99):
         with pytest.raises(UnsupportedOpsetError, match="pass opset between 18 and"):
@@ -225,6 +255,114 @@ def test_errors_name_the_fix(cogvideox, tmp_path):
         run_onnx(result.path, cases[1][0])  # 9 frames into a 5-frame file
 
 
+def test_run_onnx_checks_the_frame_rule_recorded_in_the_file(cogvideox):
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from tttgraph.exporter import FRAMES_METADATA, run_onnx
+    from tttgraph.models import example_inputs
+
+    model, _, _ = cogvideox
+    result = onnx_export("cogvideox")
+    meta = {p.key: p.value for p in onnx.load(str(result.path), load_external_data=False).metadata_props}
+    rule = json.loads(meta[FRAMES_METADATA])
+    assert rule["kind"] == "segments" and (rule["step"], rule["offset"], rule["text_per_segment"]) == (2, 1, 4)
+    assert rule["text_dims"] == {"encoder_hidden_states": [1]} and rule["segments"][0] == 2
+    # Without the check ONNX Runtime runs 6 frames (not whole segments) and returns garbage.
+    with pytest.raises(InputMismatchError, match=r"6 latent frames; this file takes 2\*n \+ 1 frames"):
+        run_onnx(result.path, example_inputs(model, 6, text_tokens=8))
+    with pytest.raises(InputMismatchError, match=r"'encoder_hidden_states' has 8 tokens.*4 per segment = 12"):
+        run_onnx(result.path, example_inputs(model, 7, text_tokens=8))
+
+
+def test_hunyuanvideo_onnx_runs_in_onnx_runtime_at_two_frame_counts(tmp_path):
+    pytest.importorskip("diffusers")
+    pytest.importorskip("onnxscript")
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from tttgraph import export
+    from tttgraph.exporter import run_onnx
+
+    model, tm, cases = _transform("hunyuanvideo")
+    _gates_matter(model, tm, cases)
+    result = export(tm, tmp_path / "hunyuan.onnx")
+    # Its attention mask is a masked_fill on a bool tensor: an ONNX Where on bools, which ONNX
+    # Runtime has no kernel for; the exporter writes it with And/Or/Not.
+    assert any("bool Where" in note for note in result.notes), result.notes
+    proto = onnx.load(str(result.path))
+    bool_values = {v.name for v in proto.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.BOOL}
+    assert not [n for n in proto.graph.node if n.op_type == "Where" and n.output[0] in bool_values]
+    for inputs, expected in cases:
+        got = torch.from_numpy(run_onnx(result.path, inputs))
+        assert (got - expected).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("opset", [18, 23])
+def test_onnx_fixes_run_graphs_that_onnx_runtime_rejects_as_exported(tmp_path, opset):
+    """squeeze of a non-1 dim (Allegro), a bool Where (HunyuanVideo), a [B, 1, 1, L] attention mask (LTX).
+
+    At opset 18 SDPA exports as MatMul/Softmax (no Attention operator yet) and needs no mask fix.
+    """
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    from onnxscript import ir
+
+    from tttgraph.exporter import FrameRule, _onnx_program, _save_onnx, onnx_feed
+
+    class Gaps(torch.nn.Module):
+        def forward(self, x, q, k, v, kv_mask):
+            kept = x.squeeze(1)  # dim 1 is N >= 2: torch leaves x as it is
+            flags = (x > 0).masked_fill(x < -1, True)
+            attn = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=kv_mask)
+            return torch.cat([kept.flatten(), flags.float().flatten(), attn.flatten()])
+
+    gen = torch.Generator().manual_seed(0)
+    inputs = {"x": torch.randn(1, 6, 4, generator=gen), **{n: torch.randn(1, 2, 5, 8, generator=gen) for n in "qkv"},
+              "kv_mask": torch.randn(1, 1, 1, 5, generator=gen)}
+    with torch.no_grad():
+        ep = torch.export.export(Gaps(), (), kwargs=inputs, dynamic_shapes={
+            "x": {1: torch.export.Dim("n", min=2, max=64)}, "q": None, "k": None, "v": None, "kv_mask": None})
+        expected = Gaps()(**inputs)
+    program, names, notes = _onnx_program(ep, inputs, opset, "decompose", FrameRule("static"), "static")
+    attention = int(opset >= 23)
+    assert names == list(inputs) and len(notes) == 1 + attention, notes
+    ops = Counter(n.op_type for n in ir.traversal.RecursiveGraphIterator(program.model.graph))
+    assert ops["Squeeze"] == 0 and ops["Attention"] == attention and ops["Or"] == 1 and ops["Where"] == 0
+    assert ops["Softmax"] == 1 - attention
+    path = tmp_path / "gaps.onnx"
+    _save_onnx(program.model, path, external=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, onnx_feed(inputs))[0])
+    assert (got - expected).abs().max().item() <= 1e-5
+    wider = {**inputs, "x": torch.randn(1, 9, 4, generator=gen)}
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(session.run(None, onnx_feed(wider))[0]), Gaps()(**wider), atol=1e-5)
+
+
+def test_weights_over_the_threshold_go_to_external_data(wan, tmp_path, monkeypatch):
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    from onnxscript import ir
+
+    from tttgraph import export, exporter
+    from tttgraph.exporter import _save_onnx, run_onnx
+
+    _, tm, cases = wan
+    inputs, expected = cases[0]
+    monkeypatch.setattr(exporter, "EXTERNAL_DATA_BYTES", 64 * 1024)  # stands in for 1.5 GiB
+    result = export(tm, tmp_path / "wan.onnx", dynamic_frames=False)
+    onnx_file, data = tmp_path / "wan.onnx", tmp_path / "wan.onnx.data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wan.onnx", "wan.onnx.data"]  # no temporary files left
+    outside, inside = data.stat().st_size, onnx_file.stat().st_size
+    assert outside >= 0.9 * sum(p.numel() * 4 for p in tm.parameters())
+    assert result.bytes == inside + outside
+    assert any("wan.onnx.data" in note for note in result.notes)
+    assert (torch.from_numpy(run_onnx(onnx_file, inputs)) - expected).abs().max().item() <= TOL
+    # Saved again with the weights inline, the stale .data file goes and the file still runs alone.
+    _save_onnx(ir.load(str(onnx_file)), onnx_file, external=False)
+    assert not data.exists() and onnx_file.stat().st_size >= inside + 0.9 * outside
+    assert (torch.from_numpy(run_onnx(onnx_file, inputs)) - expected).abs().max().item() <= TOL
+
+
 def test_dynamic_export_needs_whole_segments():
     pytest.importorskip("diffusers")
     from tttgraph import export
@@ -242,9 +380,10 @@ def test_dynamic_export_needs_whole_segments():
 
 def test_export_imports_no_onnx_until_used():
     code = (
-        "import json, sys, tttgraph, tttgraph.exporter\n"
+        "import json, sys, tttgraph, tttgraph.exporter, tttgraph.tensorrt_export\n"
         "f = tttgraph.export\n"
-        "print(json.dumps([callable(f), [m for m in ('onnx', 'onnxruntime', 'onnxscript') if m in sys.modules]]))\n"
+        "lazy = ('onnx', 'onnxruntime', 'onnxscript', 'tensorrt', 'torch_tensorrt')\n"
+        "print(json.dumps([callable(f), [m for m in lazy if m in sys.modules]]))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [True, []]

@@ -1,4 +1,4 @@
-"""Export a transformed model: a torch.export archive (``.pt2``) or ONNX that stock ONNX Runtime runs.
+"""Export a transformed model: a torch.export archive (``.pt2``), ONNX (stock ONNX Runtime runs it), TensorRT.
 
 (``tttgraph.export`` is this module's :func:`export`; the module is not named ``export`` so that
 importing it never shadows the function on the package.)
@@ -6,6 +6,7 @@ importing it never shadows the function on the package.)
     tttgraph.export(model, "model.pt2")                         # torch.export.load(...).module()
     tttgraph.export(model, "model.onnx", opset=23)              # ONNX Runtime, no plugin
     tttgraph.export(model, "model.onnx", ttt_op="custom")       # one tttgraph.TTTMLP node per TTT
+    tttgraph.export(model, "model.engine")                      # TensorRT (GPU; tttgraph[tensorrt])
 
 The model must come from :func:`tttgraph.transform`. It is exported for inference (under
 ``torch.no_grad()``: each TTT direction is one ``tttgraph::ttt_mlp`` node that keeps no state).
@@ -13,17 +14,23 @@ With ``dynamic_frames=True`` one file takes every frame count of whole segments,
 ``F = p_t * (S * n + O)`` latent frames with n segments (``S``, ``O``: token frames per segment and
 overlap of the config, ``p_t`` the temporal patch) and n text chunks (``L = n * text per segment``);
 without segments every frame count the capture allowed. The example inputs must be such a size.
+ONNX files record this rule in their metadata (``tttgraph.frames``) and :func:`run_onnx` checks it.
 
 Signature: the inputs are the forward arguments the graph takes, by name (a tuple argument ``x``
 becomes ``x_0``, ``x_1``, ... in ONNX); the output is the model's first output (``sample``).
-onnx, onnxscript and onnxruntime are imported only here, on use.
+Files are written atomically (a temporary file in the same folder, then renamed). ONNX weights of
+:data:`EXTERNAL_DATA_BYTES` or more go to ``<file>.data`` beside the file (protobuf's limit is 2 GiB).
+onnx, onnxscript, onnxruntime and tensorrt are imported only here, on use.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
+import json
 import os
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,14 +45,19 @@ from torch.utils import _pytree as pytree
 from tttgraph.errors import InputMismatchError, TTTGraphError
 
 __all__ = [
-    "ExportError", "ExportResult", "NotTransformedError", "UnsupportedOpsetError", "export", "onnx_feed", "run_onnx",
+    "ExportError", "ExportResult", "FrameRule", "NotTransformedError", "UnsupportedOpsetError", "export",
+    "export_program", "onnx_feed", "run_onnx",
 ]
 
-FORMATS = ("pt2", "onnx")
+FORMATS = ("pt2", "onnx", "tensorrt")
+SUFFIXES = {".pt2": "pt2", ".onnx": "onnx", ".engine": "tensorrt", ".plan": "tensorrt"}
 TTT_OPS = ("decompose", "custom")
 MIN_OPSET = 18  # the dynamo exporter's lowest
 ATTENTION_OPSET = 23  # first opset with the standard Attention operator
-EXTERNAL_DATA_BYTES = 2 * 1024**3  # protobuf's limit for one file
+# Weights of this size or more are written as external data: protobuf refuses files over 2 GiB, and
+# the graph itself needs room (the same threshold as torch.onnx).
+EXTERNAL_DATA_BYTES = 3 * 1024**3 // 2
+FRAMES_METADATA = "tttgraph.frames"
 
 
 class ExportError(TTTGraphError):
@@ -61,12 +73,50 @@ class UnsupportedOpsetError(ExportError):
 
 
 @dataclass
+class FrameRule:
+    """The frame counts an exported file accepts, as data (stored in ONNX metadata, checked by run_onnx).
+
+    Dynamic over whole segments: ``input``'s dim ``axis`` is ``step * n + offset`` and every
+    ``text_dims`` entry (input name -> dims) is ``text_per_segment * n``, n in ``segments``.
+    ``static``: the file takes exactly the example's shapes. ``free``: frames are dynamic without
+    segments (only the capture's range applies).
+    """
+
+    kind: str  # "segments", "free" or "static"
+    input: str = "hidden_states"
+    axis: int | None = None
+    step: int | None = None
+    offset: int | None = None
+    text_per_segment: int | None = None
+    text_dims: dict[str, list[int]] = field(default_factory=dict)
+    segments: tuple[int, int | None] | None = None
+
+    def check(self, shapes: Mapping[str, tuple[int, ...]]) -> str | None:
+        """None if input ``shapes`` (name -> shape) follow the rule, else why not (one sentence)."""
+        if self.kind != "segments" or self.input not in shapes or self.axis is None:
+            return None
+        frames = shapes[self.input][self.axis]
+        n, rest = divmod(frames - self.offset, self.step)
+        lo, hi = self.segments or (1, None)
+        if rest or n < lo or (hi is not None and n > hi):
+            return (f"{self.input!r} has {frames} latent frames; this file takes {self.step}*n + {self.offset} frames, "
+                    f"n whole segments in [{lo}, {hi if hi is not None else 'inf'}]")
+        for name, dims in self.text_dims.items():
+            for d in dims:
+                if name in shapes and shapes[name][d] != self.text_per_segment * n:
+                    return (f"{name!r} has {shapes[name][d]} tokens on dim {d}; with {frames} frames ({n} segments) "
+                            f"this file takes {self.text_per_segment} per segment = {self.text_per_segment * n}")
+        return None
+
+
+@dataclass
 class ExportResult:
     """What :func:`export` wrote.
 
     ``input_names``: the file's inputs, in order. ``frames``: the latent frame counts it accepts,
-    as text (``"2*n + 1 (n segments; text 4*n tokens), n in [2, 4096]"`` or ``"<F> (<why static>)"``).
-    ``seconds``: time to export; ``bytes``: file size (with external data).
+    as text (``"2*n + 1 (n segments; text 4*n tokens), n in [2, 4096]"`` or ``"<F> (<why static>)"``);
+    ``frame_rule`` the same as data. ``seconds``: time to export; ``bytes``: file size (with
+    external data). ``onnx_path``: for TensorRT, the ONNX file the engine was built from.
     """
 
     path: Path
@@ -78,6 +128,8 @@ class ExportResult:
     opset: int | None = None
     ttt_op: str | None = None
     notes: list[str] = field(default_factory=list)
+    frame_rule: FrameRule | None = None
+    onnx_path: Path | None = None
 
 
 def export(
@@ -89,33 +141,74 @@ def export(
     *,
     opset: int | None = None,
     ttt_op: str = "decompose",
+    external_data: bool | None = None,
 ) -> ExportResult:
     """Export a model returned by :func:`tttgraph.transform` for inference.
 
     Args:
         model: the transformed model (a :class:`~tttgraph.capture.CapturedModel` with a plan).
-        path: file to write; its suffix picks the format when ``format`` is None.
-        format: "pt2" (``torch.export.save``) or "onnx" (``torch.onnx.export(..., dynamo=True)``).
-        example_inputs: forward keyword arguments (default: the transform's example inputs).
+        path: file to write; its suffix picks the format when ``format`` is None (.pt2, .onnx,
+            .engine or .plan).
+        format: "pt2" (``torch.export.save``), "onnx" (``torch.onnx.export(..., dynamo=True)``) or
+            "tensorrt" (the ONNX file, written beside ``path`` as ``<stem>.onnx``, built into a
+            serialized engine with the TensorRT Python API on this machine's GPU; see
+            :mod:`tttgraph.tensorrt_export`; needs ``pip install 'tttgraph[tensorrt]'``).
+        example_inputs: forward keyword arguments (default: the transform's example inputs). For
+            TensorRT they also set the optimization profile: from the fewest segments export allows
+            up to the example's.
         dynamic_frames: make the frame count (and, with segments, the text length) dynamic where the
             capture made it dynamic (default True); False fixes them to the example's.
         opset: ONNX opset (default 23, where segment attention's SDPA becomes ``Attention``; >= 18).
+            TensorRT's default is 23 from TensorRT 10.14 on (its first with ``Attention``), else 22.
         ttt_op: ONNX form of each TTT scan: "decompose" (standard ops, a ``Loop`` over mini-batches;
-            stock ONNX Runtime runs it) or "custom" (one ``tttgraph.TTTMLP`` node, schema registered).
+            stock ONNX Runtime runs it) or "custom" (one ``tttgraph.TTTMLP`` node, schema registered;
+            not for TensorRT, which has no plugin for it).
+        external_data: ONNX only: write the weights to ``<file>.data`` (True), inline (False), or
+            when they reach :data:`EXTERNAL_DATA_BYTES` (None, default).
 
     Returns:
         An :class:`ExportResult`. Raises :class:`NotTransformedError`, :class:`UnsupportedOpsetError`,
-        :class:`ExportError` or :class:`~tttgraph.errors.InputMismatchError` naming the fix.
+        :class:`ExportError` (with :class:`~tttgraph.tensorrt_export.TensorRTUnavailableError` when
+        TensorRT is missing) or :class:`~tttgraph.errors.InputMismatchError` naming the fix.
+    """
+    path = Path(path)
+    format = _format_of(path, format)
+    _check_options(format, ttt_op, external_data)
+    trt = None
+    if format == "tensorrt":
+        from tttgraph import tensorrt_export
+
+        trt = tensorrt_export.require_tensorrt()
+        if opset is None:
+            opset = tensorrt_export.default_opset(trt)
+    if format in ("onnx", "tensorrt"):
+        opset = _resolve_opset(opset)
+    start = time.perf_counter()
+    ep, named, rule, frames = export_program(model, example_inputs, dynamic_frames)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if format == "pt2":
+        with _atomic(path) as tmp:
+            torch.export.save(ep, tmp)
+        result = ExportResult(path, format, _input_names(named), frames, 0.0, 0)
+    elif format == "onnx":
+        result = _onnx_export(ep, path, named, frames, rule, opset, ttt_op, external_data)
+    else:
+        result = _tensorrt_export(trt, ep, path, named, frames, rule, opset)
+    result.frame_rule = rule
+    result.seconds = time.perf_counter() - start
+    result.bytes = _size(path)
+    return result
+
+
+def export_program(model: nn.Module, example_inputs: Mapping[str, Any] | None = None, dynamic_frames: bool = True):
+    """The ``torch.export.ExportedProgram`` that every format starts from.
+
+    Returns ``(ep, named inputs, FrameRule, description of the frames accepted)``; ``ep`` takes the
+    forward arguments by name and returns the model's first output. Raises like :func:`export`.
     """
     from tttgraph.capture import CapturedModel
     from tttgraph.rewrite import plan_of
 
-    path = Path(path)
-    format = _format_of(path, format)
-    if format == "onnx":
-        if ttt_op not in TTT_OPS:
-            raise ExportError(f"ttt_op={ttt_op!r} is not one of {TTT_OPS}")
-        opset = _resolve_opset(opset)
     if not isinstance(model, CapturedModel):
         raise NotTransformedError(
             f"export needs the model returned by tttgraph.transform, got {type(model).__name__}; call "
@@ -128,24 +221,45 @@ def export(
     named = _named_inputs(model, example_inputs)
     with torch.no_grad():
         model(**{**model.info.constants, **named})  # checks the inputs against the graph; fills index caches
-    start = time.perf_counter()
-    ep, frames = _torch_export(model, plan, named, dynamic_frames)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if format == "pt2":
-        torch.export.save(ep, path)
-        result = ExportResult(path, format, _input_names(named), frames, 0.0, 0)
-    else:
-        result = _onnx_export(ep, path, named, frames, opset, ttt_op)
-    result.seconds = time.perf_counter() - start
-    result.bytes = _size(path)
-    return result
+    ep, rule, frames = _torch_export(model, plan, named, dynamic_frames)
+    return ep, named, rule, frames
+
+
+def _check_options(format: str, ttt_op: str, external_data) -> None:
+    if ttt_op not in TTT_OPS:
+        raise ExportError(f"ttt_op={ttt_op!r} is not one of {TTT_OPS}")
+    if format == "tensorrt" and ttt_op != "decompose":
+        raise ExportError(
+            f"ttt_op={ttt_op!r} cannot go to TensorRT: it has no plugin for tttgraph.TTTMLP; use ttt_op='decompose' "
+            f"(the scan as a standard ONNX Loop)"
+        )
+    if external_data not in (None, True, False):
+        raise ExportError(f"external_data={external_data!r} must be None (automatic), True or False")
+    if format != "onnx" and external_data is not None:
+        raise ExportError(f"external_data applies to ONNX files only; drop it for format={format!r}")
+
+
+@contextlib.contextmanager
+def _atomic(path: Path):
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``, else delete it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _format_of(path: Path, format: str | None) -> str:
     if format is None:
-        format = path.suffix.lstrip(".").lower()
-        if format not in FORMATS:
-            raise ExportError(f"cannot tell the format from {str(path)!r}; name it .pt2 or .onnx, or pass format=")
+        format = SUFFIXES.get(path.suffix.lower())
+        if format is None:
+            raise ExportError(
+                f"cannot tell the format from {str(path)!r}; name it {', '.join(SUFFIXES)}, or pass format= "
+                f"(one of {FORMATS})"
+            )
     if format not in FORMATS:
         raise ExportError(f"format={format!r} is not one of {FORMATS}")
     return format
@@ -202,14 +316,14 @@ class _FirstOutput(nn.Module):
 
 
 def _dynamic_spec(model, plan, named, dynamic_frames: bool):
-    """(dynamic_shapes, description of the frames accepted) for torch.export."""
+    """(dynamic_shapes, FrameRule, description of the frames accepted) for torch.export."""
     from tttgraph.adapters import ADAPTERS
 
     info = model.info
     frames = info.latent_frames
     if not (dynamic_frames and info.dynamic_frames):
         why = "dynamic_frames=False" if not dynamic_frames else (info.frames_note or "static at capture")
-        return None, f"{frames} ({why})"
+        return None, FrameRule("static"), f"{frames} ({why})"
     adapter = ADAPTERS.get(plan.adapter)
     axis = getattr(adapter, "frame_axis", None)
     if adapter is None or axis is None:
@@ -217,7 +331,7 @@ def _dynamic_spec(model, plan, named, dynamic_frames: bool):
     spec = adapter.frame_dynamic_shapes(None, named)
     seg, lay = plan.segmentation, plan.layout
     if seg.frames_per_segment is None:  # frame-dependent dims stay Dim.AUTO, as at capture
-        return spec, "F frames"
+        return spec, FrameRule("free", axis=axis), "F frames"
     spec = adapter.text_dynamic_shapes(spec, named)
     p_t = lay.patch_size[0]
     s, o = seg.frames_per_segment, seg.overlap_frames
@@ -234,16 +348,18 @@ def _dynamic_spec(model, plan, named, dynamic_frames: bool):
     segments = Dim("segments", min=1, max=n_max)
     spec["hidden_states"] = {axis: p_t * s * segments + p_t * o}
     per_segment = lay.text_tokens // n
+    rule = FrameRule("segments", axis=axis, step=p_t * s, offset=p_t * o, text_per_segment=per_segment)
     for name, dims in adapter.text_inputs.items():
         if isinstance(named.get(name), torch.Tensor):
             spec[name] = {d: per_segment * segments for d in dims}
-    return spec, f"{p_t * s}*n + {p_t * o} (n segments; text {per_segment}*n tokens),"
+            rule.text_dims[name] = list(dims)
+    return spec, rule, f"{p_t * s}*n + {p_t * o} (n segments; text {per_segment}*n tokens),"
 
 
 def _torch_export(model, plan, named, dynamic_frames):
     from tttgraph.export_graph import exportable
 
-    spec, frames = _dynamic_spec(model, plan, named, dynamic_frames)
+    spec, rule, frames = _dynamic_spec(model, plan, named, dynamic_frames)
     wrapper = _FirstOutput(model.graph_module, list(named))
     index_in_graph = spec is not None  # else the eager index constants of the example's frame count
     try:
@@ -256,21 +372,24 @@ def _torch_export(model, plan, named, dynamic_frames):
         ) from exc
     if spec is not None:
         label = "F" if plan.segmentation.frames_per_segment is None else "n"
-        frames += " " + _ranges(ep, label)
-    return ep, frames
+        bounds = _frame_symbol_range(ep)
+        if bounds is not None:
+            frames += f" {label} in [{bounds[0]}, {'inf' if bounds[1] is None else bounds[1]}]"
+            if rule.kind == "segments":
+                rule.segments = bounds
+    return ep, rule, frames
 
 
-def _ranges(ep, label: str) -> str:
-    """The range export gave the symbol that the frame dim of ``hidden_states`` is built from."""
+def _frame_symbol_range(ep) -> tuple[int, int | None] | None:
+    """(lower, upper or None) that export gave the symbol the frame dim of ``hidden_states`` is built from."""
     video = next((n for n in ep.graph.nodes if n.op == "placeholder" and n.name == "hidden_states"), None)
     dims = [] if video is None else [d for d in video.meta["val"].shape if isinstance(d, torch.SymInt)]
     symbols = set().union(*(d.node.expr.free_symbols for d in dims))
-    parts = []
     for expr, vr in ep.range_constraints.items():
         if expr in symbols:
-            upper = "inf" if str(vr.upper) in ("int_oo", "oo") else str(vr.upper)
-            parts.append(f"[{vr.lower}, {upper}]")
-    return (f"{label} in " + ", ".join(parts)) if parts else ""
+            upper = None if str(vr.upper) in ("int_oo", "oo") else int(vr.upper)
+            return int(vr.lower), upper
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- ONNX
@@ -296,23 +415,86 @@ def _resolve_opset(opset: int | None) -> int:
     return opset
 
 
-def _onnx_export(ep, path: Path, named, frames: str, opset: int | None, ttt_op: str) -> ExportResult:
+def _onnx_program(ep, named, opset: int, ttt_op: str, rule: FrameRule, frames: str):
+    """The ONNX program of ``ep`` with the runtime fixes applied: (program, names, notes)."""
+    from tttgraph import onnx_fixes, onnx_ttt
+
+    table = {**onnx_fixes.translation_overrides(), **onnx_ttt.translation_table(ttt_op)}
+    names = _input_names(named)
+    try:
+        program = torch.onnx.export(
+            ep, (), opset_version=opset, dynamo=True, optimize=True, custom_translation_table=table,
+            input_names=names, output_names=["sample"],
+        )
+    except Exception as exc:
+        raise ExportError(
+            f"torch.onnx.export failed at opset {opset}: {type(exc).__name__}: {str(exc)[:1500]}; try "
+            f"dynamic_frames=False or another opset"
+        ) from exc
+    notes = onnx_fixes.apply_runtime_fixes(program.model)
+    program.model.metadata_props[FRAMES_METADATA] = json.dumps({**dataclasses.asdict(rule), "text": frames})
+    return program, names, notes
+
+
+def _weight_bytes(model) -> int:
+    return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+
+
+def _save_onnx(model, path: Path, external: bool) -> None:
+    """Write ``model`` to ``path`` (and ``<path>.data`` when ``external``), each file by an atomic rename.
+
+    A stale ``<path>.data`` from an earlier export is removed when the new file keeps its weights inline.
+    """
+    from onnxscript import ir
+
+    data = path.with_name(path.name + ".data")
+    if not external:  # weights still read from a .data file (a reloaded model) are written inline
+        ir.external_data.load_to_model(model)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+        staged = Path(tmp) / path.name
+        ir.save(model, staged, external_data=data.name if external else None)
+        if external:
+            os.replace(staged.with_name(data.name), data)
+        os.replace(staged, path)
+    if not external:
+        data.unlink(missing_ok=True)
+
+
+def _onnx_export(ep, path: Path, named, frames: str, rule: FrameRule, opset: int, ttt_op: str,
+                 external_data: bool | None) -> ExportResult:
     import onnx
 
-    from tttgraph import onnx_ttt
-
-    big = sum(t.numel() * t.element_size() for t in ep.state_dict.values()) > EXTERNAL_DATA_BYTES
-    table = onnx_ttt.translation_table(ttt_op)
-    names = _input_names(named)
-    torch.onnx.export(
-        ep, (), str(path), opset_version=opset, dynamo=True, external_data=big, optimize=True,
-        custom_translation_table=table, input_names=names, output_names=["sample"],
-    )
-    notes = []
+    program, names, notes = _onnx_program(ep, named, opset, ttt_op, rule, frames)
+    weights = _weight_bytes(program.model)
+    external = weights >= EXTERNAL_DATA_BYTES if external_data is None else external_data
+    _save_onnx(program.model, path, external)
+    if external:
+        notes.append(f"{weights / 1e6:.1f} MB of weights in {path.name}.data (keep it beside {path.name})")
     if ttt_op == "custom":
+        from tttgraph.onnx_ttt import register_schema
+
+        register_schema()
         onnx.checker.check_model(str(path), full_check=False)
         notes.append("custom tttgraph.TTTMLP nodes: ONNX Runtime needs a kernel for them")
     return ExportResult(path, "onnx", names, frames, 0.0, 0, opset=opset, ttt_op=ttt_op, notes=notes)
+
+
+def _tensorrt_export(trt, ep, path: Path, named, frames: str, rule: FrameRule, opset: int) -> ExportResult:
+    from tttgraph import tensorrt_export
+
+    onnx_path = path.with_suffix(".onnx")
+    program, names, notes = _onnx_program(ep, named, opset, "decompose", rule, frames)
+    report = tensorrt_export.check_onnx(program.model, trt_version=trt.__version__)
+    if report.problems:
+        raise ExportError(
+            f"the ONNX graph has parts TensorRT {trt.__version__} cannot parse: " + "; ".join(report.problems)
+        )
+    _save_onnx(program.model, onnx_path, _weight_bytes(program.model) >= EXTERNAL_DATA_BYTES)
+    profile, profile_notes = tensorrt_export.profile_shapes(ep, names, rule)
+    tensorrt_export.build_engine(onnx_path, path, profile)
+    notes += report.cautions + profile_notes + [f"built from {onnx_path.name} (kept for trtexec / rebuilds)"]
+    return ExportResult(path, "tensorrt", names, frames, 0.0, 0, opset=opset, ttt_op="decompose", notes=notes,
+                        onnx_path=onnx_path)
 
 
 def _size(path: Path) -> int:
@@ -333,11 +515,24 @@ def onnx_feed(inputs: Mapping[str, Any]) -> dict[str, Any]:
     return feed
 
 
+def _frame_rule_of(session) -> FrameRule | None:
+    raw = session.get_modelmeta().custom_metadata_map.get(FRAMES_METADATA)
+    if raw is None:
+        return None
+    data = json.loads(raw)
+    segments = data.get("segments")
+    return FrameRule(
+        data["kind"], data["input"], data["axis"], data["step"], data["offset"], data["text_per_segment"],
+        data.get("text_dims", {}), tuple(segments) if segments else None,
+    )
+
+
 def run_onnx(session_or_path, inputs: Mapping[str, Any]):
     """Run an exported ONNX file (or an ``onnxruntime.InferenceSession``) on forward keyword arguments.
 
     Raises :class:`~tttgraph.errors.InputMismatchError` when the inputs do not match the file's
-    signature (names, ranks, or a static dim). Returns the output as a numpy array.
+    signature (names, ranks, a static dim, or a frame count / text length outside the file's
+    segment rule). Returns the output as a numpy array.
     """
     import onnxruntime as ort
 
@@ -362,4 +557,8 @@ def run_onnx(session_or_path, inputs: Mapping[str, Any]):
                 f"input {name!r} has shape {tuple(got)}, the exported file takes {spec.shape} (strings are dynamic "
                 f"dims); re-export with example inputs of this size, or with dynamic_frames=True"
             )
+    rule = _frame_rule_of(session)
+    why = rule.check({name: value.shape for name, value in feed.items()}) if rule else None
+    if why:
+        raise InputMismatchError(f"inputs do not match the exported frame rule: {why}; pass whole segments")
     return session.run(None, feed)[0]

@@ -4,12 +4,15 @@ Two forms (see :func:`translation_table`):
 
 ``"decompose"`` (default)
     Standard ONNX operators only, so stock ONNX Runtime runs it: a ``Loop`` over the
-    ``ceil(T / b)`` mini-batches carrying the inner state (W1, b1, W2, b2, per batch element) and
-    the output so far. Each iteration is the reference's ``_inner_step`` then ``_inner_output``
+    ``ceil(T / b)`` mini-batches carrying the inner state (W1, b1, W2, b2, per batch element).
+    Each iteration is the reference's ``_inner_step`` then ``_inner_output``
     (kernels/ttt_mlp/reference.py), line for line: gelu-tanh, LayerNorm with the biased variance
-    and ``eps`` inside the square root, one explicit gradient step. ``Slice`` clamps the end of the
-    last mini-batch to T, so a shorter last mini-batch is processed as a smaller one (no padding).
-    Arithmetic is float32; the output is cast back to q's dtype.
+    and ``eps`` inside the square root, one explicit gradient step. The outputs leave the Loop as a
+    scan output ([B, H, b, D] per iteration, stacked by the runtime), so time and memory are linear
+    in T. ``Slice`` clamps the end of the last mini-batch of k, v and eta to T, so a shorter last
+    mini-batch is updated as a smaller one (no padding enters the update); only q is padded to
+    whole mini-batches, and the padded rows' outputs are dropped. Arithmetic is float32; the
+    output is cast back to q's dtype.
 
 ``"custom"``
     One node ``tttgraph.TTTMLP`` (domain ``tttgraph``, version 1) with attributes
@@ -29,6 +32,7 @@ from __future__ import annotations
 import functools
 import math
 
+import onnx
 import onnxscript
 import torch
 from onnxscript import BOOL, FLOAT, INT64, script
@@ -41,6 +45,7 @@ GELU_C = math.sqrt(2.0 / math.pi)
 GELU_A = 0.044715
 TRANSLATION_OPSET = 18
 Tensor4 = FLOAT[None, None, None, None]  # annotations of the Loop body's carried values
+_FLOAT_ZERO = onnx.helper.make_tensor("zero", onnx.TensorProto.FLOAT, [1], [0.0])
 
 
 @functools.cache
@@ -64,18 +69,23 @@ def _scan_function(opset_version: int):
         state_b1 = op.Expand(op.Unsqueeze(op.Cast(b1, to=1), [1]), op.Concat(bh, [1], op.Shape(b1, start=1), axis=0))
         state_w2 = op.Expand(op.Cast(w2, to=1), op.Concat(bh, op.Shape(w2, start=1), axis=0))
         state_b2 = op.Expand(op.Unsqueeze(op.Cast(b2, to=1), [1]), op.Concat(bh, [1], op.Shape(b2, start=1), axis=0))
-        out = op.Slice(xq_all, [0], [0], [2])  # [B, H, 0, D], grows by one mini-batch per iteration
         steps = op.Squeeze(op.Div(seq_len + mini_batch - 1, mini_batch))
+        # q padded with zero rows to whole mini-batches, so that every iteration emits an output of
+        # exactly [B, H, b, D] (a Loop scan output must keep its shape) and the runtime stacks them:
+        # linear in T. Only q is padded; k, v and eta are sliced with the end clamped to T, so the
+        # last update sees exactly its T mod b tokens. The padded rows' outputs are cut off below.
+        padded_len = op.Reshape(steps * mini_batch, [1])
+        pad_rows = op.Concat(bh, padded_len - seq_len, op.Shape(q, start=3), axis=0)
+        xq_padded = op.Concat(xq_all, op.ConstantOfShape(pad_rows, value=_FLOAT_ZERO), axis=2)
         keep_going = op.Cast(op.Constant(value_int=1), to=9)
         gelu_c = op.Constant(value_float=GELU_C)
         gelu_a = op.Constant(value_float=GELU_A)
 
         # The body is a nested function (a Loop graph) so that the carried values keep their order.
-        def loop_body(i: INT64[()], cond: BOOL[()], out_in: Tensor4, w1_in: Tensor4, b1_in: Tensor4, w2_in: Tensor4,
-                      b2_in: Tensor4):
+        def loop_body(i: INT64[()], cond: BOOL[()], w1_in: Tensor4, b1_in: Tensor4, w2_in: Tensor4, b2_in: Tensor4):
             start = op.Reshape(i * mini_batch, [1])
             stop = start + mini_batch
-            xq = op.Slice(xq_all, start, stop, [2])
+            xq = op.Slice(xq_padded, start, stop, [2])
             xk = op.Slice(xk_all, start, stop, [2])
             xv = op.Slice(xv_all, start, stop, [2])
             e = op.Slice(eta_all, start, stop, [2])
@@ -101,13 +111,17 @@ def _scan_function(opset_version: int):
             y2 = op.MatMul(0.5 * y1 * (1.0 + u1), w2_out) + b2_out
             yc = y2 - op.ReduceMean(y2, [-1])
             yh = yc * op.Reciprocal(op.Sqrt(op.ReduceMean(yc * yc, [-1]) + epsilon))
-            out_out = op.Concat(out_in, xq + gamma * yh + beta, axis=2)
+            chunk = xq + gamma * yh + beta  # [B, H, b, D]: the scan output of this iteration
             cond_out = op.Identity(cond)
-            return cond_out, out_out, w1_out, b1_out, w2_out, b2_out
+            return cond_out, w1_out, b1_out, w2_out, b2_out, chunk
 
-        out, w1_last, b1_last, w2_last, b2_last = op.Loop(
-            steps, keep_going, out, state_w1, state_b1, state_w2, state_b2, body=loop_body
+        w1_last, b1_last, w2_last, b2_last, chunks = op.Loop(
+            steps, keep_going, state_w1, state_b1, state_w2, state_b2, body=loop_body
         )
+        # chunks: [N, B, H, b, D] -> [B, H, N * b, D] -> the first T tokens.
+        stacked = op.Transpose(chunks, perm=[1, 2, 0, 3, 4])
+        flat = op.Reshape(stacked, op.Concat(bh, op.Constant(value_ints=[-1]), op.Shape(q, start=3), axis=0))
+        out = op.Slice(flat, [0], seq_len, [2])
         zero = op.Constant(value_ints=[0])
         d = op.Shape(w1, start=1, end=2)
         f = op.Shape(w1, start=2, end=3)
