@@ -1,0 +1,499 @@
+"""One fine-tuning stage: check the inputs, prepare the data, build the model, train, save.
+
+:func:`run_stage` is what ``tttgraph finetune`` runs. In order:
+
+1. every input is checked before anything is computed (:func:`check_inputs`): the stage config,
+   the pretrained directory, the previous stage's save (``init_from``), the dataset, the output
+   directory and, with ``resume``, its checkpoint;
+2. the data: the synthetic dataset is written under ``OUT/data`` (default) and encoded into clips
+   of the stage's length (resumable; skipped when ``data.precomputed`` is given);
+3. the model: the base transformer is transformed (first stage) or the previous stage's save is
+   restored onto it; its blocks are outlined for activation checkpointing and FSDP2;
+4. training: AdamW on the stage's trainable set, warm-up then constant (pretrained) / cosine (TTT)
+   learning rates, v-prediction loss on a zero-terminal-SNR schedule, text dropout, gradient
+   clipping; metrics to ``OUT/metrics.csv`` (and TensorBoard if installed); periodic atomic
+   checkpoints under ``OUT/checkpoints``;
+5. the result: ``tttgraph.save`` to ``OUT/ttt`` (the next stage's ``init_from``), ``OUT/loss.png``.
+
+Determinism: the data order is a seeded permutation per epoch and each sample's timestep, noise
+and text dropout come from a generator seeded by the sample's global position. The loss sequence
+therefore does not depend on the number of processes (same global batch) and a resumed run
+repeats an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tttgraph.finetune import distributed
+from tttgraph.finetune.checkpointing import CheckpointError, list_checkpoints, read_trainer_state
+from tttgraph.finetune.dataset import DatasetError, PrecomputedClips, plan_clips, read_manifest, scan_raw
+from tttgraph.finetune.stages import StageConfig, StageConfigError
+
+METRICS = "metrics.csv"
+COLUMNS = ("step", "loss", "lr", "lr_ttt", "grad_norm", "step_time_s", "samples_per_s", "elapsed_s")
+_ATTENTION = (".attn1.to_q.", ".attn1.to_k.", ".attn1.to_v.", ".attn1.to_out.0.", ".attn1.norm_q.", ".attn1.norm_k.")
+
+
+@dataclass
+class Inputs:
+    """What :func:`check_inputs` found: resolved paths, the raw samples, the checkpoint to resume."""
+
+    pretrained: Path | None = None
+    raw_samples: list = field(default_factory=list)
+    resume_from: Path | None = None
+
+
+def check_inputs(cfg: StageConfig, out: Path, *, pretrained: str | None, resume: bool,
+                 check_out: bool = True) -> Inputs:
+    """Raise a clear error for any bad input, before a model is built or a tensor computed.
+
+    ``check_out``: also check ``out`` (a new run must not overwrite one; ``resume`` needs one).
+    """
+    from tttgraph.checkpoint import RestoreError, read_recipe
+    from tttgraph.models.cogvideox_bundle import _check_dir
+
+    found = Inputs()
+    path = pretrained or cfg.model.pretrained
+    if cfg.model.kind == "pretrained" or pretrained:
+        if not path:
+            raise StageConfigError(
+                f"stage {cfg.name!r} fine-tunes a pretrained CogVideoX (model.kind='pretrained'); pass "
+                "--pretrained DIR (a diffusers-format directory: transformer/, vae/, text_encoder/, tokenizer/, "
+                "scheduler/)"
+            )
+        found.pretrained = Path(path).expanduser()
+        _check_dir(found.pretrained)
+    if cfg.init_from is not None:
+        try:
+            read_recipe(cfg.init_from)
+        except RestoreError as err:
+            raise StageConfigError(
+                f"stage {cfg.name!r} starts from init_from={cfg.init_from!r}, which is not a finished stage: {err}. "
+                "Run the previous stage first; its --out DIR holds the save in DIR/ttt"
+            ) from None
+    if cfg.data.precomputed is not None:
+        manifest = read_manifest(cfg.data.precomputed)
+        if manifest["clip_seconds"] != cfg.clip_seconds:
+            raise DatasetError(
+                f"{cfg.data.precomputed} holds {manifest['clip_seconds']} s clips, stage {cfg.name!r} trains on "
+                f"{cfg.clip_seconds} s; precompute clips of {cfg.clip_seconds} s"
+            )
+        if not manifest["complete"]:
+            raise DatasetError(f"{cfg.data.precomputed} is an unfinished precompute; re-run it (it resumes)")
+    elif cfg.data.dataset != "synthetic":
+        found.raw_samples = scan_raw(cfg.data.dataset)
+        plan_clips(found.raw_samples, cfg.segments, cfg.data.clip_stride_segments)
+    checkpoints = list_checkpoints(out / "checkpoints") if check_out else []
+    if resume and check_out:
+        if not checkpoints:
+            raise CheckpointError(f"--resume: {out / 'checkpoints'} holds no checkpoint; start without --resume")
+        found.resume_from = checkpoints[-1][1]
+        saved = read_trainer_state(found.resume_from).get("config")
+        if saved != json.loads(json.dumps(cfg.to_dict())):
+            diff = sorted(k for k in cfg.to_dict() if (saved or {}).get(k) != json.loads(json.dumps(cfg.to_dict()[k])))
+            raise CheckpointError(
+                f"--resume: the run in {out} was started with a different config (differs in {diff}); resume with "
+                "the same --config and --max-steps, or use another --out"
+            )
+    elif checkpoints:
+        raise CheckpointError(
+            f"{out} already holds a run (checkpoint step {checkpoints[-1][0]}); pass --resume to continue it or "
+            "choose another --out"
+        )
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+
+
+def trainable_name(name: str, trainable: str) -> bool:
+    """Whether the parameter ``name`` (of the transformed model) trains under ``trainable``."""
+    if trainable == "all" or ".gated_ttt." in name:
+        return True
+    return trainable == "ttt_attention" and any(part in name for part in _ATTENTION)
+
+
+def _no_decay(name: str, p: torch.Tensor) -> bool:
+    # Biases, norms and gates: every 1-D tensor, plus the TTT layer's per-head norm and inner biases.
+    return p.dim() <= 1 or name.endswith(("ttt_norm_weight", "ttt_norm_bias", ".b1", ".b2"))
+
+
+def lr_factors(cfg: StageConfig, steps: int):
+    """LambdaLR factors: linear warm-up, then constant (pretrained) or cosine to lr_ttt_end (TTT)."""
+    t = cfg.train
+    warmup = min(t.warmup_steps, max(steps - 1, 0))
+    end = t.lr_ttt_end / t.lr_ttt
+
+    def warm(step: int) -> float | None:
+        return (step + 1) / warmup if step < warmup else None
+
+    def constant(step: int) -> float:
+        w = warm(step)
+        return 1.0 if w is None else w
+
+    def cosine(step: int) -> float:
+        w = warm(step)
+        if w is not None:
+            return w
+        progress = min(1.0, (step - warmup) / max(1, steps - 1 - warmup))
+        return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return constant, cosine
+
+
+def build_optimizer(cfg: StageConfig, named: dict[str, nn.Parameter], steps: int):
+    """AdamW with four groups (pretrained/TTT x decay/no decay) and its LambdaLR schedule."""
+    t = cfg.train
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    for name, p in named.items():
+        kind = "ttt" if ".gated_ttt." in name else "pretrained"
+        groups.setdefault((kind, _no_decay(name, p)), []).append(p)
+    constant, cosine = lr_factors(cfg, steps)
+    param_groups, lambdas = [], []
+    for (kind, no_decay), params in sorted(groups.items()):
+        param_groups.append({"params": params, "lr": t.lr_ttt if kind == "ttt" else t.lr,
+                             "weight_decay": 0.0 if no_decay else t.weight_decay, "name": f"{kind}/"
+                             f"{'no_decay' if no_decay else 'decay'}"})
+        lambdas.append(cosine if kind == "ttt" else constant)
+    opt = torch.optim.AdamW(param_groups, betas=t.betas, eps=t.eps)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
+
+
+def _load_bundle(cfg: StageConfig, inputs: Inputs, *, need_encoders: bool, device: torch.device | None = None):
+    """The tiny bundle, or the pretrained transformer (float32 master weights, on the CPU) plus,
+    if ``need_encoders``, the VAE and T5 on ``device`` (bf16 on CUDA) for the precompute."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    from tttgraph.models.cogvideox_bundle import CogVideoXBundle, _read_scheduler, load_pretrained, tiny_bundle
+
+    if inputs.pretrained is None:
+        return tiny_bundle(cfg.model.seed)
+    transformer = CogVideoXTransformer3DModel.from_pretrained(
+        inputs.pretrained / "transformer", torch_dtype=torch.float32, local_files_only=True).eval()
+    if need_encoders:
+        cuda = device is not None and device.type == "cuda"
+        bundle = load_pretrained(inputs.pretrained, dtype=torch.bfloat16 if cuda else torch.float32,
+                                 device=device or "cpu")
+        bundle.transformer = transformer  # the encoders' copy (bf16, on the device) is not trained
+        return bundle
+    return CogVideoXBundle(transformer, None, None, None, _read_scheduler(inputs.pretrained),
+                           int(transformer.config.max_text_seq_length), str(inputs.pretrained))
+
+
+def _example_inputs(bundle, data: PrecomputedClips, batch: int) -> dict[str, Any]:
+    from tttgraph.models.cogvideox_bundle import transformer_inputs
+
+    lat, text = data[0]
+    return transformer_inputs(bundle, lat.expand(batch, *lat.shape).clone(), text.expand(batch, *text.shape).clone(),
+                              torch.full((batch,), 500, dtype=torch.long))
+
+
+def build_model(cfg: StageConfig, bundle, data: PrecomputedClips, batch: int):
+    """The transformed transformer (first stage) or the restored previous stage, in train mode."""
+    import tttgraph
+
+    example = _example_inputs(bundle, data, batch)
+    base = bundle.transformer.float()
+    if cfg.init_from is None:
+        ttt = cfg.ttt_config()
+        if ttt.text_tokens_per_segment not in (None, bundle.text_tokens_per_segment):
+            raise StageConfigError(
+                f"ttt.text_tokens_per_segment={ttt.text_tokens_per_segment} but the model takes "
+                f"{bundle.text_tokens_per_segment} text tokens per segment; set it to {bundle.text_tokens_per_segment}"
+            )
+        tm = tttgraph.transform(base, ttt, example, progress=False)
+    else:
+        tm = tttgraph.restore(base, cfg.init_from, example, progress=False)
+    return tm.train()
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+
+def prepare_data(cfg: StageConfig, out: Path, bundle, inputs: Inputs, ctx, progress: bool) -> Path:
+    """The precomputed directory of this stage's clips (written by the main process if needed)."""
+    from tttgraph.finetune.precompute import precompute
+
+    if cfg.data.precomputed is not None:
+        return Path(cfg.data.precomputed)
+    target = out / "data" / f"clips_{cfg.clip_seconds}s"
+    if ctx.main:
+        raw, samples = cfg.data.dataset, inputs.raw_samples or None
+        if raw == "synthetic":
+            from tttgraph.data.synthetic import write_dataset
+
+            d = cfg.data
+            raw = write_dataset(out / "data" / "synthetic", d.synthetic_samples,
+                                seconds=d.synthetic_seconds or cfg.clip_seconds, height=d.height, width=d.width,
+                                seed=d.seed)
+            samples = None
+        precompute(bundle, raw, target, cfg.clip_seconds, stride=cfg.data.clip_stride_segments,
+                   shard_size=cfg.data.shard_size, progress=progress, samples=samples)
+    ctx.barrier()
+    return target
+
+
+def sample_batch(data: PrecomputedClips, positions: list[int], *, seed: int, data_seed: int, text_dropout: float,
+                 num_train_timesteps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Latents, text, noise and timesteps of the samples at global ``positions`` of the data stream.
+
+    Position p reads clip ``perm_e[p mod N]`` of epoch ``e = p // N`` (a seeded permutation); its
+    noise, timestep and text dropout come from a generator seeded by ``(seed, p)`` alone.
+    """
+    n = len(data)
+    lat, txt, noise, steps = [], [], [], []
+    perms: dict[int, torch.Tensor] = {}
+    for p in positions:
+        epoch = p // n
+        if epoch not in perms:
+            perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(data_seed * 100_003 + epoch))
+        latents, text = data[int(perms[epoch][p % n])]
+        g = torch.Generator().manual_seed((seed << 32) + p)
+        steps.append(int(torch.randint(0, num_train_timesteps, (1,), generator=g)))
+        noise.append(torch.randn(latents.shape, generator=g))
+        if float(torch.rand((), generator=g)) < text_dropout:
+            text = data.null_text
+        lat.append(latents)
+        txt.append(text)
+    return torch.stack(lat), torch.stack(txt), torch.stack(noise), torch.tensor(steps, dtype=torch.long)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------
+
+
+class Metrics:
+    """``OUT/metrics.csv`` (one row per step; rows past a resumed checkpoint are dropped) + TensorBoard."""
+
+    def __init__(self, out: Path, start_step: int, enabled: bool):
+        self.path = out / METRICS
+        self.enabled = enabled
+        self.tb = None
+        if not enabled:
+            return
+        rows = []
+        if start_step and self.path.is_file():
+            with self.path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= start_step]
+        with self.path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows({k: r.get(k, "") for k in COLUMNS} for r in rows)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+        except ImportError:  # TensorBoard is optional
+            self.tb = None
+
+    def log(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=COLUMNS).writerow({k: repr(row[k]) if isinstance(row[k], float) else row[k]
+                                                            for k in COLUMNS})
+        if self.tb is not None:
+            for key in COLUMNS[1:]:
+                self.tb.add_scalar(f"train/{key}", row[key], row["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(out: str | os.PathLike) -> list[dict[str, float]]:
+    """The rows of ``OUT/metrics.csv`` as floats (``step`` as int)."""
+    with (Path(out) / METRICS).open(newline="") as f:
+        return [{k: (int(v) if k == "step" else float(v)) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+# ---------------------------------------------------------------------------------------------
+
+
+def _free_params(model: nn.Module) -> None:
+    """Drop the storage of ``model``'s parameters (the sharded copy trains; see ``_fill_params``)."""
+    for module in model.modules():
+        for key, p in list(module._parameters.items()):
+            if p is not None:
+                module._parameters[key] = nn.Parameter(torch.empty_like(p, device="meta"),
+                                                       requires_grad=p.requires_grad)
+
+
+def _fill_params(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    for name, t in state.items():
+        module_name, _, key = name.rpartition(".")
+        module = model.get_submodule(module_name)
+        module._parameters[key] = nn.Parameter(t, requires_grad=module._parameters[key].requires_grad)
+
+
+def run_stage(cfg: StageConfig, out: str | os.PathLike, *, pretrained: str | None = None, resume: bool = False,
+              progress: bool = True, device: str | None = None, log=print) -> dict[str, Any]:
+    """Run one stage (see the module docstring); returns a summary dict (also printed by ``log``)."""
+    from tqdm.auto import tqdm
+
+    import tttgraph
+    from tttgraph.finetune.blocks import block_modules, original_name, outline_blocks
+    from tttgraph.finetune.checkpointing import load_checkpoint, save_checkpoint
+    from tttgraph.finetune.plot import loss_curve_png
+    from tttgraph.models.cogvideox_bundle import transformer_inputs
+
+    out = Path(out)
+    inputs = check_inputs(cfg, out, pretrained=pretrained, resume=resume)
+    ctx = distributed.setup(device)
+    try:
+        t = cfg.train
+        say = log if ctx.main else (lambda *a, **k: None)
+        out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(t.seed)
+        # Only the main process encodes (prepare_data); the others wait for it at a barrier.
+        need_encoders = cfg.data.precomputed is None and ctx.main
+        bundle = _load_bundle(cfg, inputs, need_encoders=need_encoders, device=ctx.device)
+        data_dir = prepare_data(cfg, out, bundle, inputs, ctx, progress and ctx.main)
+        data = PrecomputedClips(data_dir)
+        data.check_model(latent_channels=bundle.latent_channels, text_dim=bundle.text_embed_dim,
+                         text_tokens=bundle.text_tokens_per_segment, source=bundle.source)
+        if data.manifest["clip_seconds"] != cfg.clip_seconds:
+            raise DatasetError(f"{data_dir} holds {data.manifest['clip_seconds']} s clips, the stage needs "
+                               f"{cfg.clip_seconds} s")
+        bundle.vae = bundle.text_encoder = None  # encoders are done: free their memory
+
+        tm = build_model(cfg, bundle, data, t.batch_size)
+        for name, p in tm.named_parameters():
+            p.requires_grad_(trainable_name(name, t.trainable))
+        fsdp = cfg.parallel.fsdp == "on" or (cfg.parallel.fsdp == "auto" and ctx.world > 1)
+        if ctx.world > 1 and not fsdp:
+            raise StageConfigError("several processes need parallel.fsdp 'auto' or 'on'")
+        cuda = ctx.device.type == "cuda"
+        bf16 = cuda and cfg.parallel.mixed_precision == "bf16"
+        if not fsdp:
+            tm.to(ctx.device)
+        model = outline_blocks(tm, checkpointing=t.activation_checkpointing, copy_modules=fsdp)
+        if fsdp:
+            # FSDP2 warns that the root returns a view; nothing here writes to the model output in place.
+            warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+            distributed.shard(model, block_modules(model), ctx, bf16=bf16)
+            _free_params(tm)
+        named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        total_params = sum(p.numel() for p in model.parameters())
+        trained_params = sum(p.numel() for p in named.values())
+        new_params = sum(p.numel() for n, p in named.items() if ".gated_ttt." in n)
+        opt, sched = build_optimizer(cfg, {original_name(n): p for n, p in named.items()}, t.steps)
+
+        start = 0
+        if inputs.resume_from is not None:
+            start = load_checkpoint(inputs.resume_from, params=named, optimizer=opt, scheduler=sched, ctx=ctx)["step"]
+            say(f"resumed from {inputs.resume_from} (step {start})")
+        metrics = Metrics(out, start, ctx.main)
+        from diffusers import CogVideoXDDIMScheduler
+
+        noise_sched = CogVideoXDDIMScheduler.from_config(bundle.scheduler_config)
+        num_t = noise_sched.config.num_train_timesteps
+        micro = t.batch_size * ctx.world  # samples per micro-step over all processes
+        global_batch = micro * t.grad_accum
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else None
+
+        say(f"stage {cfg.name}: {cfg.clip_seconds} s clips ({data.latent_frames} latent frames, {data.segments} "
+            f"segment(s)), {len(data)} clips from {data_dir}; model {bundle.source} + TTT; training {t.trainable} "
+            f"({trained_params:,} of {total_params:,} parameters); {ctx.world} process(es) on {ctx.device}"
+            f"{', FSDP2' if fsdp else ''}{', bf16' if bf16 else ''}; global batch {global_batch}")
+        losses: list[float] = []
+        begin = time.perf_counter()
+        bar = tqdm(total=t.steps, initial=start, desc=f"finetune {cfg.name}", unit="step",
+                   disable=not (progress and ctx.main), file=sys.stderr)
+        for step in range(start, t.steps):
+            tick = time.perf_counter()
+            step_loss = 0.0
+            for m in range(t.grad_accum):
+                first = (step * t.grad_accum + m) * micro + ctx.rank * t.batch_size
+                x0, text, noise, steps_t = sample_batch(
+                    data, list(range(first, first + t.batch_size)), seed=t.seed, data_seed=cfg.data.seed,
+                    text_dropout=t.text_dropout, num_train_timesteps=num_t)
+                x0, text, noise, steps_t = (v.to(ctx.device) for v in (x0, text, noise, steps_t))
+                # CogVideoX latents are [B, F, C, h, w]; the scheduler broadcasts over any shape.
+                noisy = noise_sched.add_noise(x0, noise, steps_t)
+                target = noise_sched.get_velocity(x0, noise, steps_t)
+                fwd = transformer_inputs(bundle, noisy, text, steps_t)
+                if autocast is not None:
+                    with autocast:
+                        pred = model(**fwd, return_dict=False)[0]
+                else:
+                    pred = model(**fwd, return_dict=False)[0]
+                # v-prediction MSE; equal to the reference's x0-space MSE weighted by 1 / (1 - alpha_bar).
+                loss = torch.nn.functional.mse_loss(pred.float(), target.float()) / t.grad_accum
+                loss.backward()
+                step_loss += float(loss.detach())
+            grad_norm = float(distributed.full(torch.nn.utils.clip_grad_norm_(list(named.values()), t.grad_clip)))
+            lrs = {g["name"].split("/")[0]: g["lr"] for g in opt.param_groups}  # the rates this step used
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            loss_value = ctx.mean(step_loss)
+            losses.append(loss_value)
+            took = time.perf_counter() - tick
+            metrics.log({"step": step + 1, "loss": loss_value, "lr": lrs.get("pretrained", 0.0),
+                         "lr_ttt": lrs.get("ttt", 0.0), "grad_norm": grad_norm, "step_time_s": took,
+                         "samples_per_s": global_batch / took, "elapsed_s": time.perf_counter() - begin})
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{global_batch / took:.2f}")
+            done = step + 1
+            if done == t.steps or (cfg.checkpoint.every and done % cfg.checkpoint.every == 0):
+                save_checkpoint(out / "checkpoints", done, params=named, optimizer=opt, scheduler=sched, ctx=ctx,
+                                extra={"config": cfg.to_dict(), "samples_seen": done * global_batch,
+                                       "epoch": done * global_batch // len(data)},
+                                keep=cfg.checkpoint.keep)
+        bar.close()
+        metrics.close()
+
+        if fsdp:
+            full = {original_name(n): distributed.full(p.detach()).cpu() for n, p in model.named_parameters()}
+            if ctx.main:
+                _fill_params(tm, full)
+        save_dir = out / "ttt"
+        history = read_metrics(out) if ctx.main else []
+        if ctx.main:
+            tttgraph.save(tm, save_dir)
+            png = loss_curve_png([r["step"] for r in history], [r["loss"] for r in history], out / "loss.png")
+        ctx.barrier()
+        wall = time.perf_counter() - begin
+        summary = {
+            "stage": cfg.name, "steps": t.steps, "start_step": start, "world_size": ctx.world,
+            "first_loss": history[0]["loss"] if history else None,
+            "last_loss": history[-1]["loss"] if history else None,
+            "trained_parameters": trained_params, "total_parameters": total_params, "new_parameters": new_params,
+            "save_dir": str(save_dir), "metrics": str(out / METRICS), "wall_s": wall,
+        }
+        if ctx.main:
+            k = max(1, min(10, len(history) // 5))
+            head = sum(r["loss"] for r in history[:k]) / k if history else float("nan")
+            tail = sum(r["loss"] for r in history[-k:]) / k if history else float("nan")
+            say(
+                f"\ntrained stage {cfg.name!r}: {t.trainable} ({trained_params:,} of {total_params:,} parameters, "
+                f"{new_params:,} new TTT) for steps {start + 1}-{t.steps} in {wall:.0f} s\n"
+                f"  loss: mean of the first {k} steps {head:.4f} -> last {k} steps {tail:.4f}\n"
+                f"  tttgraph save (new + changed weights, recipe): {save_dir}  "
+                f"(tttgraph.restore(base, {str(save_dir)!r}); next stage: init_from)\n"
+                f"  metrics: {out / METRICS}; loss curve: {png}; checkpoints: {out / 'checkpoints'}"
+            )
+        return summary
+    finally:
+        ctx.close()
