@@ -1,0 +1,170 @@
+"""Scale-out: split attention and TTT heads across processes (``torchrun``; NCCL on GPUs, gloo on CPU).
+
+Every process holds the whole transformed model and runs the same denoising loop on the same
+latents. Inside each layer, the two costly head-wise parts are split: rank r of W computes heads
+``[r*H/W, (r+1)*H/W)`` of
+
+- every segment-local attention (its ``SegmentAttention`` module: gather segments, SDPA,
+  average the overlap), and
+- every TTT-MLP scan (the ``tttgraph::ttt_mlp`` op of both directions),
+
+and an all-gather along the head dim gives every rank all heads again. The linear layers
+(q/k/v/out projections, feed-forward, TTT projections) stay replicated, so activations are
+identical on every rank, and each head is computed by exactly the kernels of a single process:
+the latents equal a one-process run's (bit for bit on the CPU with the same thread count; the
+gloo test checks it). This is tensor parallelism of the attention and scan only: it divides the
+quadratic/sequential work and the activations of the scan, not the weights or the GEMMs.
+
+H must be divisible by the world size (CogVideoX-5B's 48 heads: 1, 2, 3, 4, 6, 8, ...).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tttgraph.errors import TTTGraphError
+from tttgraph.layers import TTTMLP
+from tttgraph.ops import ttt_mlp
+from tttgraph.segment_attention import SegmentAttention
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """This process's place in the job: ``rank`` of ``world`` (world 1: no distribution)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_from_env(device: str | None = None) -> Parallel:
+    """Join the ``torchrun`` job described by the environment (RANK, WORLD_SIZE, LOCAL_RANK).
+
+    Without those variables (a plain run) returns a one-process :class:`Parallel`. The backend is
+    NCCL when running on CUDA, else gloo; each rank uses ``cuda:LOCAL_RANK``.
+    """
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Parallel()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    if not dist.is_initialized():
+        if cuda:
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return Parallel(rank, world, local)
+
+
+def _head_range(heads: int, par: Parallel) -> slice:
+    if heads % par.world:
+        raise TTTGraphError(
+            f"{heads} heads can't be split evenly over {par.world} processes; run with a world size dividing "
+            f"{heads} (torchrun --nproc-per-node N)"
+        )
+    per = heads // par.world
+    return slice(par.rank * per, (par.rank + 1) * per)
+
+
+def _all_gather_heads(x: Tensor, par: Parallel) -> Tensor:
+    """[B, h, N, D] local heads -> [B, H, N, D] all heads (rank order = head order)."""
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(x) for _ in range(par.world)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=1)
+
+
+class HeadParallelAttention(nn.Module):
+    """A :class:`SegmentAttention` computing only this rank's heads, then gathering all of them."""
+
+    def __init__(self, inner: SegmentAttention, par: Parallel):
+        super().__init__()
+        self.inner, self.par = inner, par
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        heads = _head_range(q.shape[1], self.par)
+        if attn_mask is not None and attn_mask.dim() == 4 and attn_mask.shape[1] != 1:
+            attn_mask = attn_mask[:, heads]
+        out = self.inner(q[:, heads], k[:, heads], v[:, heads], attn_mask)
+        out = _all_gather_heads(out, self.par)
+        # Keep the memory layout SegmentAttention promises to the graph code that follows.
+        order = self.inner.memory_order
+        inverse = sorted(range(4), key=order.__getitem__)
+        return out.permute(order).contiguous().permute(inverse)
+
+
+class HeadParallelTTTMLP(nn.Module):
+    """A :class:`~tttgraph.layers.TTTMLP` whose scan runs on this rank's heads only.
+
+    Same math as ``TTTMLP.forward`` (the projections, RoPE, target normalisation and output norm
+    run on all heads, replicated); only the ``ttt_mlp`` call is restricted to a head slice, and its
+    output gathered. ``num_heads``/``head_dim`` are exposed because the gated wrapper reads them.
+    """
+
+    def __init__(self, inner: TTTMLP, par: Parallel):
+        super().__init__()
+        self.inner, self.par = inner, par
+        self.heads = _head_range(inner.num_heads, par)
+        self.num_heads, self.head_dim = inner.num_heads, inner.head_dim
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        from tttgraph.rope import apply_rope
+
+        m, hs = self.inner, self.heads
+        q = F.normalize(m._heads(m.wq(x)), dim=-1)
+        k = F.normalize(m._heads(m.wk(x)), dim=-1)
+        v = m._heads(m.wv(x))
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        gamma, beta = m.ttt_norm_weight[:, None], m.ttt_norm_bias[:, None]
+        d = v - k
+        d = (d - d.mean(-1, keepdim=True)) / (d.std(-1, keepdim=True) + 1e-8)
+        v = k + gamma * d + beta
+        lr = torch.sigmoid(m.learnable_lr(x)).transpose(1, 2)  # [B, H, N]
+        eta = (m.base_lr / m.head_dim / m.mini_batch_size) * lr
+        out = ttt_mlp(
+            q[:, hs].contiguous(), k[:, hs].contiguous(), v[:, hs].contiguous(), eta[:, hs].contiguous(),
+            m.ttt_norm_weight[hs], m.ttt_norm_bias[hs], m.w1[hs], m.b1[hs], m.w2[hs], m.b2[hs],
+            mini_batch_size=m.mini_batch_size, eps=m.eps, backend=m.backend,
+        )  # fmt: skip
+        out = _all_gather_heads(out, self.par).transpose(1, 2).flatten(-2)  # [B, N, H*D]
+        return m.wo(m.post_norm(out))
+
+
+def shard_heads(model: nn.Module, par: Parallel) -> dict[str, int]:
+    """Make every segment-local attention and TTT-MLP of a transformed ``model`` head-parallel.
+
+    Works in place on the modules the captured graph calls (the graph looks its submodules up by
+    path at each call). Returns counts ``{"attention": n, "ttt": m}``; a no-op when ``par.world == 1``.
+    """
+    counts = {"attention": 0, "ttt": 0}
+    if not par.enabled:
+        return counts
+    targets = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, (SegmentAttention, TTTMLP))]
+    for name, mod in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if isinstance(mod, SegmentAttention):
+            setattr(parent, child, HeadParallelAttention(mod, par))
+            counts["attention"] += 1
+        else:
+            setattr(parent, child, HeadParallelTTTMLP(mod, par))
+            counts["ttt"] += 1
+    if not counts["attention"] and not counts["ttt"]:
+        raise TTTGraphError("the model has no segment-local attention or TTT layer to split; transform it first")
+    return counts

@@ -1,0 +1,167 @@
+"""Video output: MP4 (H.264 through imageio-ffmpeg) and a PNG contact sheet.
+
+Frames are uint8 ``[T, H, W, 3]`` (RGB). Both writers write to a temporary file next to the
+target and rename it, so a reader never sees a half-written video. The PNG encoder is a few lines
+of zlib (no imaging library needed). The MP4 is bit-exact for the same frames (ffmpeg's
+``bitexact`` flags keep version strings and timestamps out of the file).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from tttgraph.errors import TTTGraphError
+
+DEFAULT_FPS = 16
+
+
+def _imageio_ffmpeg():
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        raise TTTGraphError(
+            "writing MP4 needs imageio-ffmpeg (it bundles an ffmpeg binary): pip install 'tttgraph[video]'"
+        ) from None
+    return imageio_ffmpeg
+
+
+def file_mode() -> int:
+    """The mode a newly created file gets (0o666 minus the umask); mkstemp's files are 0o600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+@contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` (same suffix) that replaces it on success."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _check_frames(frames: np.ndarray) -> None:
+    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise TTTGraphError(
+            f"frames must be a uint8 array [T, H, W, 3], got {getattr(frames, 'dtype', type(frames))} "
+            f"{getattr(frames, 'shape', '')}"
+        )
+    if frames.shape[0] < 1:
+        raise TTTGraphError("no frames to write")
+
+
+def write_mp4(frames: np.ndarray, path: str | os.PathLike, fps: int = DEFAULT_FPS, quality: int = 8) -> Path:
+    """Write uint8 [T, H, W, 3] frames as an H.264 MP4 (yuv420p) at ``fps``; returns the path.
+
+    H and W must be even (yuv420p stores colour at half resolution).
+    """
+    _check_frames(frames)
+    t, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        raise TTTGraphError(f"MP4 (yuv420p) needs even frame sizes, got {w}x{h}; choose an even --height/--width")
+    path = Path(path)
+    ffmpeg = _imageio_ffmpeg()
+    with _atomic_path(path) as tmp:
+        writer = ffmpeg.write_frames(
+            str(tmp), (w, h), fps=fps, codec="libx264", quality=quality, macro_block_size=2,
+            output_params=["-fflags", "+bitexact", "-flags:v", "+bitexact", "-map_metadata", "-1"],
+        )  # fmt: skip
+        writer.send(None)  # start ffmpeg
+        try:
+            for frame in frames:
+                writer.send(np.ascontiguousarray(frame))
+        finally:
+            writer.close()
+    return path
+
+
+def read_mp4(path: str | os.PathLike) -> tuple[np.ndarray, float]:
+    """(uint8 frames [T, H, W, 3], fps) of a video file."""
+    ffmpeg = _imageio_ffmpeg()
+    reader = ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    w, h = meta["size"]
+    frames = [np.frombuffer(buf, np.uint8).reshape(h, w, 3) for buf in reader]
+    return np.stack(frames), float(meta["fps"])
+
+
+def write_png(image: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write a uint8 [H, W, 3] RGB image as a PNG (atomically); returns the path."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise TTTGraphError(f"image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
+    h, w, _ = image.shape
+    raw = b"".join(b"\x00" + np.ascontiguousarray(row).tobytes() for row in image)  # filter type 0 per row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+    path = Path(path)
+    with _atomic_path(path) as tmp:
+        tmp.write_bytes(png)
+    return path
+
+
+def read_png(path: str | os.PathLike) -> np.ndarray:
+    """Read back a PNG written by :func:`write_png` (8-bit RGB, no interlace) as uint8 [H, W, 3]."""
+    data = Path(path).read_bytes()
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise TTTGraphError(f"{path} is not a PNG file")
+    pos, idat, size = 8, b"", None
+    while pos < len(data):
+        (length,), kind = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            w, h, depth, colour = struct.unpack(">IIBB", body[:10])
+            if (depth, colour) != (8, 2):
+                raise TTTGraphError(f"{path}: only 8-bit RGB PNGs are read here")
+            size = (h, w)
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    h, w = size
+    rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(h, 1 + 3 * w)
+    if rows[:, 0].any():
+        raise TTTGraphError(f"{path}: PNG row filters other than 'none' are not read here")
+    return rows[:, 1:].reshape(h, w, 3).copy()
+
+
+def contact_sheet(frames: np.ndarray, indices: list[int], columns: int = 7, min_tile_height: int = 96,
+                  gap: int = 4) -> np.ndarray:
+    """A grid of the frames at ``indices`` (row-major), upscaled by an integer factor (nearest
+    neighbour) so that tiny videos are visible; uint8 [H', W', 3] on a dark background."""
+    _check_frames(frames)
+    if not indices:
+        raise TTTGraphError("a contact sheet needs at least one frame index")
+    _, h, w, _ = frames.shape
+    scale = max(1, -(-min_tile_height // h))
+    th, tw = h * scale, w * scale
+    columns = max(1, min(columns, len(indices)))
+    rows = -(-len(indices) // columns)
+    sheet = np.full((rows * th + (rows + 1) * gap, columns * tw + (columns + 1) * gap, 3), 24, np.uint8)
+    for n, i in enumerate(indices):
+        r, c = divmod(n, columns)
+        tile = frames[i].repeat(scale, axis=0).repeat(scale, axis=1)
+        y, x = gap + r * (th + gap), gap + c * (tw + gap)
+        sheet[y:y + th, x:x + tw] = tile
+    return sheet
+
+
+def segment_frame_indices(num_frames: int, segments: int) -> list[int]:
+    """The middle frame of each of ``segments`` equal spans of a ``num_frames`` video (one per 3 s)."""
+    return [min(num_frames - 1, int((s + 0.5) * num_frames / segments)) for s in range(segments)]
