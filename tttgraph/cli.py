@@ -5,7 +5,7 @@ Each command wraps the Python call a user would make:
     tttgraph demo                              tiny CogVideoX + TTT: forward, backward, report
     tttgraph inspect [--family wan2.1]         dry run of transform on a tiny model of a family
     tttgraph transform [--family ...] --out D  transform, run once, save (tttgraph.save) to D
-    tttgraph export [--family ...] --out F     transform, export to F (.pt2 or .onnx; tttgraph.export)
+    tttgraph export [--family ...] --out F     transform, export to F (.pt2, .onnx, .engine; tttgraph.export)
 """
 
 from __future__ import annotations
@@ -106,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_arguments(p)
     p.set_defaults(run=demo.main)
 
+    from tttgraph.finetune import cli as finetune_cli
+
+    p = commands.add_parser("finetune", help="fine-tune CogVideoX + TTT, one stage (default: tiny synthetic run)",
+                            description=finetune_cli.__doc__.splitlines()[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog="\n".join(finetune_cli.__doc__.splitlines()[2:]))
+    finetune_cli.add_arguments(p)
+    p.set_defaults(run=finetune_cli.main)
+
     p = commands.add_parser("inspect", help="dry run: which attentions get segments and TTT layers")
     _model_arguments(p)
     p.set_defaults(run=_inspect)
@@ -115,16 +124,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="tttgraph-out", help="directory for the saved weights + recipe")
     p.set_defaults(run=_transform)
 
-    p = commands.add_parser("export", help="transform a tiny model of a family and export it (.pt2 or .onnx)")
+    p = commands.add_parser("export",
+                            help="transform a tiny model of a family and export it (.pt2, .onnx or a TensorRT .engine)")
     _model_arguments(p)
-    p.add_argument("--out", default="tttgraph-model.onnx", help="file to write; .pt2 or .onnx picks the format")
-    p.add_argument("--format", choices=["pt2", "onnx"], help="format (default: from the --out suffix)")
+    p.add_argument("--out", default="tttgraph-model.onnx",
+                   help="file to write; .pt2, .onnx or .engine/.plan (TensorRT, needs a GPU) picks the format")
+    p.add_argument("--format", choices=["pt2", "onnx", "tensorrt"], help="format (default: from the --out suffix)")
     p.add_argument("--opset", type=int, help="ONNX opset (default 23)")
     p.add_argument("--ttt-op", default="decompose", choices=["decompose", "custom"],
                    help="ONNX form of the TTT scan: standard ops in a Loop (default) or one tttgraph.TTTMLP node")
     p.add_argument("--static-frames", dest="dynamic_frames", action="store_false",
                    help="fix the frame count to --frames (default: dynamic, whole segments)")
     p.set_defaults(run=_export)
+
+    from tttgraph.generate import cli as generate_cli
+
+    p = commands.add_parser("generate", help="multi-scene video from a storyboard (default: tiny models, CPU, offline)",
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog="\n".join(generate_cli.__doc__.splitlines()[2:]))
+    generate_cli.add_arguments(p)
+    p.set_defaults(run=generate_cli.main)
     return parser
 
 
