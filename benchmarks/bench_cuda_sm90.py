@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_ttt_mlp import make_inputs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOP_PER_TOKEN_HEAD = 229_376
@@ -28,18 +30,8 @@ VARIANT_NAMES = {0: "plain bf16", 1: "split", 3: "split, fast tanh out", 7: "spl
 
 
 def layer_inputs(heads, seq_len, seed=0, device="cuda"):
-    g = torch.Generator().manual_seed(seed)
-
-    def randn(*shape, std=1.0):
-        return torch.randn(*shape, generator=g) * std
-
-    q = F.normalize(randn(1, heads, seq_len, 64), dim=-1).to(device, torch.bfloat16)
-    k = F.normalize(randn(1, heads, seq_len, 64), dim=-1).to(device, torch.bfloat16)
-    v = (k.float().cpu() + randn(1, heads, seq_len, 64)).to(device, torch.bfloat16)
-    eta = ((0.1 / 64 / 64) * torch.sigmoid(randn(1, heads, seq_len))).to(device)
-    rest = [1 + randn(heads, 64, std=0.1), randn(heads, 64, std=0.1), randn(heads, 64, 256, std=0.02),
-            torch.zeros(heads, 256), randn(heads, 256, 64, std=0.02), torch.zeros(heads, 64)]
-    return [q, k, v, eta, *(t.to(device) for t in rest)]
+    """B=1, D=64, F=256 bf16 op inputs at the layer's scales (``bench_ttt_mlp.make_inputs``)."""
+    return make_inputs(1, heads, seq_len, 64, 256, torch.bfloat16, torch.device(device), seed=seed)
 
 
 def cuda_time(fn, repeats):

@@ -7,12 +7,13 @@ are refused with the name of the field and the fix.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,6 +210,25 @@ def _glob_to_regex(glob: str) -> str:
             out.append(re.escape(glob[i]))
             i += 1
     return "".join(out)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, suffix: str = ".tmp", mode: int | None = None) -> Iterator[Path]:
+    """A temporary path beside ``path`` for a writer that needs a file name (safetensors, ffmpeg,
+    torch.export): renamed onto ``path`` when the block succeeds, deleted otherwise, so readers see
+    the old file or the new one, never a torn one. ``suffix``: the temporary name's ending (a
+    writer may choose its format from it); ``mode``: permissions set before the rename (the
+    temporary file is created 0o600)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:

@@ -42,6 +42,7 @@ from torch import nn
 from torch.export import Dim
 from torch.utils import _pytree as pytree
 
+from tttgraph.config import atomic_path
 from tttgraph.errors import InputMismatchError, TTTGraphError
 
 __all__ = [
@@ -187,7 +188,7 @@ def export(
     ep, named, rule, frames = export_program(model, example_inputs, dynamic_frames)
     path.parent.mkdir(parents=True, exist_ok=True)
     if format == "pt2":
-        with _atomic(path) as tmp:
+        with atomic_path(path) as tmp:
             torch.export.save(ep, tmp)
         result = ExportResult(path, format, _input_names(named), frames, 0.0, 0)
     elif format == "onnx":
@@ -237,19 +238,6 @@ def _check_options(format: str, ttt_op: str, external_data) -> None:
         raise ExportError(f"external_data={external_data!r} must be None (automatic), True or False")
     if format != "onnx" and external_data is not None:
         raise ExportError(f"external_data applies to ONNX files only; drop it for format={format!r}")
-
-
-@contextlib.contextmanager
-def _atomic(path: Path):
-    """Yield a temporary path beside ``path``; on success rename it onto ``path``, else delete it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _format_of(path: Path, format: str | None) -> str:

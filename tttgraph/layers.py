@@ -86,7 +86,8 @@ class TTTMLP(nn.Module):
     def _heads(self, x: Tensor) -> Tensor:
         return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)  # [B, H, N, D]
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    def scan_inputs(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, ...]:
+        """q, k, v [B, H, N, D] (one dtype) and eta [B, H, N] of the scan, from x [B, N, width]."""
         q = self._heads(self.wq(x))
         dtype = q.dtype  # the projections' dtype: the parameters', or autocast's (e.g. bf16)
         q = F.normalize(q, dim=-1)
@@ -104,13 +105,23 @@ class TTTMLP(nn.Module):
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         lr = torch.sigmoid(self.learnable_lr(x)).transpose(1, 2)  # [B, H, N]
         eta = (self.base_lr / self.head_dim / self.mini_batch_size) * lr
-        out = ttt_mlp(
-            q, k, v, eta,
-            self.ttt_norm_weight, self.ttt_norm_bias, self.w1, self.b1, self.w2, self.b2,
-            mini_batch_size=self.mini_batch_size, eps=self.eps, backend=self.backend,
-        )  # fmt: skip
-        out = out.transpose(1, 2).flatten(-2)  # [B, N, H*D]
-        return self.wo(self.post_norm(out))
+        return q, k, v, eta
+
+    def scan(self, q: Tensor, k: Tensor, v: Tensor, eta: Tensor, heads: slice | None = None) -> Tensor:
+        """The TTT-MLP scan, over all heads or the slice ``heads``: [B, h, N, D] for those heads."""
+        params = (self.ttt_norm_weight, self.ttt_norm_bias, self.w1, self.b1, self.w2, self.b2)
+        if heads is not None:  # a head-parallel rank's share (generate/distributed.py)
+            q, k, v, eta = (t[:, heads].contiguous() for t in (q, k, v, eta))
+            params = tuple(p[heads] for p in params)
+        return ttt_mlp(q, k, v, eta, *params, mini_batch_size=self.mini_batch_size, eps=self.eps,
+                       backend=self.backend)
+
+    def finish(self, out: Tensor) -> Tensor:
+        """Scan output [B, H, N, D] of all heads -> the layer's output [B, N, width]."""
+        return self.wo(self.post_norm(out.transpose(1, 2).flatten(-2)))
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        return self.finish(self.scan(*self.scan_inputs(x, rope)))
 
     def extra_repr(self) -> str:
         return (

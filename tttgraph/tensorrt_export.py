@@ -36,7 +36,8 @@ from typing import Any
 
 import torch
 
-from tttgraph.exporter import ExportError, FrameRule, _atomic, _input_names, export_program
+from tttgraph.config import atomic_path
+from tttgraph.exporter import ExportError, FrameRule, _input_names, export_program
 
 __all__ = [
     "TENSORRT_ONNX_OPS", "TensorRTReport", "TensorRTUnavailableError", "build_engine", "check_onnx",
@@ -313,7 +314,7 @@ def build_engine(onnx_path, engine_path, profile: Mapping[str, tuple], *, fp16: 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ExportError(f"TensorRT {trt.__version__} failed to build an engine from {onnx_path.name} (see its log)")
-    with _atomic(engine_path) as tmp:
+    with atomic_path(engine_path) as tmp:
         tmp.write_bytes(bytes(serialized))
     return engine_path
 

@@ -19,14 +19,13 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from tttgraph.config import write_atomic
+from tttgraph.config import atomic_path, write_atomic
 from tttgraph.errors import TTTGraphError
 from tttgraph.finetune.dataset import (
     FRAMES_PER_SEGMENT,
@@ -55,13 +54,8 @@ def clip_segments(seconds: int) -> int:
 def _save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _clip_pixels(video: np.ndarray, first: int, segments: int) -> np.ndarray:

@@ -24,12 +24,10 @@ import os
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tttgraph.errors import TTTGraphError
 from tttgraph.layers import TTTMLP
-from tttgraph.ops import ttt_mlp
 from tttgraph.segment_attention import SegmentAttention
 
 
@@ -111,9 +109,10 @@ class HeadParallelAttention(nn.Module):
 class HeadParallelTTTMLP(nn.Module):
     """A :class:`~tttgraph.layers.TTTMLP` whose scan runs on this rank's heads only.
 
-    Same math as ``TTTMLP.forward`` (the projections, RoPE, target normalisation and output norm
-    run on all heads, replicated); only the ``ttt_mlp`` call is restricted to a head slice, and its
-    output gathered. ``num_heads``/``head_dim`` are exposed because the gated wrapper reads them.
+    ``TTTMLP``'s own stages: its ``scan_inputs`` and ``finish`` (projections, RoPE, target
+    normalisation, output norm) run on all heads, replicated; only ``scan`` is restricted to this
+    rank's head slice, and its output gathered. ``num_heads``/``head_dim`` are exposed because the
+    gated wrapper reads them.
     """
 
     def __init__(self, inner: TTTMLP, par: Parallel):
@@ -123,27 +122,8 @@ class HeadParallelTTTMLP(nn.Module):
         self.num_heads, self.head_dim = inner.num_heads, inner.head_dim
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        from tttgraph.rope import apply_rope
-
-        m, hs = self.inner, self.heads
-        q = F.normalize(m._heads(m.wq(x)), dim=-1)
-        k = F.normalize(m._heads(m.wk(x)), dim=-1)
-        v = m._heads(m.wv(x))
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        gamma, beta = m.ttt_norm_weight[:, None], m.ttt_norm_bias[:, None]
-        d = v - k
-        d = (d - d.mean(-1, keepdim=True)) / (d.std(-1, keepdim=True) + 1e-8)
-        v = k + gamma * d + beta
-        lr = torch.sigmoid(m.learnable_lr(x)).transpose(1, 2)  # [B, H, N]
-        eta = (m.base_lr / m.head_dim / m.mini_batch_size) * lr
-        out = ttt_mlp(
-            q[:, hs].contiguous(), k[:, hs].contiguous(), v[:, hs].contiguous(), eta[:, hs].contiguous(),
-            m.ttt_norm_weight[hs], m.ttt_norm_bias[hs], m.w1[hs], m.b1[hs], m.w2[hs], m.b2[hs],
-            mini_batch_size=m.mini_batch_size, eps=m.eps, backend=m.backend,
-        )  # fmt: skip
-        out = _all_gather_heads(out, self.par).transpose(1, 2).flatten(-2)  # [B, N, H*D]
-        return m.wo(m.post_norm(out))
+        out = self.inner.scan(*self.inner.scan_inputs(x, rope), heads=self.heads)
+        return self.inner.finish(_all_gather_heads(out, self.par))
 
 
 def shard_heads(model: nn.Module, par: Parallel) -> dict[str, int]:

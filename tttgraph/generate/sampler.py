@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tttgraph.config import atomic_path
 from tttgraph.errors import TTTGraphError
 from tttgraph.generate.guidance import DEFAULT_GUIDANCE_SCALE, dynamic_cfg_scale, guide
 from tttgraph.generate.video_io import file_mode
@@ -160,14 +160,8 @@ class LatentCheckpoint:
         meta = {"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION), "step": str(step),
                 "fingerprint": json.dumps(self.fingerprint, sort_keys=True)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(self.path, mode=file_mode()) as tmp:
             save_file(tensors, tmp, metadata=meta)
-            os.chmod(tmp, file_mode())
-            os.replace(tmp, self.path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from tttgraph.config import atomic_path
 from tttgraph.errors import TTTGraphError
 
 DEFAULT_FPS = 16
@@ -40,18 +38,11 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
-@contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` (same suffix) that replaces it on success."""
+def _atomic_path(path: Path):
+    """A temporary path beside ``path`` with its suffix (ffmpeg and PNG writers go by it), readable
+    like any new file, that replaces ``path`` on success."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    return atomic_path(path, suffix=path.suffix, mode=file_mode())
 
 
 def _check_frames(frames: np.ndarray) -> None:
