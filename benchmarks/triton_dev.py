@@ -46,7 +46,8 @@ def _import_kernels(alt_file: str = ""):
             sys.modules[name] = pkg
     ref = importlib.import_module("tttgraph.kernels.ttt_mlp.reference")
     if alt_file:  # another version of triton.py (e.g. the previous one, for a baseline on the same card)
-        spec = importlib.util.spec_from_file_location("tttgraph.kernels.ttt_mlp.triton_alt", alt_file)
+        name = "tttgraph.kernels.ttt_mlp._alt_" + "".join(c if c.isalnum() else "_" for c in os.path.basename(alt_file))
+        spec = importlib.util.spec_from_file_location(name, alt_file)
         tk = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = tk
         spec.loader.exec_module(tk)
@@ -120,6 +121,8 @@ def _parse_config(spec: str) -> dict:
     cfg = dict(BF=vals[0], num_warps=vals[1])
     if len(vals) > 2:
         cfg["num_stages"] = vals[2]
+    if len(vals) > 3:
+        cfg["P"] = vals[3]  # the forward's programs per head (F split)
     return cfg
 
 
@@ -135,7 +138,7 @@ def main() -> None:
     parser.add_argument("--probe", default="", help="BF:warps: only check fwd, then bwd, at a small size")
     parser.add_argument("--probe-t", type=int, default=1000)
     parser.add_argument("--fwd-configs", default="",
-                        help="BF:warps[:stages] for the forward alone, timed at the first T; the fastest is kept")
+                        help="BF:warps[:stages[:P]] for the forward alone, timed at the first T; the fastest is kept")
     parser.add_argument("--kernel-file", default="", help="time this copy of triton.py instead (a baseline)")
     opts = parser.parse_args()
     t_start = time.time()

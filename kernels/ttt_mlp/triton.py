@@ -4,9 +4,12 @@ Shapes (the op's canonical layout):
     q, k, v: [B, H, T, D]    eta: [B, H, T]    ln_weight, ln_bias: [H, D]
     w1: [H, D, F]   b1: [H, F]   w2: [H, F, D]   b2: [H, D]      out: [B, H, T, D] (dtype of q)
 
-One program per (batch, head) walks the mini-batches in order. The fp32 inner state lives in a
-per-program scratch buffer (L2-resident at real sizes) that is read and written in tiles of BF
-columns of F, so any F that is a multiple of 16 fits; D is one tile (padded to a power of two).
+The forward runs P programs per (batch, head) (P = 2 when they fit the GPU one per SM, else 1), each
+owning F / P columns of the hidden layer; they walk the mini-batches in order and add their partial
+[BM, D] sums through an L2 exchange buffer once per mini-batch. The backward runs one program per
+(batch, head). The fp32 inner state lives in per-head scratch buffers (L2-resident at real sizes)
+read and written in tiles of BF columns of F; F is zero-padded to a multiple of 64 on GPUs (exact,
+see F_MULTIPLE); D is one tile (padded to a power of two).
 Matmul operands are bf16 for bf16/fp16 inputs (split into bf16 hi + lo for the three products of the
 state update that feed the recurrence, see _mmx) and fp32 (IEEE) for fp32 inputs; the inner state,
 LayerNorm statistics and every accumulation are fp32.
@@ -24,14 +27,12 @@ import torch
 from torch import Tensor
 
 # backend="auto" runs the Triton backward for bf16/fp16 inputs. v4 (README.md, "Triton backend") fixed
-# the bf16 drift:
-# Z1, Z2 and G_z1 of the forward's state update, which feed the inner-state recurrence, are computed
-# with bf16 hi/lo split operands (_mmx). On an H100 at B=1, H=48, D=64, F=256 with the benchmark of
-# record's inputs, all ten bf16 gradients are within 4.3e-3 (relative L2 against the float32
-# reference) at T = 18,048 and 101,376 (v3: 6.9e-2 to 2.7e-1, from two heads where the scan is
-# ill-conditioned), and the backward takes 1,358 ms at T = 351,168 (v3: 1,359 ms). (With float32
-# inputs it is exact to 1.3e-5 but slower than the reference backward: 2.4 s vs 1.1 s at 18,048, so
-# auto takes the reference backward there.)
+# the bf16 drift: Z1, Z2 and G_z1 of the forward's state update, which feed the inner-state
+# recurrence, are computed with bf16 hi/lo split operands (_mmx); v3's gradients were off by up to
+# 2.7e-1 in two ill-conditioned heads. v6 on an H100 at B=1, H=48, D=64, F=256, T = 351,168: forward
+# 165.6 ms, backward 1,135 ms; at T = 18,048 all ten bf16 gradients within 3.3e-3 of the float32
+# reference. (With float32 inputs it is exact to ~1e-6 but slower than the reference backward:
+# 2.4 s vs 1.1 s at 18,048 with v3, so auto takes the reference backward there.)
 
 
 def auto_backward_reason(q, *args) -> str | None:
@@ -72,10 +73,6 @@ def unsupported_reason(q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, mini_ba
         return f"D={dim} is not a multiple of 16 in 16..{MAX_HEAD_DIM}"
     if hidden % 16:
         return f"F={hidden} is not a multiple of 16"
-    if q.device.type == "cuda" and hidden % 64:
-        # F tiles of 32 or 16 columns pass under the interpreter but hit an illegal memory access on
-        # an H100 (Triton 3.6, seen 2026-11-25; cause not yet found): only BF = 64 runs on GPUs.
-        return f"F={hidden} is not a multiple of 64 (F tiles below 64 fail on GPUs, see kernels/ttt_mlp/README.md)"
     if not MIN_MINI_BATCH <= mini_batch_size <= MAX_MINI_BATCH:
         return f"mini_batch_size={mini_batch_size} is outside {MIN_MINI_BATCH}..{MAX_MINI_BATCH}"
     return None
@@ -165,34 +162,50 @@ if triton is not None:
             tl.store(ptr, x, mask=cmask[:, None])
 
     @triton.jit
-    def _tanh(u):
-        # tanh through the logistic function: portable (no libdevice) and exact at +-inf.
-        return 2.0 * tl.sigmoid(2.0 * u) - 1.0
+    def _tanh(u, LOWP: tl.constexpr):
+        """tanh(u). Low-precision modes on GPUs (LOWP == 1): the hardware's tanh.approx.f32 (one MUFU
+        instruction, max relative error ~2^-11, below the bf16 operands' 2^-9), as the cuda_sm90 kernels
+        use; it replaced ~20 instructions per element (exp, a full-precision reciprocal and their range
+        fix-ups) that took a third of the forward's stall samples (README.md, "Triton backend", v5).
+        Otherwise through the logistic function: portable (no libdevice, runs in the interpreter) and
+        exact at +-inf."""
+        if LOWP == 1:
+            t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=r,r", [u], dtype=tl.float32,
+                                          is_pure=True, pack=1)
+        else:
+            t = 2.0 * tl.sigmoid(2.0 * u) - 1.0
+        return t
 
     @triton.jit
-    def _gelu(z):
-        t = _tanh(0.7978845608028654 * (z + 0.044715 * z * z * z))
-        return 0.5 * z * (1.0 + t)
+    def _gelu(z, LOWP: tl.constexpr):
+        """gelu_tanh(z) = z/2 (1 + tanh(c (z + a z^3)))."""
+        h = 0.5 * z
+        t = _tanh(z * (0.7978845608028654 + 0.0356774081363001 * (z * z)), LOWP)
+        return h + h * t
 
     @triton.jit
-    def _gelu_d1(z):
-        """gelu_tanh(z) and its first derivative."""
-        t = _tanh(0.7978845608028654 * (z + 0.044715 * z * z * z))
-        du = 0.7978845608028654 * (1.0 + 0.134145 * z * z)
-        return 0.5 * z * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * du
+    def _gelu_d1(z, LOWP: tl.constexpr):
+        """gelu_tanh(z) and its first derivative (1 + t)/2 + z/2 (1 - t^2) u', u' = c (1 + 3 a z^2)."""
+        z2 = z * z
+        h = 0.5 * z
+        t = _tanh(z * (0.7978845608028654 + 0.0356774081363001 * z2), LOWP)
+        du = 0.7978845608028654 + 0.1070322244089003 * z2
+        return h + h * t, 0.5 + 0.5 * t + h * (1.0 - t * t) * du
 
     @triton.jit
-    def _gelu_d2(z):
+    def _gelu_d2(z, LOWP: tl.constexpr):
         """gelu_tanh(z), its first and its second derivative.
 
         With u = c (z + a z^3): gelu'' = (1 - t^2) (u' - z t u'^2 + z u''/2), z u''/2 = 3 a c z^2.
         """
-        t = _tanh(0.7978845608028654 * (z + 0.044715 * z * z * z))
-        du = 0.7978845608028654 * (1.0 + 0.134145 * z * z)
+        z2 = z * z
+        h = 0.5 * z
+        t = _tanh(z * (0.7978845608028654 + 0.0356774081363001 * z2), LOWP)
+        du = 0.7978845608028654 + 0.1070322244089003 * z2
         s = 1.0 - t * t
-        d1 = 0.5 * (1.0 + t) + 0.5 * z * s * du
-        d2 = s * (du - z * t * du * du + 0.10703222440366 * z * z)
-        return 0.5 * z * (1.0 + t), d1, d2
+        d1 = 0.5 + 0.5 * t + h * s * du
+        d2 = s * (du - z * t * du * du + 0.10703222440366 * z2)
+        return h + h * t, d1, d2
 
     @triton.jit
     def _ln(z, cmask, eps, D: tl.constexpr):
@@ -210,21 +223,18 @@ if triton is not None:
         return tl.where(cmask[None, :], g - mg[:, None] - xh * mgx[:, None], 0.0)
 
     @triton.jit
-    def _fwd_step(
-        qp, kp, vp, ep, op, n, gamma, beta,
+    def _update_step(
+        kp, vp, ep, n, gamma, beta,
         s_w1, s_b1, s_w2, s_b2,
         d_w1, d_b1, d_w2, d_b2,
-        c_w1, c_b1, c_w2, c_b2, csave,
         zs, eps,
         D: tl.constexpr, F: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
-        LOWP: tl.constexpr, WITH_OUT: tl.constexpr, SAVE: tl.constexpr, EVEN_D: tl.constexpr,
-        KSPLIT: tl.constexpr, XP: tl.constexpr,
+        LOWP: tl.constexpr, EVEN_D: tl.constexpr, KSPLIT: tl.constexpr, XP: tl.constexpr,
     ):
-        """One mini-batch: state s_* -> d_* (different buffers), out rows if WITH_OUT.
-
-        qp..op point at the mini-batch's first token (rows of D), ep at its first eta; n <= BM rows
-        are real. If SAVE and csave, the incoming state is also copied to c_* (a checkpoint).
-        zs: [BM, F] fp32 scratch for Z1 between the two passes.
+        """The state update of one mini-batch, state s_* -> d_* (different buffers), no output: the
+        backward's chunk recomputation. kp..ep point at the mini-batch's first token (rows of D), n <= BM
+        rows are real; zs: [BM, F] fp32 scratch for Z1 between the two passes. XP: the forward's
+        extended-precision products (_mmx) instead of plain bf16.
         """
         rows = tl.arange(0, BM)
         cols = tl.arange(0, BD)
@@ -237,7 +247,6 @@ if triton is not None:
         eta = tl.load(ep + rows, mask=rmask, other=0.0).to(tl.float32)
         kb = _op(k, LOWP)
 
-        # Z1, Z2 and G_z1 feed the state recurrence: extended precision (_mmx), see _mmx.
         z2 = tl.zeros([BM, BD], dtype=tl.float32)
         for f0 in range(0, F, BF):
             fs = f0 + tl.arange(0, BF)
@@ -250,107 +259,239 @@ if triton is not None:
             else:
                 z1 = _mm(kb, w1, LOWP) + b1[None, :]
             tl.store(zs + rows[:, None] * F + fs[None, :], z1)
-            a = _gelu(z1)
+            a = _gelu(z1, LOWP)
             if XP:
                 z2 += _mmx(a, _op(a, LOWP), tl.trans(w2t), True, LOWP)
             else:
                 z2 += _mm(a, tl.trans(w2t), LOWP)
         b2 = tl.load(s_b2 + cols, mask=cmask, other=0.0)
-        z2 += b2[None, :]
-        xh, rstd = _ln(z2, cmask, eps, D)
-        resid = tl.where(xmask, gamma[None, :] * xh + beta[None, :] - (v - k), 0.0)
-        gxh = gamma[None, :] * (eta[:, None] * resid)
-        # Padded rows carry eta = 0 and are masked again so that no padding reaches an update.
-        gz2 = tl.where(rmask[:, None], rstd[:, None] * _ln_proj(gxh, xh, cmask, D), 0.0)
-        b2n = b2 - tl.sum(gz2, 0)
-        tl.store(d_b2 + cols, b2n, mask=cmask)
-        if SAVE:
-            tl.store(c_b2 + cols, b2, mask=cmask & csave)
+        gz2 = _inner_grad_z2(z2 + b2[None, :], k, v, eta, gamma, beta, rmask, cmask, eps, D)
+        tl.store(d_b2 + cols, b2 - tl.sum(gz2, 0), mask=cmask)
         gz2b = _op(gz2, LOWP)
         # Z1 scratch written above is read below by other threads.
         tl.debug_barrier()
 
-        if WITH_OUT:
-            q = tl.load(qp + xoff, mask=xmask, other=0.0).to(tl.float32)
-            qb = _op(q, LOWP)
-            zq2 = tl.zeros([BM, BD], dtype=tl.float32)
         for f0 in range(0, F, BF):
             fs = f0 + tl.arange(0, BF)
             woff = cols[:, None] * F + fs[None, :]
             w1 = _ldw(s_w1 + woff, cmask, EVEN_D)
             b1 = tl.load(s_b1 + fs)
             w2t = _ldw(s_w2 + woff, cmask, EVEN_D)
-            if SAVE:
-                tl.store(c_w1 + woff, w1, mask=cmask[:, None] & csave)
-                tl.store(c_b1 + fs, b1, mask=(fs < F) & csave)
-                tl.store(c_w2 + woff, w2t, mask=cmask[:, None] & csave)
-            a, da = _gelu_d1(tl.load(zs + rows[:, None] * F + fs[None, :]))
+            a, da = _gelu_d1(tl.load(zs + rows[:, None] * F + fs[None, :]), LOWP)
             if XP:
                 gz1 = _mmx(gz2, gz2b, w2t, True, LOWP) * da
             else:
                 gz1 = _mm(gz2b, w2t, LOWP) * da
-            w2tn = w2t - _mm(tl.trans(gz2b), a, LOWP)
-            w1n = w1 - _mm(tl.trans(kb), gz1, LOWP)
-            b1n = b1 - tl.sum(gz1, 0)
-            _stw(d_w1 + woff, w1n, cmask, EVEN_D)
-            tl.store(d_b1 + fs, b1n)
-            _stw(d_w2 + woff, w2tn, cmask, EVEN_D)
-            if WITH_OUT:
-                zq1 = _mm(qb, w1n, LOWP) + b1n[None, :]
-                zq2 += _mm(_gelu(zq1), tl.trans(w2tn), LOWP)
-        if WITH_OUT:
-            zq2 += b2n[None, :]
-            xq, _ = _ln(zq2, cmask, eps, D)
-            out = q + gamma[None, :] * xq + beta[None, :]
-            tl.store(op + xoff, out.to(op.dtype.element_ty), mask=xmask)
+            _stw(d_w2 + woff, w2t - _mm(tl.trans(gz2b), a, LOWP), cmask, EVEN_D)
+            _stw(d_w1 + woff, w1 - _mm(tl.trans(kb), gz1, LOWP), cmask, EVEN_D)
+            tl.store(d_b1 + fs, b1 - tl.sum(gz1, 0))
         # The new state and the Z1 scratch are read by other threads in the next step.
         tl.debug_barrier()
 
     @triton.jit
+    def _inner_grad_z2(z2, k, v, eta, gamma, beta, rmask, cmask, eps, D: tl.constexpr):
+        """G_z2 [BM, BD] of the inner loss from Z2 = A W2 + b2 (bias included): LayerNorm, the residual
+        of the reconstruction of V - K, and the LayerNorm backward. Padded rows (eta = 0 there) are set
+        to 0 so that no padding reaches an update."""
+        xh, rstd = _ln(z2, cmask, eps, D)
+        xmask = rmask[:, None] & cmask[None, :]
+        resid = tl.where(xmask, gamma[None, :] * xh + beta[None, :] - (v - k), 0.0)
+        gxh = gamma[None, :] * (eta[:, None] * resid)
+        return tl.where(rmask[:, None], rstd[:, None] * _ln_proj(gxh, xh, cmask, D), 0.0)
+
+    @triton.jit
+    def _group_sum2(x, y, xch, flags, rank, ex, P: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
+                    R: tl.constexpr):
+        """Sum two [BM, BD] fp32 tiles over the P programs of one (batch, head) (F split, see README).
+
+        Returns this program's R = BM / P rows of sum(x) (rows rank * R ...: each program finishes
+        only its share of the output) and all of sum(y). Each program writes its partials to its part
+        of exchange slot ex % 2 of ``xch`` ([2, P, 2, BM, BD] fp32), publishes ex + 1 in its flag
+        (release), waits until every flag of the group reaches ex + 1 (acquire), then adds the P
+        partials in rank order, so every program gets bitwise the same sum(y). Two slots suffice: a
+        program writes slot ex % 2 again only after all flags reached ex + 2, i.e. after every program
+        finished reading it at exchange ex. P == 1: (x, y) unchanged.
+        """
+        if P == 1:
+            sx = x
+            sy = y
+        else:
+            rows = tl.arange(0, BM)
+            cols = tl.arange(0, BD)
+            off = rows[:, None] * BD + cols[None, :]
+            tile = BM * BD
+            slot = xch + (ex % 2) * (P * 2 * tile)
+            tl.store(slot + (rank * 2) * tile + off, x)
+            tl.store(slot + (rank * 2 + 1) * tile + off, y)
+            # Every thread's partials are written before the flag says so.
+            tl.debug_barrier()
+            tl.atomic_xchg(flags + rank, ex + 1, sem="release", scope="gpu")
+            for r in tl.static_range(P):
+                seen = tl.atomic_add(flags + r, 0, sem="acquire", scope="gpu")
+                while seen <= ex:
+                    seen = tl.atomic_add(flags + r, 0, sem="acquire", scope="gpu")
+            hoff = (rank * R + tl.arange(0, R))[:, None] * BD + cols[None, :]
+            sx = tl.zeros([R, BD], dtype=tl.float32)
+            sy = tl.zeros([BM, BD], dtype=tl.float32)
+            for r in tl.static_range(P):
+                # .cg: read from L2, where the other programs' stores are; L1 may hold this slot's
+                # values from two exchanges ago.
+                sx += tl.load(slot + (r * 2) * tile + hoff, cache_modifier=".cg")
+                sy += tl.load(slot + (r * 2 + 1) * tile + off, cache_modifier=".cg")
+        return sx, sy
+
+    @triton.jit
     def _fwd_kernel(
         Q, K, V, ETA, LNW, LNB, OUT,
-        W1, B1, W2, B2,  # work state [B*H, 2, ...] fp32, slot 0 holds the initial state
+        W1, B1, W2, B2,  # work state [B*H, 2, ...] fp32 (W2 transposed: [D, F]), slot 0 holds the initial state
         CW1, CB1, CW2, CB2,  # checkpoints [B*H, C, ...] fp32
-        ZS,  # [B*H, BM, F] fp32
+        ZS,  # [B*H*P, 2, BM, F // P] fp32: Z1 of the next mini-batch, ping-pong
+        XCH,  # [B*H, 2, P, 2, BM, BD] fp32: partial sums exchanged between the P programs of a head
+        SYNC,  # [1 + B*H*P] int32, zero: a ticket counter, then one flag per program
         T, H, NMB, G, NCK, eps,
         D: tl.constexpr, F: tl.constexpr, M: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
         BF: tl.constexpr, LOWP: tl.constexpr, WITH_OUT: tl.constexpr, SAVE: tl.constexpr, KSPLIT: tl.constexpr,
+        P: tl.constexpr, FP: tl.constexpr,
     ):
-        pid = tl.program_id(0).to(tl.int64)
-        h = pid % H
+        """The forward scan (README.md, "Forward"). P programs per (batch, head), each owning FP = F / P
+        columns of the hidden layer; one pass over those columns per mini-batch j updates the state and
+        computes both the output's Zq2 of j and the Z1, Z2 of j + 1 with the new state, so the P
+        programs exchange partial sums once per mini-batch."""
+        if P == 1:
+            lid = tl.program_id(0).to(tl.int64)
+        else:
+            # Group by start order, not program id: a program's partners are then the next programs to
+            # start, so the groups complete whatever the hardware's launch order (needs only P programs
+            # resident at once).
+            lid = tl.atomic_add(SYNC, 1).to(tl.int64)
+        bh = lid // P
+        rank = lid % P
+        h = bh % H
+        rows = tl.arange(0, BM)
         cols = tl.arange(0, BD)
         cmask = cols < D
+        xoff = rows[:, None] * D + cols[None, :]
         gamma = tl.load(LNW + h * D + cols, mask=cmask, other=0.0).to(tl.float32)
         beta = tl.load(LNB + h * D + cols, mask=cmask, other=0.0).to(tl.float32)
-        xbase = pid * T * D
+        EVEN_D: tl.constexpr = BD == D
+        xbase = bh * T * D
         w_sz = D * F
-        w1p = W1 + pid * 2 * w_sz
-        b1p = B1 + pid * 2 * F
-        w2p = W2 + pid * 2 * w_sz
-        b2p = B2 + pid * 2 * D
-        cw1 = CW1 + pid * NCK * w_sz
-        cb1 = CB1 + pid * NCK * F
-        cw2 = CW2 + pid * NCK * w_sz
-        cb2 = CB2 + pid * NCK * D
-        zs = ZS + pid * BM * F
+        w1p = W1 + bh * 2 * w_sz
+        b1p = B1 + bh * 2 * F
+        w2p = W2 + bh * 2 * w_sz
+        cw1 = CW1 + bh * NCK * w_sz
+        cb1 = CB1 + bh * NCK * F
+        cw2 = CW2 + bh * NCK * w_sz
+        cb2 = CB2 + bh * NCK * D
+        zs = ZS + lid * 2 * BM * FP
+        xch = XCH + bh * 2 * P * 2 * BM * BD
+        flags = SYNC + 1 + bh * P
+        fbase = rank * FP
+        zoff = rows[:, None] * FP
+
+        # Prologue: Z1 (to scratch slot 0) and Z2 of mini-batch 0 with the initial state.
+        n = tl.minimum(T, M)
+        xmask = (rows < n)[:, None] & cmask[None, :]
+        k = tl.load(K + xbase + xoff, mask=xmask, other=0.0).to(tl.float32)
+        kb = _op(k, LOWP)
+        z2 = tl.zeros([BM, BD], dtype=tl.float32)
+        for f0 in range(0, FP, BF):
+            fl = f0 + tl.arange(0, BF)
+            woff = cols[:, None] * F + (fbase + fl)[None, :]
+            z1 = _mmx(k, kb, _ldw(w1p + woff, cmask, EVEN_D), KSPLIT, LOWP) + tl.load(b1p + fbase + fl)[None, :]
+            tl.store(zs + zoff + fl[None, :], z1)
+            a = _gelu(z1, LOWP)
+            z2 += _mmx(a, _op(a, LOWP), tl.trans(_ldw(w2p + woff, cmask, EVEN_D)), True, LOWP)
+        _zq, z2 = _group_sum2(z2, z2, xch, flags, rank, 0, P, BM, BD, BM // P)
+        b2 = tl.load(B2 + bh * 2 * D + cols, mask=cmask, other=0.0)
+        # V and eta of the mini-batch, in the inputs' dtype: each step loads the next one's.
+        vr = tl.load(V + xbase + xoff, mask=xmask, other=0.0)
+        er = tl.load(ETA + bh * T + rows, mask=rows < n, other=0.0)
+        tl.debug_barrier()
+
         # Runtime-bound loops are written as while loops: the interpreter cannot range() over a
         # scalar tensor with numpy >= 2.4, and the compiled code is the same.
         j = 0
         while j < NMB:
-            # Ping-pong between the two state slots: each step reads one and writes the other, so
-            # no thread overwrites state that another thread has yet to read.
+            t0 = j * M
+            n = tl.minimum(T - t0, M)
+            rmask = rows < n
+            xmask = rmask[:, None] & cmask[None, :]
+            # Ping-pong between the two state slots and the two Z1 slots: each step reads one and
+            # writes the other, so no thread overwrites a value another thread has yet to read.
             src = j % 2
             dst = 1 - src
+            csave = SAVE & ((j % G) == 0)
             c = j // G
-            t0 = j * M
-            _fwd_step(
-                Q + xbase + t0 * D, K + xbase + t0 * D, V + xbase + t0 * D, ETA + pid * T + t0,
-                OUT + xbase + t0 * D, tl.minimum(T - t0, M), gamma, beta,
-                w1p + src * w_sz, b1p + src * F, w2p + src * w_sz, b2p + src * D,
-                w1p + dst * w_sz, b1p + dst * F, w2p + dst * w_sz, b2p + dst * D,
-                cw1 + c * w_sz, cb1 + c * F, cw2 + c * w_sz, cb2 + c * D, (j % G) == 0,
-                zs, eps, D, F, BM, BD, BF, LOWP, WITH_OUT, SAVE, BD == D, KSPLIT, True,
-            )
+            # Loads first, converted only where used, so that their latency hides under the row-wise
+            # work: Q of this mini-batch; K, V and eta of the next one (all rows masked after the last
+            # mini-batch: its products are unused).
+            n1 = tl.minimum(T - t0 - M, M)
+            x1mask = (rows < n1)[:, None] & cmask[None, :]
+            if WITH_OUT:
+                qr = tl.load(Q + xbase + t0 * D + xoff, mask=xmask, other=0.0)
+            knr = tl.load(K + xbase + (t0 + M) * D + xoff, mask=x1mask, other=0.0)
+            vn = tl.load(V + xbase + (t0 + M) * D + xoff, mask=x1mask, other=0.0)
+            en = tl.load(ETA + bh * T + t0 + M + rows, mask=rows < n1, other=0.0)
+            gz2 = _inner_grad_z2(z2 + b2[None, :], k, vr.to(tl.float32), er.to(tl.float32), gamma, beta, rmask,
+                                 cmask, eps, D)
+            if SAVE:
+                tl.store(cb2 + c * D + cols, b2, mask=cmask & csave & (rank == 0))
+            b2n = b2 - tl.sum(gz2, 0)
+            gz2b = _op(gz2, LOWP)
+            if WITH_OUT:
+                qb = _op(qr.to(tl.float32), LOWP)
+            kn = knr.to(tl.float32)
+            knb = _op(kn, LOWP)
+            zq2 = tl.zeros([BM, BD], dtype=tl.float32)
+            z2 = tl.zeros([BM, BD], dtype=tl.float32)
+            for f0 in range(0, FP, BF):
+                fl = f0 + tl.arange(0, BF)
+                fs = fbase + fl
+                woff = cols[:, None] * F + fs[None, :]
+                w1 = _ldw(w1p + src * w_sz + woff, cmask, EVEN_D)
+                b1 = tl.load(b1p + src * F + fs)
+                w2t = _ldw(w2p + src * w_sz + woff, cmask, EVEN_D)
+                if SAVE:
+                    if csave:
+                        _stw(cw1 + c * w_sz + woff, w1, cmask, EVEN_D)
+                        tl.store(cb1 + c * F + fs, b1)
+                        _stw(cw2 + c * w_sz + woff, w2t, cmask, EVEN_D)
+                # This mini-batch's state update (Z1, G_z1 feed the recurrence: _mmx) ...
+                a, da = _gelu_d1(tl.load(zs + src * BM * FP + zoff + fl[None, :]), LOWP)
+                gz1 = _mmx(gz2, gz2b, w2t, True, LOWP) * da
+                w2tn = w2t - _mm(tl.trans(gz2b), a, LOWP)
+                w1n = w1 - _mm(tl.trans(kb), gz1, LOWP)
+                b1n = b1 - tl.sum(gz1, 0)
+                _stw(w1p + dst * w_sz + woff, w1n, cmask, EVEN_D)
+                tl.store(b1p + dst * F + fs, b1n)
+                _stw(w2p + dst * w_sz + woff, w2tn, cmask, EVEN_D)
+                # ... its output with the new state ...
+                if WITH_OUT:
+                    zq1 = _mm(qb, w1n, LOWP) + b1n[None, :]
+                    zq2 += _mm(_gelu(zq1, LOWP), tl.trans(w2tn), LOWP)
+                # ... and the next mini-batch's Z1, Z2.
+                z1n = _mmx(kn, knb, w1n, KSPLIT, LOWP) + b1n[None, :]
+                tl.store(zs + dst * BM * FP + zoff + fl[None, :], z1n)
+                an = _gelu(z1n, LOWP)
+                z2 += _mmx(an, _op(an, LOWP), tl.trans(w2tn), True, LOWP)
+            zq2, z2 = _group_sum2(zq2, z2, xch, flags, rank, j + 1, P, BM, BD, BM // P)
+            if WITH_OUT:
+                # This program's BM / P output rows (Q reloaded from L1/L2 rather than kept live).
+                orow = rank * (BM // P) + tl.arange(0, BM // P)
+                ooff = orow[:, None] * D + cols[None, :]
+                omask = (orow < n)[:, None] & cmask[None, :]
+                xq, _rq = _ln(zq2 + b2n[None, :], cmask, eps, D)
+                out = tl.load(Q + xbase + t0 * D + ooff, mask=omask, other=0.0).to(tl.float32)
+                out += gamma[None, :] * xq + beta[None, :]
+                tl.store(OUT + xbase + t0 * D + ooff, out.to(OUT.dtype.element_ty), mask=omask)
+            b2 = b2n
+            k = kn
+            kb = knb
+            vr = vn
+            er = en
+            # The new state and Z1 are read by other threads in the next step.
+            tl.debug_barrier()
             j += 1
 
     @triton.jit
@@ -394,12 +535,12 @@ if triton is not None:
             w2t = _ldw(s_w2 + woff, cmask, EVEN_D)
             z1 = _mm(k, w1, LOWP) + tl.load(s_b1 + fs)[None, :]
             tl.store(zs1 + foff + fs[None, :], z1)
-            z2 += _mm(_gelu(z1), tl.trans(w2t), LOWP)
+            z2 += _mm(_gelu(z1, LOWP), tl.trans(w2t), LOWP)
             w1n = _ldw(u_w1 + woff, cmask, EVEN_D)
             w2tn = _ldw(u_w2 + woff, cmask, EVEN_D)
             zq1 = _mm(q, w1n, LOWP) + tl.load(u_b1 + fs)[None, :]
             tl.store(zsq + foff + fs[None, :], zq1)
-            zq2 += _mm(_gelu(zq1), tl.trans(w2tn), LOWP)
+            zq2 += _mm(_gelu(zq1, LOWP), tl.trans(w2tn), LOWP)
         z2 += tl.load(s_b2 + cols, mask=cmask, other=0.0)[None, :]
         zq2 += tl.load(u_b2 + cols, mask=cmask, other=0.0)[None, :]
         xh, rstd = _ln(z2, cmask, eps, D)
@@ -439,8 +580,8 @@ if triton is not None:
             dw1 = _ldw(g_w1 + woff, cmask, EVEN_D)
             db1 = tl.load(g_b1 + fs)
             dw2t = _ldw(g_w2 + woff, cmask, EVEN_D)
-            a, da, dda = _gelu_d2(tl.load(zs1 + foff + fs[None, :]))
-            aq, daq = _gelu_d1(tl.load(zsq + foff + fs[None, :]))
+            a, da, dda = _gelu_d2(tl.load(zs1 + foff + fs[None, :]), LOWP)
+            aq, daq = _gelu_d1(tl.load(zsq + foff + fs[None, :]), LOWP)
 
             dw2t += _mm(dzq2t, aq, LOWP)
             dzq1 = _mm(dzq2b, w2tn, LOWP) * daq
@@ -497,7 +638,7 @@ if triton is not None:
             dw1 = _ldw(t_w1 + woff, cmask, EVEN_D)
             db1 = tl.load(t_b1 + fs)
             dw2t = _ldw(t_w2 + woff, cmask, EVEN_D)
-            a, da = _gelu_d1(tl.load(zs1 + foff + fs[None, :]))
+            a, da = _gelu_d1(tl.load(zs1 + foff + fs[None, :]), LOWP)
             dz1 = tl.load(zsp + foff + fs[None, :]) + _mm(dz2b, w2t, LOWP) * da
             dw2t += _mm(dz2t, a, LOWP)
             dw1 += _mm(kt, dz1, LOWP)
@@ -562,13 +703,12 @@ if triton is not None:
             jl = 0
             while jl < nloc:
                 t0 = (j0 + jl) * M
-                _fwd_step(
-                    Q, K + xbase + t0 * D, V + xbase + t0 * D, ETA + pid * T + t0, DQ, tl.minimum(T - t0, M),
+                _update_step(
+                    K + xbase + t0 * D, V + xbase + t0 * D, ETA + pid * T + t0, tl.minimum(T - t0, M),
                     gamma, beta,
                     sw1 + jl * w_sz, sb1 + jl * F, sw2 + jl * w_sz, sb2 + jl * D,
                     sw1 + (jl + 1) * w_sz, sb1 + (jl + 1) * F, sw2 + (jl + 1) * w_sz, sb2 + (jl + 1) * D,
-                    cw1, cb1, cw2, cb2, False,
-                    zs, eps, D, F, BM, BD, BF, LOWP, False, False, BD == D, KSPLIT, XREC,
+                    zs, eps, D, F, BM, BD, BF, LOWP, BD == D, KSPLIT, XREC,
                 )
                 jl += 1
             jl = nloc - 1
@@ -603,16 +743,33 @@ def _matmul_mode(dtype: torch.dtype) -> int:
     return 2 if _interpreting() else 1
 
 
-def _launch_config(kernel: str, dim: int, hidden: int, mini_batch_size: int, dtype: torch.dtype) -> dict:
-    """Tile sizes and warps. BF is the F tile: the largest of 64/32/16 that divides F."""
+def _fwd_split(programs: int, hidden: int, bf: int) -> int:
+    """P, the programs per (batch, head) of the forward (README.md, "Triton backend", v5): 2 when twice
+    the programs still fit the GPU one per SM (each then does half of the F columns and they exchange
+    two [BM, D] partial sums per mini-batch), else 1 (then a second wave would cost more than the split
+    saves). Always 1 under the interpreter, which runs programs one after another (a program would
+    wait for its partner forever)."""
+    if _interpreting() or not torch.cuda.is_available():
+        return 1
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    if 2 * programs <= sms and (hidden // 2) % bf == 0:
+        return 2
+    return 1
+
+
+def _launch_config(kernel: str, dim: int, hidden: int, mini_batch_size: int, dtype: torch.dtype,
+                   heads_total: int = 1) -> dict:
+    """Tile sizes, warps and (forward) the F split P. BF is the F tile: the largest of 64/32/16 that
+    divides F; heads_total is B * H."""
     bf = next(b for b in (64, 32, 16) if hidden % b == 0)
     bm = _next_pow2(mini_batch_size)
     # KSPLIT: K is not exact in bf16 (fp16 inputs), so its low part joins the extended-precision Z1.
     cfg = dict(BM=bm, BD=_next_pow2(dim), BF=bf, LOWP=_matmul_mode(dtype), KSPLIT=dtype == torch.float16)
-    # Fastest measured on an H100 at D=64, F=256 (README.md, "Triton backend"): forward 8 warps without software
-    # pipelining (15.4 ms vs 17.2 with 4 warps, 3 stages, T=18,048), backward 4 warps, 2 stages.
+    # Fastest measured on an H100 at D=64, F=256, T=18,048 (README.md, "Triton backend"): forward 4 warps, no
+    # software pipelining, P = 2 (v5: 9.85 ms; 8 warps 11.30, 16 warps 28.1, 2 stages 10.75, P = 4 10.47,
+    # BF = 128 17.95); backward 4 warps, 2 stages.
     if kernel == "fwd":
-        cfg.update(num_warps=8, num_stages=1)
+        cfg.update(num_warps=4, num_stages=1, P=_fwd_split(heads_total, hidden, bf))
     else:
         # XREC: the chunk's state recomputation uses the forward's extended-precision products (_mmx).
         # Off: it restarts from the forward's checkpoints every G steps, so plain bf16 drifts little
@@ -622,6 +779,8 @@ def _launch_config(kernel: str, dim: int, hidden: int, mini_batch_size: int, dty
     if CONFIG_OVERRIDE.get(kernel):
         cfg.update(CONFIG_OVERRIDE[kernel])
         assert hidden % cfg["BF"] == 0, "BF must divide F"
+        if kernel == "fwd":
+            assert cfg["P"] in (1, 2, 4) and (hidden // cfg["P"]) % cfg["BF"] == 0, "P in 1, 2, 4 and BF | F / P"
     return cfg
 
 
@@ -674,7 +833,7 @@ def _run_forward(q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, mini_batch_si
     dev = q.device
     n_mb = _num_minibatches(seq_len, mini_batch_size)
     n_ck = -(-n_mb // checkpoint_every) if save_state else 0
-    cfg = _launch_config("fwd", dim, hidden, mini_batch_size, q.dtype)
+    cfg = _launch_config("fwd", dim, hidden, mini_batch_size, q.dtype, bsz * heads)
     q, k, v, eta = (t.contiguous() for t in (q, k, v, eta))
     out = _empty(bsz, heads, seq_len, dim, device=dev, dtype=q.dtype) if with_out else q
 
@@ -693,16 +852,42 @@ def _run_forward(q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, mini_batch_si
     )
     # Without checkpoints the kernel never touches these pointers; give it valid non-empty ones.
     ck_args = ck if save_state else ws
-    zs = _empty(bsz * heads, cfg["BM"], hidden, device=dev)
+    split = cfg.pop("P")
+    zs = _empty(bsz * heads * split, 2, cfg["BM"], hidden // split, device=dev)
+    xch = _empty(bsz * heads, 2, split, 2, cfg["BM"], cfg["BD"], device=dev) if split > 1 else zs
+    sync = torch.zeros(1 + bsz * heads * split, device=dev, dtype=torch.int32)
     _launch(
         _fwd_kernel,
-        (bsz * heads,),
-        (q, k, v, eta, ln_weight.contiguous(), ln_bias.contiguous(), out, *ws, *ck_args, zs,
+        (bsz * heads * split,),
+        (q, k, v, eta, ln_weight.contiguous(), ln_bias.contiguous(), out, *ws, *ck_args, zs, xch, sync,
          seq_len, heads, n_mb, checkpoint_every, max(n_ck, 1), float(eps)),
-        dict(D=dim, F=hidden, M=mini_batch_size, WITH_OUT=with_out, SAVE=save_state),
+        dict(D=dim, F=hidden, M=mini_batch_size, WITH_OUT=with_out, SAVE=save_state, P=split, FP=hidden // split),
         cfg,
     )
     return out, ck
+
+
+# F is zero-padded to a multiple of this before the kernels run: on GPUs F tiles below 64 columns
+# fail (README.md, "Known bug"), so F = 48 runs as 64 there. Exact, not an approximation: padded
+# columns of W1 and b1 and rows of W2 start at zero and stay zero (their Z1 is 0, so their G_z1 =
+# (G_z2 W2_pad^T) g'(0) = 0 and their A = g(0) = 0 leaves W2_pad unchanged), they add nothing to
+# Z2, and every gradient path through them carries a factor A_pad or W2_pad, both zero. Tests set
+# the interpreter's entry to 64 to run the padded path on the CPU.
+F_MULTIPLE = {"gpu": 64, "interpreter": 16}
+
+
+def _padded_hidden(hidden: int) -> int:
+    m = F_MULTIPLE["interpreter" if _interpreting() else "gpu"]
+    return -(-hidden // m) * m
+
+
+def _pad_f(x: Tensor, fp: int, dim: int) -> Tensor:
+    """x zero-padded along ``dim`` (negative) from F to fp entries."""
+    pad = fp - x.shape[dim]
+    if pad == 0:
+        return x
+    widths = [0, 0] * (-dim - 1) + [0, pad]
+    return torch.nn.functional.pad(x, widths)
 
 
 def forward(q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, mini_batch_size: int, eps: float,
@@ -710,8 +895,13 @@ def forward(q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, mini_batch_size: i
     """Returns out [B,H,T,D] (dtype of q) and the fp32 checkpoints W1 [B,H,C,D,F], b1 [B,H,C,F],
     W2 [B,H,C,F,D], b2 [B,H,C,D], the state at the start of every checkpoint_every-th mini-batch
     (C = ceil(n_minibatches / checkpoint_every), or 0 without save_state)."""
+    hidden = w1.shape[-1]
+    fp = _padded_hidden(hidden)
+    w1, b1, w2 = _pad_f(w1, fp, -1), _pad_f(b1, fp, -1), _pad_f(w2, fp, -2)
     out, (cw1, cb1, cw2t, cb2) = _run_forward(q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, mini_batch_size,
                                               eps, checkpoint_every, save_state, with_out=True)
+    if fp != hidden:
+        cw1, cb1, cw2t = cw1[..., :hidden].contiguous(), cb1[..., :hidden].contiguous(), cw2t[..., :hidden]
     # The kernels keep W2 transposed ([D, F]); the op's checkpoints are [F, D] (a copy, ~1 ms at T=351k).
     return out, (cw1, cb1, cw2t.transpose(-1, -2).contiguous(), cb2)
 
@@ -722,7 +912,11 @@ def backward(grad_out, q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, states,
     dtype and shape. ``states`` is what ``forward`` returned; if it holds no checkpoint (C = 0) the
     checkpoints are recomputed first."""
     bsz, heads, seq_len, dim = q.shape
-    hidden = w1.shape[-1]
+    hidden0 = w1.shape[-1]
+    hidden = _padded_hidden(hidden0)  # zero-padded F (see F_MULTIPLE); the gradients are cut back below
+    w1, b1, w2 = _pad_f(w1, hidden, -1), _pad_f(b1, hidden, -1), _pad_f(w2, hidden, -2)
+    states = (_pad_f(states[0], hidden, -1), _pad_f(states[1], hidden, -1), _pad_f(states[2], hidden, -2),
+              states[3])
     dev = q.device
     if states[0].shape[2] == 0:
         _, states = _run_forward(q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, mini_batch_size, eps,
@@ -762,7 +956,7 @@ def backward(grad_out, q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, states,
         cfg,
     )
     dw1, db1, dw2, db2 = (s[:, :, 0].sum(0) for s in dstate)
-    dw2 = dw2.transpose(-1, -2)
+    dw1, db1, dw2 = dw1[..., :hidden0], db1[..., :hidden0], dw2[..., :hidden0].transpose(-1, -2)
     return (
         dq, dk, dv, deta,
         dgam.sum(0).to(ln_weight.dtype), dbet.sum(0).to(ln_bias.dtype),

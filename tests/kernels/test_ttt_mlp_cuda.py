@@ -33,3 +33,20 @@ def test_cuda_matches_float64_loop(shape, dtype, tol, backend):
     for i, (g, e) in enumerate(zip(grads, expected_grads, strict=True)):
         assert torch.isfinite(g).all(), i
         assert _relerr(g.cpu(), e) < tol * 5, (i, _relerr(g.cpu(), e))
+
+
+@pytest.mark.parametrize("dim,hidden,mb,needle", [(128, 256, 64, "D=128"), (64, 128, 64, "F=128"),
+                                                  (64, 256, 32, "mini_batch_size=32")])
+def test_auto_picks_triton_where_the_hopper_kernel_does_not_apply(dim, hidden, mb, needle):
+    """backend='auto' on a CUDA device takes the Triton kernels for shapes cuda_sm90 declines, and explain()
+    gives cuda_sm90's reason."""
+    from tttgraph.kernels.ttt_mlp import backends
+    from tttgraph.kernels.ttt_mlp import triton as tk
+
+    args = tuple(a.to("cuda", torch.bfloat16 if i < 3 else torch.float32)
+                 for i, a in enumerate(random_inputs(1, 2, 100, dim, hidden, dtype=torch.float32)))
+    assert backends.resolve("auto", args, mb, 1e-6) is tk
+    assert backends.resolve("auto", args, mb, 1e-6, backward=True) is tk
+    why = backends.explain(args, mb, 1e-6)
+    assert why["triton"] == "ok"
+    assert needle in why["cuda_sm90"]

@@ -136,6 +136,23 @@ def test_low_precision_extended_recompute(monkeypatch):
     check_all(args, 16, 2, fwd_tol=2e-2, grad_tol=6e-2)
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
+def test_hidden_zero_padding(monkeypatch, dtype, tol):
+    """F = 48 run as 64 zero-padded columns (what GPUs do, where F tiles below 64 fail): exact."""
+    monkeypatch.setitem(tk.F_MULTIPLE, "interpreter", 64)
+    monkeypatch.setitem(tk.F_MULTIPLE, "gpu", 64)
+    assert tk._padded_hidden(48) == 64
+    args = make_inputs(2, 2, 63, 16, 48, dtype=dtype, seed=31)
+    out, grads = check_all(args, 16, 2, fwd_tol=tol, grad_tol=3 * tol)
+    # The padded run also gives what the unpadded kernels give (up to rounding).
+    monkeypatch.setitem(tk.F_MULTIPLE, "interpreter", 16)
+    grad_out = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(1)).to(args[0])
+    plain_out, _, plain_grads = run_triton(args, 16, 2, grad_out)
+    assert rel_err(out, plain_out) < tol
+    for name, g, p in zip(GRAD_NAMES, grads, plain_grads, strict=True):
+        assert rel_err(g, p) < 3 * tol, name
+
+
 def test_two_runs_bitwise_equal():
     args = make_inputs(2, 2, 70, 16, 64, seed=3)
     grad_out = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(4)).to(args[0])
@@ -227,6 +244,66 @@ def test_gpu_bitwise_repeatable():
     assert torch.equal(first[0], second[0])
     for a, b in zip(first[1] + first[2], second[1] + second[2], strict=True):
         assert torch.equal(a, b)
+
+
+# Odd shapes for the forward's F split (P programs per head, GPU only: under the interpreter programs
+# run one after another, so a program would wait for its partner forever). F / P must be a multiple of 64.
+GPU_SPLIT_CASES = [
+    pytest.param(2, 3, 1, 64, 128, 64, 2, id="T1-D64-F128-mb64"),
+    pytest.param(2, 3, 63, 16, 128, 16, 2, id="T63-D16-F128-mb16-ck2"),
+    pytest.param(1, 3, 65, 48, 256, 20, 1, id="T65-D48-F256-mb20-ck1"),
+    pytest.param(2, 3, 200, 64, 256, 64, 3, id="T200-D64-F256-mb64-ck3"),
+]
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("split", [1, 2], ids=["P1", "P2"])
+@pytest.mark.parametrize("dtype,fwd_tol,grad_tol", [(torch.float32, 1e-4, 1e-4), (torch.bfloat16, 2e-2, 6e-2)],
+                         ids=("fp32", "bf16"))
+@pytest.mark.parametrize("bsz,heads,seq_len,dim,hidden,mb,every", GPU_SPLIT_CASES)
+def test_gpu_forward_split(monkeypatch, split, dtype, fwd_tol, grad_tol, bsz, heads, seq_len, dim, hidden, mb,
+                           every):
+    """Forward with P = 1 and 2 programs per head, checkpoints and every gradient against float64."""
+    monkeypatch.setattr(tk, "CONFIG_OVERRIDE", {"fwd": {"P": split}})
+    args = make_inputs(bsz, heads, seq_len, dim, hidden, dtype=dtype, seed=seq_len + dim + split)
+    check_all(args, mb, every, fwd_tol=fwd_tol, grad_tol=grad_tol)
+    # Two runs of the split forward are bitwise equal (the partial sums are added in rank order).
+    first = tk.forward(*args, mb, EPS, every, True)
+    second = tk.forward(*args, mb, EPS, every, True)
+    assert torch.equal(first[0], second[0])
+    for a, b in zip(first[1], second[1], strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize(
+    "dtype,bsz,heads,seq_len,dim,hidden,mb",
+    [(torch.bfloat16, 2, 3, 65, 16, 48, 16), (torch.bfloat16, 1, 3, 130, 64, 80, 64),
+     (torch.float16, 2, 3, 200, 64, 256, 64)],
+    ids=["bf16-F48", "bf16-F80", "fp16-F256"],
+)
+def test_gpu_padded_hidden_and_fp16(dtype, bsz, heads, seq_len, dim, hidden, mb):
+    """F not a multiple of 64 (zero-padded on GPUs) and fp16 inputs (K split in extended precision)."""
+    args = make_inputs(bsz, heads, seq_len, dim, hidden, dtype=dtype, seed=seq_len + hidden)
+    check_all(args, mb, 2, fwd_tol=2e-2, grad_tol=6e-2)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_split_choice():
+    """P = 2 when twice the programs fit the GPU one per SM, else 1."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    assert tk._fwd_split(sms // 2, 256, 64) == 2
+    assert tk._fwd_split(sms // 2 + 1, 256, 64) == 1
+    assert tk._fwd_split(4, 64, 64) == 1  # F / 2 = 32 columns: no whole 64-column tile
+
+
+def test_split_is_one_under_the_interpreter(monkeypatch):
+    """The interpreter runs programs one after another: a split forward would wait forever."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert tk._fwd_split(1, 256, 64) == 1
 
 
 def test_reference_backward_reads_triton_checkpoints():
