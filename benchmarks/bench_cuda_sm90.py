@@ -13,7 +13,6 @@ L2 error of each output against the float32 reference on the same inputs (layer-
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ttt_mlp import make_inputs  # noqa: E402
+from triton_dev import time_ms  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOP_PER_TOKEN_HEAD = 229_376
@@ -32,20 +32,6 @@ VARIANT_NAMES = {0: "plain bf16", 1: "split", 3: "split, fast tanh out", 7: "spl
 def layer_inputs(heads, seq_len, seed=0, device="cuda"):
     """B=1, D=64, F=256 bf16 op inputs at the layer's scales (``bench_ttt_mlp.make_inputs``)."""
     return make_inputs(1, heads, seq_len, 64, 256, torch.bfloat16, torch.device(device), seed=seed)
-
-
-def cuda_time(fn, repeats):
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
 
 
 def relerr(a, b):
@@ -72,7 +58,7 @@ def backward_rows(args, inputs, seq_len, n_mb, cuda_sm90, triton_backend, refere
         def run(fn=fn):
             return fn(grad_out, *inputs, states, 64, 1e-6, 16)
 
-        ms = cuda_time(run, args.repeats)
+        ms = time_ms(run, reps=args.repeats)
         grads = run()
         row = dict(name=name, T=seq_len, ms=ms, n_mb=n_mb, err=float("nan"), bwd=True,
                    finite=all(bool(torch.isfinite(g).all()) for g in grads))
@@ -136,7 +122,7 @@ def main(argv=None):
             def run(inputs=inputs):
                 return cuda_sm90.forward(*inputs, 64, 1e-6, 16, False)[0]
 
-            ms = cuda_time(run, args.repeats)
+            ms = time_ms(run, reps=args.repeats)
             out = run()
             again = run()
             err = relerr(out, ref) if ref is not None else float("nan")
@@ -148,7 +134,7 @@ def main(argv=None):
             def run_triton(inputs=inputs):
                 return triton_backend.forward(*inputs, 64, 1e-6, 16, False)[0]
 
-            ms = cuda_time(run_triton, args.repeats)
+            ms = time_ms(run_triton, reps=args.repeats)
             out = run_triton()
             err = relerr(out, ref) if ref is not None else float("nan")
             rows.append(dict(name="triton", T=seq_len, ms=ms, err=err, n_mb=n_mb))
