@@ -8,11 +8,16 @@ L2 error of each output against the float32 reference on the same inputs (layer-
 ``--append`` adds it to BENCHMARKS.md with the card's name.
 
     python benchmarks/bench_cuda_sm90.py --seq-lens 18048 101376 351168
+
+``--baseline-dir DIR`` also times the kernels built from an older copy of the sources (e.g.
+``git show REV:kernels/ttt_mlp/cuda_sm90/<file>`` for every source and header into DIR), forward with
+``--baseline-variant`` and, with ``--backward``, the backward: an A/B within one process and card.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -26,7 +31,23 @@ from triton_dev import time_ms  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 FLOP_PER_TOKEN_HEAD = 229_376
 VARIANT_NAMES = {0: "plain bf16", 1: "split", 3: "split, fast tanh out", 7: "split, fast tanh",
-                 6: "plain bf16, fast tanh"}
+                 6: "plain bf16, fast tanh", 15: "v2 one exchange, split, fast tanh",
+                 14: "v2 one exchange, plain bf16, fast tanh"}
+
+
+@contextlib.contextmanager
+def using_extension(build, source_dir):
+    """Run the cuda_sm90 backend on the extension built from ``source_dir`` (None: the current one)."""
+    if source_dir is None:
+        yield
+        return
+    ext = build.extension(source_dir)
+    saved = build.extension
+    build.extension = lambda: ext
+    try:
+        yield
+    finally:
+        build.extension = saved
 
 
 def layer_inputs(heads, seq_len, seed=0, device="cuda"):
@@ -54,9 +75,15 @@ def backward_rows(args, inputs, seq_len, n_mb, cuda_sm90, triton_backend, refere
         ref = reference.backward(grad_out.float(), *up, ref_states, 64, 1e-6, 16)
         del up, ref_states
     out = []
-    for name, fn in (("cuda_sm90 backward", cuda_sm90.backward), ("triton backward", triton_backend.backward)):
-        def run(fn=fn):
-            return fn(grad_out, *inputs, states, 64, 1e-6, 16)
+    from tttgraph.kernels.ttt_mlp.cuda_sm90 import build
+
+    runs = [("cuda_sm90 backward", cuda_sm90.backward, None), ("triton backward", triton_backend.backward, None)]
+    if args.baseline_dir:
+        runs.insert(1, ("cuda_sm90 backward (baseline)", cuda_sm90.backward, args.baseline_dir))
+    for name, fn, src in runs:
+        def run(fn=fn, src=src):
+            with using_extension(build, src):
+                return fn(grad_out, *inputs, states, 64, 1e-6, 16)
 
         ms = time_ms(run, reps=args.repeats)
         grads = run()
@@ -86,6 +113,8 @@ def main(argv=None):
     p.add_argument("--backward", action="store_true", help="also time the backward (cuda_sm90 and Triton)")
     p.add_argument("--ref-grads-up-to", type=int, default=18048, help="largest T for the fp32 reference gradients")
     p.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
+    p.add_argument("--baseline-dir", help="also time the kernels built from this copy of the sources")
+    p.add_argument("--baseline-variant", type=int, default=7, help="forward variant of the baseline")
     args = p.parse_args(argv)
 
     from tttgraph.kernels.ttt_mlp import cuda_sm90, reference
@@ -95,6 +124,8 @@ def main(argv=None):
     default_variant = cuda_sm90.VARIANT
     t0 = time.perf_counter()
     reason = build.unavailable_reason()
+    if not reason and args.baseline_dir:
+        build.extension(args.baseline_dir)
     build_s = time.perf_counter() - t0
     if reason:
         sys.exit(f"cuda_sm90 unavailable: {reason}")
@@ -115,12 +146,15 @@ def main(argv=None):
                 ref_ms = (time.perf_counter() - t) * 1e3
                 rows.append(dict(name="reference (fp32, one run)", T=seq_len, ms=ref_ms, err=0.0, n_mb=n_mb))
                 del up
-        for variant in args.variants:
-            name = f"cuda_sm90 v{variant} ({VARIANT_NAMES[variant]})"
+        cases = [(f"cuda_sm90 v{v} ({VARIANT_NAMES[v]})", v, None) for v in args.variants]
+        if args.baseline_dir:
+            cases.append((f"cuda_sm90 baseline v{args.baseline_variant}", args.baseline_variant, args.baseline_dir))
+        for name, variant, src in cases:
             cuda_sm90.VARIANT = variant
 
-            def run(inputs=inputs):
-                return cuda_sm90.forward(*inputs, 64, 1e-6, 16, False)[0]
+            def run(inputs=inputs, src=src):
+                with using_extension(build, src):
+                    return cuda_sm90.forward(*inputs, 64, 1e-6, 16, False)[0]
 
             ms = time_ms(run, reps=args.repeats)
             out = run()

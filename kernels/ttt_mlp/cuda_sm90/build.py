@@ -32,32 +32,37 @@ def cache_root() -> Path:
     return Path(os.environ.get("TTTGRAPH_CACHE_DIR", Path.home() / ".cache" / "tttgraph"))
 
 
-def _digest() -> str:
+def _digest(src: Path = HERE) -> str:
     import torch
 
     h = hashlib.sha256()
     for name in (*SOURCES, *HEADERS):
         h.update(name.encode())
-        h.update((HERE / name).read_bytes())
+        h.update((src / name).read_bytes())
     h.update(" ".join(CUDA_FLAGS).encode())
     h.update(f"{torch.__version__} {torch.version.cuda}".encode())
     return h.hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=1)
-def extension():
-    """The compiled extension module (built into the cache on the first call of a process)."""
+@functools.lru_cache(maxsize=4)
+def extension(source_dir: str | None = None):
+    """The compiled extension module (built into the cache on the first call of a process).
+
+    ``source_dir``: build these sources instead of the ones beside this file (a copy of an older
+    version, for benchmarks that time two versions in one process; the binding must match).
+    """
     from torch.utils import cpp_extension
 
-    digest = _digest()
+    src = Path(source_dir).resolve() if source_dir else HERE
+    digest = _digest(src)
     build_dir = cache_root() / f"cuda_sm90-{digest}"
     build_dir.mkdir(parents=True, exist_ok=True)
     return cpp_extension.load(
         name=f"tttgraph_cuda_sm90_{digest}",
-        sources=[str(HERE / s) for s in SOURCES],
+        sources=[str(src / s) for s in SOURCES],
         extra_cflags=["-O3", "-std=c++17"],
         extra_cuda_cflags=list(CUDA_FLAGS),
-        extra_include_paths=[str(HERE)],
+        extra_include_paths=[str(src)],
         build_directory=str(build_dir),
         verbose=os.environ.get("TTTGRAPH_VERBOSE_BUILD") == "1",
     )

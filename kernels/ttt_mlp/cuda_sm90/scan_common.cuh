@@ -122,60 +122,73 @@ __device__ __forceinline__ void rows_times_w1(float (&acc)[NF][4], const bf16* x
   }
 }
 
-// First half of the all-reduce of an [M, D] row-sum whose partials (one per warp: its FH hidden
-// columns) are spread over the twin warps (wr, 0), (wr, 1) and the CTAs: the twins add theirs in
-// shared memory (named barrier of the pair), then warp (wr, 0) stores the CTA's partial into slot
-// `slot` of this CTA and of the peer (a remote store: nothing waits for it). `xslot` is the slot base.
-__device__ __forceinline__ void push_row_sum(const float (&acc)[ND][4], float* xslot, int rank, int wr, int wc,
-                                             int lane) {
+// Twin pre-reduction of an [M, D] row-sum whose partials (one per warp: its FH hidden columns) are
+// spread over the twin warps (wr, 0), (wr, 1): warp (wr, 1) stores its 16 rows at `stage` (rows
+// 16 wr..), the pair syncs on named barrier 1 + wr, and warp (wr, 0) adds its own and stores the
+// CTA's partial at row 16 wr - row0 of `local` (LOCAL) and of `remote` (REMOTE: a peer's distributed-
+// shared-memory address, a store nobody waits for). All tiles fp32 [rows][D], xidx. (Compile-time
+// flags: runtime null checks in this loop cost the backward 3%.)
+template <bool LOCAL = true, bool REMOTE = true>
+__device__ __forceinline__ void twin_reduce(const float (&acc)[ND][4], float* stage, float* local, float* remote,
+                                            int row0, int wr, int wc, int lane) {
   const int g = lane >> 2, t = lane & 3;
-  float* mine = xslot + rank * M * D;
   if (wc == 1) {
 #pragma unroll
     for (int j = 0; j < ND; ++j) {
       const int c = 8 * j + 2 * t;
-      *reinterpret_cast<float2*>(mine + xidx(16 * wr + g, c)) = make_float2(acc[j][0], acc[j][1]);
-      *reinterpret_cast<float2*>(mine + xidx(16 * wr + g + 8, c)) = make_float2(acc[j][2], acc[j][3]);
+      *reinterpret_cast<float2*>(stage + xidx(16 * wr + g, c)) = make_float2(acc[j][0], acc[j][1]);
+      *reinterpret_cast<float2*>(stage + xidx(16 * wr + g + 8, c)) = make_float2(acc[j][2], acc[j][3]);
     }
   }
   named_barrier(1 + wr, 64);
   if (wc == 0) {
-    float* peer = map_rank(mine, rank ^ 1);
 #pragma unroll
     for (int j = 0; j < ND; ++j) {
       const int c = 8 * j + 2 * t;
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const int i = xidx(16 * wr + g + 8 * half, c);
-        float2 o = *reinterpret_cast<const float2*>(mine + i);
+        const int r = 16 * wr + g + 8 * half;
+        float2 o = *reinterpret_cast<const float2*>(stage + xidx(r, c));
         o.x += acc[j][2 * half];
         o.y += acc[j][2 * half + 1];
-        *reinterpret_cast<float2*>(mine + i) = o;
-        *reinterpret_cast<float2*>(peer + i) = o;
+        const int i = xidx(r - row0, c);
+        if (LOCAL) *reinterpret_cast<float2*>(local + i) = o;
+        if (REMOTE) *reinterpret_cast<float2*>(remote + i) = o;
       }
     }
   }
 }
 
-// Second half (after the cluster barrier): acc = the two CTAs' partials in rank order + bias (scale
-// s on the partials), so both CTAs hold bitwise-equal totals.
-__device__ __forceinline__ void read_row_sum(float (&acc)[ND][4], const float* xslot, int wr, int lane,
-                                             const float* bias, float s = 1.f) {
+// First half of the all-reduce: the twins pre-reduce, then warp (wr, 0) stores the CTA's partial
+// into exchange slot `xslot` ([CS source ranks][M][D]) of this CTA and of the peer.
+__device__ __forceinline__ void push_row_sum(const float (&acc)[ND][4], float* xslot, int rank, int wr, int wc,
+                                             int lane) {
+  float* mine = xslot + rank * M * D;
+  twin_reduce(acc, mine, mine, map_rank(mine, rank ^ 1), 0, wr, wc, lane);
+}
+
+// acc = s (a + b) + bias for 16 rows of two fp32 [rows][D] tiles (xidx), rows ra.. of a and rb.. of b.
+// Both CTAs add the same two partials (a + b == b + a exactly), so they hold bitwise-equal totals.
+__device__ __forceinline__ void read_sum2(float (&acc)[ND][4], const float* a, int ra, const float* b, int rb,
+                                          int lane, const float* bias, float s = 1.f) {
   const int g = lane >> 2, t = lane & 3;
-  const float* p0 = xslot;
-  const float* p1 = xslot + M * D;
 #pragma unroll
   for (int j = 0; j < ND; ++j) {
     const int c = 8 * j + 2 * t;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const int i = xidx(16 * wr + g + 8 * half, c);
-      const float2 a = *reinterpret_cast<const float2*>(p0 + i);
-      const float2 b = *reinterpret_cast<const float2*>(p1 + i);
-      acc[j][2 * half] = s * (a.x + b.x) + bias[c];
-      acc[j][2 * half + 1] = s * (a.y + b.y) + bias[c + 1];
+      const float2 x = *reinterpret_cast<const float2*>(a + xidx(ra + g + 8 * half, c));
+      const float2 y = *reinterpret_cast<const float2*>(b + xidx(rb + g + 8 * half, c));
+      acc[j][2 * half] = s * (x.x + y.x) + bias[c];
+      acc[j][2 * half + 1] = s * (x.y + y.y) + bias[c + 1];
     }
   }
+}
+
+// Second half (after the cluster barrier): acc = the two CTAs' partials in slot `xslot` + bias.
+__device__ __forceinline__ void read_row_sum(float (&acc)[ND][4], const float* xslot, int wr, int lane,
+                                             const float* bias, float s = 1.f) {
+  read_sum2(acc, xslot, 16 * wr, xslot + M * D, 16 * wr, lane, bias, s);
 }
 
 // The whole all-reduce with its cluster barrier: acc holds the partial on entry, total + bias on return.
@@ -340,27 +353,31 @@ __device__ __forceinline__ void store_state_copies(const StepBufs& s, const floa
 
 // ---- one inner step ------------------------------------------------------------------------------
 
-// Forward of one mini-batch and its state update: Z1 = K W1 + b1, A = gelu(Z1), Z2 = A W2 + b2 (all-
-// reduced in exchange slot `slot`), G_z2, G_z1 = (G_z2 W2^T) gelu'(Z1), then W2 -= A^T G_z2,
-// W1 -= K^T G_z1, b1 -= sum G_z1, b2 -= sum G_z2 and the bf16 copies rewritten. n rows are real.
-// Ends with __syncthreads: the new copies and biases are visible to every warp.
+// Front of an inner step: Z1 = K W1 + b1 on this warp's hidden columns, A = gelu(Z1) into s.a,
+// da = gelu'(Z1), and z2 = this warp's partial of A W2 (its FH hidden columns; all-reduced next).
 template <bool SPLIT, bool FAST, bool ROLL = false>
-__device__ __forceinline__ void inner_step(float (&w1s)[NF][4], float (&w2s)[ND][4], const StepBufs& s, int n,
-                                           int slot, int rank, int tid, float eps) {
-  const int lane = tid & 31, warp = tid >> 5, wr = warp & 3, wc = warp >> 2;
-  float za[NF][4], da[NF][4];
+__device__ __forceinline__ void step_front(float (&da)[NF][4], float (&z2)[ND][4], const StepBufs& s, int wr,
+                                           int wc, int lane) {
+  float za[NF][4];
   rows_times_w1<SPLIT, ROLL>(za, s.k, s.w1h, s.w1l, s.b1, wr, wc, lane);
 #pragma unroll
   for (int j = 0; j < NF; ++j)
 #pragma unroll
     for (int e = 0; e < 4; ++e) gelu_d1<FAST>(za[j][e], za[j][e], da[j][e]);
   store_acc_bf16<FL>(s.a, za, 16 * wr, wc * FH, lane);
-  float z2[ND][4];
 #pragma unroll
   for (int j = 0; j < ND; ++j) z2[j][0] = z2[j][1] = z2[j][2] = z2[j][3] = 0.f;
   rows_times_w2<SPLIT>(z2, za, s.w2h, s.w2l, wc, lane);
-  cluster_row_sum(z2, s.x + slot * (CS * M * D), rank, wr, wc, lane, s.b2);
+}
 
+// Back of an inner step, from z2 = the all-reduced Z2 + b2 of the mini-batch: G_z2, G_z1 =
+// (G_z2 W2^T) gelu'(Z1), then W2 -= A^T G_z2, W1 -= K^T G_z1, b1 -= sum G_z1, b2 -= sum G_z2 and
+// the bf16 copies rewritten. n rows are real. The caller ends it with __syncthreads (the new copies
+// and biases are then visible to every warp).
+template <bool SPLIT, bool ROLL = false>
+__device__ __forceinline__ void step_back(float (&w1s)[NF][4], float (&w2s)[ND][4], float (&z2)[ND][4],
+                                          const float (&da)[NF][4], const StepBufs& s, int n, int tid, float eps) {
+  const int lane = tid & 31, warp = tid >> 5, wr = warp & 3, wc = warp >> 2;
   const float2 rstd = layer_norm_rows(z2, eps);
   float gz[ND][4];
   grad_z2_rows(gz, z2, rstd, s.k, s.v, s.eta, s.gamma, s.beta, n, wr, lane);
@@ -441,6 +458,18 @@ __device__ __forceinline__ void inner_step(float (&w1s)[NF][4], float (&w2s)[ND]
     s.b2[i] -= (s.red2[i] + s.red2[D + i]) + (s.red2[2 * D + i] + s.red2[3 * D + i]);
   }
   store_state_copies<SPLIT>(s, w1s, w2s, warp, lane);
+}
+
+// Forward of one mini-batch and its state update (step_front, the all-reduce of Z2 in exchange slot
+// `slot`, step_back). Ends with __syncthreads: the new copies and biases are visible to every warp.
+template <bool SPLIT, bool FAST, bool ROLL = false>
+__device__ __forceinline__ void inner_step(float (&w1s)[NF][4], float (&w2s)[ND][4], const StepBufs& s, int n,
+                                           int slot, int rank, int tid, float eps) {
+  const int lane = tid & 31, warp = tid >> 5, wr = warp & 3, wc = warp >> 2;
+  float da[NF][4], z2[ND][4];
+  step_front<SPLIT, FAST, ROLL>(da, z2, s, wr, wc, lane);
+  cluster_row_sum(z2, s.x + slot * (CS * M * D), rank, wr, wc, lane, s.b2);
+  step_back<SPLIT, ROLL>(w1s, w2s, z2, da, s, n, tid, eps);
   __syncthreads();
 }
 
