@@ -9,9 +9,10 @@ L2 error of each output against the float32 reference on the same inputs (layer-
 
     python benchmarks/bench_cuda_sm90.py --seq-lens 18048 101376 351168
 
-``--baseline-dir DIR`` also times the kernels built from an older copy of the sources (e.g.
-``git show REV:kernels/ttt_mlp/cuda_sm90/<file>`` for every source and header into DIR), forward with
-``--baseline-variant`` and, with ``--backward``, the backward: an A/B within one process and card.
+``--baseline-dir DIR[:VARIANT] ...`` also times the kernels built from older copies of the sources
+(e.g. ``git show REV:kernels/ttt_mlp/cuda_sm90/<file>`` for every source and header into DIR): the
+forward with VARIANT (default ``--baseline-variant``) and, with ``--backward``, the backward; an A/B
+within one process and card.
 """
 
 from __future__ import annotations
@@ -31,8 +32,7 @@ from triton_dev import time_ms  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 FLOP_PER_TOKEN_HEAD = 229_376
 VARIANT_NAMES = {0: "plain bf16", 1: "split", 3: "split, fast tanh out", 7: "split, fast tanh",
-                 6: "plain bf16, fast tanh", 15: "v2 one exchange, split, fast tanh",
-                 14: "v2 one exchange, plain bf16, fast tanh"}
+                 6: "plain bf16, fast tanh"}
 
 
 @contextlib.contextmanager
@@ -78,8 +78,9 @@ def backward_rows(args, inputs, seq_len, n_mb, cuda_sm90, triton_backend, refere
     from tttgraph.kernels.ttt_mlp.cuda_sm90 import build
 
     runs = [("cuda_sm90 backward", cuda_sm90.backward, None), ("triton backward", triton_backend.backward, None)]
-    if args.baseline_dir:
-        runs.insert(1, ("cuda_sm90 backward (baseline)", cuda_sm90.backward, args.baseline_dir))
+    for i, b in enumerate(args.baseline_dir or ()):
+        src = b.split(":")[0]
+        runs.insert(1 + i, (f"cuda_sm90 backward from {src}", cuda_sm90.backward, src))
     for name, fn, src in runs:
         def run(fn=fn, src=src):
             with using_extension(build, src):
@@ -113,8 +114,9 @@ def main(argv=None):
     p.add_argument("--backward", action="store_true", help="also time the backward (cuda_sm90 and Triton)")
     p.add_argument("--ref-grads-up-to", type=int, default=18048, help="largest T for the fp32 reference gradients")
     p.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
-    p.add_argument("--baseline-dir", help="also time the kernels built from this copy of the sources")
-    p.add_argument("--baseline-variant", type=int, default=7, help="forward variant of the baseline")
+    p.add_argument("--baseline-dir", nargs="+", metavar="DIR[:VARIANT]",
+                   help="also time the kernels built from these copies of the sources (forward variant VARIANT)")
+    p.add_argument("--baseline-variant", type=int, default=7, help="forward variant of a baseline without one")
     args = p.parse_args(argv)
 
     from tttgraph.kernels.ttt_mlp import cuda_sm90, reference
@@ -124,8 +126,11 @@ def main(argv=None):
     default_variant = cuda_sm90.VARIANT
     t0 = time.perf_counter()
     reason = build.unavailable_reason()
-    if not reason and args.baseline_dir:
-        build.extension(args.baseline_dir)
+    baselines = [(b.split(":")[0], int(b.split(":")[1]) if ":" in b else args.baseline_variant)
+                 for b in args.baseline_dir or ()]
+    if not reason:
+        for src, _ in baselines:
+            build.extension(src)
     build_s = time.perf_counter() - t0
     if reason:
         sys.exit(f"cuda_sm90 unavailable: {reason}")
@@ -147,8 +152,7 @@ def main(argv=None):
                 rows.append(dict(name="reference (fp32, one run)", T=seq_len, ms=ref_ms, err=0.0, n_mb=n_mb))
                 del up
         cases = [(f"cuda_sm90 v{v} ({VARIANT_NAMES[v]})", v, None) for v in args.variants]
-        if args.baseline_dir:
-            cases.append((f"cuda_sm90 baseline v{args.baseline_variant}", args.baseline_variant, args.baseline_dir))
+        cases += [(f"cuda_sm90 v{v} from {src}", v, src) for src, v in baselines]
         for name, variant, src in cases:
             cuda_sm90.VARIANT = variant
 

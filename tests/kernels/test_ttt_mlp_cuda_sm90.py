@@ -101,27 +101,6 @@ def test_forward_and_checkpoints_match_the_reference(shape, monkeypatch):
 
 @pytest.mark.gpu
 @on_hopper
-@pytest.mark.parametrize("shape", [(2, 3, 63), (1, 4, 200), (1, 2, 1000), (3, 5, 130)],
-                         ids=lambda s: "B{}-H{}-T{}".format(*s))
-@pytest.mark.parametrize("with_out", [True, False], ids=["out", "states-only"])
-def test_one_exchange_forward_is_bitwise_the_two_exchange_one(shape, with_out, monkeypatch):
-    """v2 (one cluster exchange per mini-batch, variant bit 8) adds the same partials in the same order
-    as v1 (two exchanges), so output and checkpoints must be bitwise equal."""
-    monkeypatch.setattr(sm90, "POISON_BUFFERS", True)
-    args = _inputs(*shape, seed=sum(shape) + 11, layer_scale=shape[2] == 1000)
-    results = []
-    for variant in (7, 15):
-        monkeypatch.setattr(sm90, "VARIANT", variant)
-        results.append(sm90._run(*args, EPS, 3, True, with_out))
-    (out1, st1), (out2, st2) = results
-    if with_out:
-        assert torch.isfinite(out2).all() and torch.equal(out1, out2)
-    for a, b in zip(st1, st2, strict=True):
-        assert torch.isfinite(b).all() and torch.equal(a, b)
-
-
-@pytest.mark.gpu
-@on_hopper
 def test_checkpoint_only_pass_writes_the_same_states():
     """The backward's recomputation (no output) gives bitwise the forward's states."""
     args = _inputs(2, 3, 777, seed=5)

@@ -72,7 +72,7 @@ struct BwdParams {
 // Returns a cudaError_t (0 = the launch succeeded; cudaErrorInvalidValue for a variant that is not
 // built). variant bits: 1 = bf16 hi/lo operands for the three products of the state update that feed
 // the recurrence (Z1, Z2, G_a); 2 = tanh.approx in the output's GELU; 4 = tanh.approx in the inner
-// step's GELU; 8 = v2, one cluster exchange per mini-batch. Built: 0, 1, 3, 6, 7, 14, 15.
+// step's GELU. Built: 0, 1, 3, 6, 7.
 extern "C" int tttgraph_ttt_mlp_fwd_sm90(const tttgraph::FwdParams* params, int batch_heads, int variant,
                                           cudaStream_t stream);
 
