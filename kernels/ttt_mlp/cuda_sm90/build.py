@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 KERNEL_SOURCES = ("ttt_mlp_fwd.cu", "ttt_mlp_bwd.cu")
 SOURCES = ("binding.cpp", *KERNEL_SOURCES)
-HEADERS = ("common.cuh", "scan_common.cuh", "ttt_mlp.h")
+HEADERS = ("common.cuh", "scan_common.cuh", "ttt_mlp.h", "wgmma.cuh")
 ARCH_FLAGS = ("-gencode=arch=compute_90a,code=sm_90a",)
 CUDA_FLAGS = (*ARCH_FLAGS, "-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo")
 
@@ -37,6 +37,8 @@ def _digest(src: Path = HERE) -> str:
 
     h = hashlib.sha256()
     for name in (*SOURCES, *HEADERS):
+        if not (src / name).exists():  # an older copy of the sources may lack a newer header
+            continue
         h.update(name.encode())
         h.update((src / name).read_bytes())
     h.update(" ".join(CUDA_FLAGS).encode())

@@ -17,6 +17,7 @@
 
 #include "scan_common.cuh"
 #include "ttt_mlp.h"
+#include "wgmma.cuh"
 
 namespace tttgraph {
 namespace sm90 {
@@ -27,33 +28,40 @@ constexpr int HALF = M / CS;                // output rows finished per CTA
 constexpr int RECV_Z2 = M * D;              // floats: the peer's Z2 partial, all rows
 constexpr int RECV = RECV_Z2 + HALF * D;    // floats per receive buffer: + the peer's Zq2 partial of my rows
 
+// Tiles read by wgmma start at multiples of 1024 bytes (the 128B-swizzle atom, wgmma.cuh); the
+// [rows][FL] tiles are stored as two [rows][64] halves (half h: hidden columns 64 h.., one per
+// warpgroup), each a 128-byte-row swizzled tile.
 constexpr int OFF_K = 0;                              // [2][M][D] double-buffered inputs
 constexpr int OFF_Q = OFF_K + 2 * kTileMD;
 constexpr int OFF_V = OFF_Q + 2 * kTileMD;
-constexpr int OFF_ETA = OFF_V + 2 * kTileMD;          // [2][M] fp32
-constexpr int OFF_W1H = OFF_ETA + 2 * M * 4;          // [D][FL] bf16 hi / lo of W1
+constexpr int OFF_W1H = OFF_V + 2 * kTileMD;          // [2 halves][D][64] bf16 hi / lo of W1
 constexpr int OFF_W1L = OFF_W1H + D * FL * 2;
 constexpr int OFF_W2H = OFF_W1L + D * FL * 2;         // [FL][D] bf16 hi / lo of W2
 constexpr int OFF_W2L = OFF_W2H + FL * D * 2;
-constexpr int OFF_A = OFF_W2L + FL * D * 2;           // [M][FL] gelu(Z1), bf16
-// [M][FL] G_z1, bf16. Also this CTA's Z2 partial ([M][D] fp32: the same 256-byte rows) from the
-// fused pass until the back of the next step has read it: rows of both are touched by one twin pair
-// only, and a named barrier of the pair separates the last read from the first G_z1 store.
+constexpr int OFF_A = OFF_W2L + FL * D * 2;           // [2 halves][M][64] gelu(Z1), bf16
+// [2 halves][M][64] G_z1, bf16. Also this CTA's Z2 partial ([M][D] fp32) from the fused pass until
+// the back of the next step has read it (a CTA barrier separates the last read from the first G_z1
+// store).
 constexpr int OFF_GZ1 = OFF_A + kTileMF;
-constexpr int OFF_GZ2 = OFF_GZ1 + kTileMF;            // [M][D] G_z2, bf16
+constexpr int OFF_GZ2 = OFF_GZ1 + kTileMF;            // [M][D] G_z2, bf16 (hi)
 // [M][D] fp32: Zq2 twin staging / my rows' partial. The other half's 32 rows (8 KB) are free from the
 // exchange until the next fused pass: they hold the bf16 lo part of G_z2 ([M][D]) meanwhile.
 constexpr int OFF_ZQ = OFF_GZ2 + kTileMD;
 constexpr int OFF_RECV = OFF_ZQ + M * D * 4;          // [2][RECV] fp32 written by the peer
-constexpr int OFF_B1 = OFF_RECV + 2 * RECV * 4;       // [FL] fp32
+constexpr int OFF_ETA = OFF_RECV + 2 * RECV * 4;      // [2][M] fp32
+constexpr int OFF_B1 = OFF_ETA + 2 * M * 4;           // [FL] fp32
 constexpr int OFF_B2 = OFF_B1 + FL * 4;               // [D] fp32
 constexpr int OFF_GAMMA = OFF_B2 + D * 4;
 constexpr int OFF_BETA = OFF_GAMMA + D * 4;
 constexpr int OFF_RED1 = OFF_BETA + D * 4;            // [4][FL] fp32 column sums of G_z1 per row block
 constexpr int OFF_RED2 = OFF_RED1 + 4 * FL * 4;       // [8][D] fp32 column sums of G_z2 per 8-row block
 constexpr int SMEM = OFF_RED2 + 8 * D * 4;
-static_assert(SMEM <= 227 * 1024, "shared memory over the sm_90 per-block limit");
-static_assert(kTileMF == M * D * 4, "the Z2 partial aliases the G_z1 tile row for row");
+static_assert(OFF_W1H % 1024 == 0 && OFF_W1L % 1024 == 0 && OFF_W2H % 1024 == 0 && OFF_W2L % 1024 == 0 &&
+                  OFF_A % 1024 == 0 && OFF_GZ1 % 1024 == 0 && OFF_GZ2 % 1024 == 0 && OFF_ZQ % 1024 == 0,
+              "wgmma operand tiles must be 1024-byte aligned");
+constexpr int SMEM_LAUNCH = SMEM + 1024;  // room to align the base to 1024 bytes
+static_assert(SMEM_LAUNCH <= 227 * 1024, "shared memory over the sm_90 per-block limit");
+static_assert(kTileMF == M * D * 4, "the Z2 partial fits the G_z1 tile");
 
 template <typename T>
 __device__ __forceinline__ T* at(char* base, int off) {
@@ -80,6 +88,182 @@ __device__ __forceinline__ void load_tiles(const FwdParams& p, char* sm, size_t 
   cp_async_commit();
 }
 
+// ---- the products on wgmma (wgmma.cuh): warpgroup wc = warps 4 wc .. 4 wc + 3 (wr = warp % 4) ----
+// Each product is 64 x 64 per warpgroup: token rows (or W rows) 16 wr.. per warp, as in the
+// mma.sync layout of scan_common.cuh; k runs over 4 slices of 16.
+
+// The hidden-column half `wc` (64 columns) of a [rows][FL] tile stored as two [rows][64] halves.
+__device__ __forceinline__ const bf16* half_of(const bf16* tile, int rows, int wc) { return tile + wc * rows * 64; }
+
+// acc = X W1[:, half wc] on the tensor cores (issued, not waited): X a [M][D] tile (K-major A),
+// W1 hi and, with SPLIT, lo (MN-major B).
+template <bool SPLIT>
+__device__ __forceinline__ void issue_x_w1(float (&acc)[NF][4], const bf16* x, const StepBufs& s, int wc) {
+  const uint64_t a = desc_sw128(x);
+  const uint64_t bh = desc_sw128(half_of(s.w1h, D, wc)), bl = desc_sw128(half_of(s.w1l, D, wc));
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    wgmma_ss<1, 0, 1>(acc, a + 2 * kk, bh + 128 * kk, kk > 0);
+    if (SPLIT) wgmma_ss<1, 0, 1>(acc, a + 2 * kk, bl + 128 * kk, true);
+  }
+}
+
+__device__ __forceinline__ void add_b1(float (&acc)[NF][4], const float* b1, int wc, int lane) {
+  const int t = lane & 3;
+#pragma unroll
+  for (int j = 0; j < NF; ++j) {
+    const int c = wc * FH + 8 * j + 2 * t;
+    const float c0 = b1[c], c1 = b1[c + 1];
+    acc[j][0] += c0;
+    acc[j][1] += c1;
+    acc[j][2] += c0;
+    acc[j][3] += c1;
+  }
+}
+
+// acc = X W2[half wc rows, :] (a partial over the hidden layer; waited): X this warp's fp32 rows xs
+// as register A fragments; SPLIT: X and W2 as hi + lo (3 products).
+template <bool SPLIT>
+__device__ __forceinline__ void xs_times_w2(float (&acc)[ND][4], const float (&xs)[NF][4], const StepBufs& s,
+                                            int wc) {
+  uint32_t ah[NF / 2][4], al[NF / 2][4];
+#pragma unroll
+  for (int kk = 0; kk < NF / 2; ++kk) {
+    if (SPLIT) {
+      acc_to_a_split(xs, kk, ah[kk], al[kk]);
+    } else {
+      acc_to_a(xs, kk, ah[kk]);
+    }
+  }
+  const uint64_t bh = desc_sw128(s.w2h + wc * FH * D), bl = desc_sw128(s.w2l + wc * FH * D);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < NF / 2; ++kk) {
+    wgmma_rs<1, 1>(acc, ah[kk], bh + 128 * kk, kk > 0);
+    if (SPLIT) {
+      wgmma_rs<1, 1>(acc, al[kk], bh + 128 * kk, true);
+      wgmma_rs<1, 1>(acc, ah[kk], bl + 128 * kk, true);
+    }
+  }
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_acc(acc);
+}
+
+// The bf16 operand copies of the register state (W1 by hidden-column halves).
+template <bool SPLIT>
+__device__ __forceinline__ void store_copies_halves(const StepBufs& s, const float (&w1s)[NF][4],
+                                                    const float (&w2s)[ND][4], int warp, int lane) {
+  const int wr = warp & 3, wc = warp >> 2;
+  bf16* w1h = s.w1h + wc * D * 64;
+  bf16* w1l = s.w1l + wc * D * 64;
+  if (SPLIT) {
+    store_acc_split<D>(w1h, w1l, w1s, 16 * wr, 0, lane);
+    store_acc_split<D>(s.w2h, s.w2l, w2s, 16 * warp, 0, lane);
+  } else {
+    store_acc_bf16<D>(w1h, w1s, 16 * wr, 0, lane);
+    store_acc_bf16<D>(s.w2h, w2s, 16 * warp, 0, lane);
+  }
+}
+
+// Front of an inner step from za = K W1 (no bias yet; this warp's rows and hidden columns): Z1 = za
+// + b1, A = gelu(Z1) into s.a (halves), da = gelu'(Z1), z2 = this warpgroup's partial of A W2.
+template <bool SPLIT, bool FAST>
+__device__ __forceinline__ void front_wg(float (&za)[NF][4], float (&da)[NF][4], float (&z2)[ND][4],
+                                         const StepBufs& s, int wr, int wc, int lane) {
+  add_b1(za, s.b1, wc, lane);
+#pragma unroll
+  for (int j = 0; j < NF; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) gelu_d1<FAST>(za[j][e], za[j][e], da[j][e]);
+  store_acc_bf16<D>(s.a + wc * M * 64, za, 16 * wr, 0, lane);
+  xs_times_w2<SPLIT>(z2, za, s, wc);
+}
+
+// Back of an inner step (twins split the rows as in step_back_twin_rows, scan_common.cuh), with the
+// G_z1 product and the state update on wgmma. Z2's partial tiles z2a (aliasing s.gz1) and z2b; n
+// rows are real. The caller ends it with a proxy fence and __syncthreads.
+template <bool SPLIT>
+__device__ __forceinline__ void back_wg(float (&w1s)[NF][4], float (&w2s)[ND][4], const float* z2a, const float* z2b,
+                                        const float (&da)[NF][4], const StepBufs& s, bf16* gz2lo, int n, int tid,
+                                        float eps) {
+  const int lane = tid & 31, warp = tid >> 5, wr = warp & 3, wc = warp >> 2;
+  const int g = lane >> 2, t = lane & 3;
+  const int row = 16 * wr + 8 * wc + g;
+  {
+    float z[ND][2], gz[ND][2], rstd[1];
+    read_sum2<1>(z, z2a, row - g, z2b, row - g, lane, s.b2);
+    layer_norm_rows_n<1>(z, eps, rstd);
+    grad_z2_rows_n<1>(gz, z, rstd, s.k, s.v, s.eta, s.gamma, s.beta, n, row, lane);
+#pragma unroll
+    for (int j = 0; j < ND; ++j) {
+      const int c = 8 * j + 2 * t;
+      uint32_t hi, lo;
+      split_bf16(gz[j][0], gz[j][1], hi, lo);
+      *reinterpret_cast<uint32_t*>(s.gz2 + swz<D>(row, c)) = hi;
+      if (SPLIT) *reinterpret_cast<uint32_t*>(gz2lo + swz<D>(row, c)) = lo;
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const float cs = col_sum(gz[j][e]);  // over the 8 rows of this half block
+        if (g == 0) s.red2[(2 * wr + wc) * D + c + e] = cs;
+      }
+    }
+  }
+  fence_proxy_async();
+  __syncthreads();  // all of G_z2 is in shared memory; the Z2 partial (under G_z1) is read
+
+  // G_z1 = (G_z2 W2^T) * gelu'(Z1): A = G_z2 (K-major), B = W2^T (W2's rows of half wc, K-major).
+  float gz1[NF][4];
+  {
+    const uint64_t ah = desc_sw128(s.gz2), al = desc_sw128(gz2lo);
+    const uint64_t bh = desc_sw128(s.w2h + wc * FH * D), bl = desc_sw128(s.w2l + wc * FH * D);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < ND / 2; ++kk) {
+      wgmma_ss<1, 0, 0>(gz1, ah + 2 * kk, bh + 2 * kk, kk > 0);
+      if (SPLIT) {
+        wgmma_ss<1, 0, 0>(gz1, al + 2 * kk, bh + 2 * kk, true);
+        wgmma_ss<1, 0, 0>(gz1, ah + 2 * kk, bl + 2 * kk, true);
+      }
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_acc(gz1);
+  }
+#pragma unroll
+  for (int j = 0; j < NF; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) gz1[j][e] *= da[j][e];
+  store_acc_bf16<D>(s.gz1 + wc * M * 64, gz1, 16 * wr, 0, lane);
+  store_col_sums(s.red1 + wr * FL + wc * FH, gz1, lane);
+  fence_proxy_async();
+  __syncthreads();  // A, G_z1, G_z2 and the column sums are in shared memory
+
+  // The update: W2[half wc rows] -= A^T G_z2, W1[:, half wc] -= K^T G_z1 (A operands MN-major).
+  {
+    const uint64_t a2 = desc_sw128(half_of(s.a, M, wc)), b2 = desc_sw128(s.gz2);
+    const uint64_t a1 = desc_sw128(s.k), b1 = desc_sw128(half_of(s.gz1, M, wc));
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < M / 16; ++kk) wgmma_ss<-1, 1, 1>(w2s, a2 + 128 * kk, b2 + 128 * kk, true);
+#pragma unroll
+    for (int kk = 0; kk < M / 16; ++kk) wgmma_ss<-1, 1, 1>(w1s, a1 + 128 * kk, b1 + 128 * kk, true);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_acc(w1s);
+    fence_acc(w2s);
+  }
+  if (tid < FL) {
+    s.b1[tid] -= (s.red1[tid] + s.red1[FL + tid]) + (s.red1[2 * FL + tid] + s.red1[3 * FL + tid]);
+  } else if (tid < FL + D) {
+    const int i = tid - FL;
+    const float* r2 = s.red2;
+    s.b2[i] -= ((r2[i] + r2[D + i]) + (r2[2 * D + i] + r2[3 * D + i])) +
+               ((r2[4 * D + i] + r2[5 * D + i]) + (r2[6 * D + i] + r2[7 * D + i]));
+  }
+  store_copies_halves<SPLIT>(s, w1s, w2s, warp, lane);
+}
+
 // Iteration j of the kernel: the back of step j (LayerNorm, G_z2, G_z1, update -> state S_{j+1}),
 // then one fused pass against S_{j+1}: the output's Zq2 partial of mini-batch j and the front (Z1,
 // A, Z2 partial) of step j + 1. Both partials cross the cluster in ONE exchange (v1, until
@@ -90,7 +274,9 @@ __device__ __forceinline__ void load_tiles(const FwdParams& p, char* sm, size_t 
 // after reading everything of exchange e - 2.
 template <bool SPLIT, bool FAST_INNER, bool FAST_OUT>
 __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp_fwd_kernel(const FwdParams p) {
-  extern __shared__ __align__(128) char sm[];
+  extern __shared__ __align__(128) char sm_raw[];
+  // wgmma's swizzle atoms need 1024-byte-aligned tiles (the launch asks for SMEM + 1024 bytes).
+  char* sm = sm_raw + ((1024 - (smem_u32(sm_raw) & 1023)) & 1023);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wr = warp & 3, wc = warp >> 2;
   const int g = lane >> 2, t = lane & 3;
@@ -133,12 +319,13 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
     gamma[i] = p.ln_w[h * D + i];
     beta[i] = p.ln_b[h * D + i];
   }
-  store_state_copies<SPLIT>(s, w1s, w2s, warp, lane);
+  store_copies_halves<SPLIT>(s, w1s, w2s, warp, lane);
 
   const int n_mb = (p.T + M - 1) / M;
   load_tiles(p, sm, bh, 0, 0, tid);
   if (n_mb > 1) load_tiles(p, sm, bh, M, 1, tid);
   cp_async_wait<0>();
+  fence_proxy_async();
   __syncthreads();
   // Every CTA of the cluster is running before anyone touches a peer's shared memory.
   cluster_sync();
@@ -146,7 +333,15 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
   // Exchange 0: the Z2 partial of step 0 (into receive buffer 0).
   float da[NF][4], z2[ND][4];
   s.k = at<bf16>(sm, OFF_K);
-  step_front<SPLIT, FAST_INNER>(da, z2, s, wr, wc, lane);
+  {
+    float za[NF][4];
+    wgmma_fence();
+    issue_x_w1<SPLIT>(za, s.k, s, wc);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_acc(za);
+    front_wg<SPLIT, FAST_INNER>(za, da, z2, s, wr, wc, lane);
+  }
   twin_reduce(z2, z2_mine, z2_mine, recv_peer, 0, wr, wc, lane);
   cluster_arrive();
   cluster_wait();
@@ -171,8 +366,9 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
 
     // ---- back of step `step`: Z2 = my partial + the peer's (exchange `step`, buffer step & 1); the
     // twins split the rows; their named barrier separates the last z2_mine read from the G_z1 stores ----
-    step_back_twin_rows<SPLIT>(w1s, w2s, z2_mine, recv + buf * RECV, da, s, gz2lo, n, tid, p.eps);
+    back_wg<SPLIT>(w1s, w2s, z2_mine, recv + buf * RECV, da, s, gz2lo, n, tid, p.eps);
     cp_async_wait<0>();  // the next mini-batch's tiles (issued after the previous exchange)
+    fence_proxy_async();
     __syncthreads();     // new state copies, biases and those tiles are visible to every warp
 
     // ---- fused pass against the updated state: the output's Zq2 partial of this mini-batch and the
@@ -180,18 +376,25 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
     float* rbuf = recv_peer + (buf ^ 1) * RECV;
     const int orow = 16 * wr + 8 * wc + g;  // the output row this lane finishes (if my_rows)
     uint32_t qres[ND];                      // its residual Q, bf16 pairs
+    const bf16* k_next = at<bf16>(sm, OFF_K) + (buf ^ 1) * M * D;
+    float za[NF][4];  // K W1 of the next step, issued beside the output's Q W1
     if (p.with_out) {
       float o[ND][4];
       {
         float zq[NF][4];
-        rows_times_w1<false>(zq, sq, s.w1h, s.w1l, s.b1, wr, wc, lane);
+        wgmma_fence();
+        issue_x_w1<false>(zq, sq, s, wc);
+        if (next) issue_x_w1<SPLIT>(za, k_next, s, wc);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_acc(zq);
+        fence_acc(za);
+        add_b1(zq, s.b1, wc, lane);
 #pragma unroll
         for (int j = 0; j < NF; ++j)
 #pragma unroll
           for (int e = 0; e < 4; ++e) zq[j][e] = gelu<FAST_OUT>(zq[j][e]);
-#pragma unroll
-        for (int j = 0; j < ND; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
-        rows_times_w2<false>(o, zq, s.w2h, s.w2l, wc, lane);
+        xs_times_w2<false>(o, zq, s, wc);
       }
       // my rows: the CTA's partial stays in zq_stage; the other half goes to the peer's buffer.
       if (my_rows) {
@@ -201,10 +404,16 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
       } else {
         twin_reduce<false, true>(o, zq_stage, nullptr, rbuf + RECV_Z2, half_row0, wr, wc, lane);
       }
+    } else if (next) {
+      wgmma_fence();
+      issue_x_w1<SPLIT>(za, k_next, s, wc);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_acc(za);
     }
     if (next) {
-      s.k = at<bf16>(sm, OFF_K) + (buf ^ 1) * M * D;
-      step_front<SPLIT, FAST_INNER>(da, z2, s, wr, wc, lane);
+      s.k = k_next;
+      front_wg<SPLIT, FAST_INNER>(za, da, z2, s, wr, wc, lane);
       twin_reduce(z2, z2_mine, z2_mine, rbuf, 0, wr, wc, lane);
     }
     if (!next && !p.with_out) break;  // nothing left to exchange
@@ -254,8 +463,8 @@ extern "C" int tttgraph_ttt_mlp_fwd_sm90(const tttgraph::FwdParams* params, int 
     case 6: kernel = ttt_mlp_fwd_kernel<false, true, true>; break;
     default: return static_cast<int>(cudaErrorInvalidValue);
   }
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM);
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_LAUNCH);
   if (err != cudaSuccess) return static_cast<int>(err);
-  kernel<<<dim3(CS, batch_heads), THREADS, SMEM, stream>>>(*params);
+  kernel<<<dim3(CS, batch_heads), THREADS, SMEM_LAUNCH, stream>>>(*params);
   return static_cast<int>(cudaGetLastError());
 }
