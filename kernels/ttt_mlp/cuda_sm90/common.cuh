@@ -207,6 +207,44 @@ __device__ __forceinline__ T* map_rank(T* p, uint32_t rank) {
   return reinterpret_cast<T*>(out);
 }
 
+// ---- mbarriers and asynchronous stores into a peer's shared memory ---------------------------------
+// (The forward's point-to-point exchange: the receiver arms its barrier with the bytes it expects,
+// the sender's st.async stores complete those bytes on it, the receiver waits with acquire.)
+
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+// Makes mbarrier.init visible to the cluster (before the cluster barrier that publishes it).
+__device__ __forceinline__ void fence_mbar_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+// Arrive (count 1) and expect `bytes` more of asynchronous stores in the current phase.
+__device__ __forceinline__ void mbar_arm(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.release.cluster.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+// Spin until the phase with parity `parity` has completed; acquire at cluster scope (the peer's
+// st.async data is visible afterwards).
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred p;\nWAIT_%=:\n"
+      "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%0], %1;\n"
+      "@!p bra WAIT_%=;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+// The shared::cluster address of the same shared-memory offset in CTA `rank`.
+__device__ __forceinline__ uint32_t map_rank_u32(uint32_t addr, uint32_t rank) {
+  uint32_t out;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(out) : "r"(addr), "r"(rank));
+  return out;
+}
+// Store two floats at `addr` in a peer CTA's shared memory and complete 8 bytes on its barrier `bar`
+// (both shared::cluster addresses); nothing waits for it here.
+__device__ __forceinline__ void st_async_f2(uint32_t addr, float2 v, uint32_t bar) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v2.b32 [%0], {%1, %2}, [%3];\n" ::"r"(addr),
+               "r"(__float_as_uint(v.x)), "r"(__float_as_uint(v.y)), "r"(bar)
+               : "memory");
+}
+
 // ---- elementwise --------------------------------------------------------------------------------
 
 constexpr float kGeluC = 0.7978845608028654f;  // sqrt(2 / pi)

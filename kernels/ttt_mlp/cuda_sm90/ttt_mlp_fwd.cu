@@ -55,7 +55,8 @@ constexpr int OFF_GAMMA = OFF_B2 + D * 4;
 constexpr int OFF_BETA = OFF_GAMMA + D * 4;
 constexpr int OFF_RED1 = OFF_BETA + D * 4;            // [4][FL] fp32 column sums of G_z1 per row block
 constexpr int OFF_RED2 = OFF_RED1 + 4 * FL * 4;       // [8][D] fp32 column sums of G_z2 per 8-row block
-constexpr int SMEM = OFF_RED2 + 8 * D * 4;
+constexpr int OFF_FULL = OFF_RED2 + 8 * D * 4;        // [2] mbarriers: receive buffer b holds an exchange
+constexpr int SMEM = OFF_FULL + 2 * 8;
 static_assert(OFF_W1H % 1024 == 0 && OFF_W1L % 1024 == 0 && OFF_W2H % 1024 == 0 && OFF_W2L % 1024 == 0 &&
                   OFF_A % 1024 == 0 && OFF_GZ1 % 1024 == 0 && OFF_GZ2 % 1024 == 0 && OFF_ZQ % 1024 == 0,
               "wgmma operand tiles must be 1024-byte aligned");
@@ -183,10 +184,10 @@ __device__ __forceinline__ void front_wg(float (&za)[NF][4], float (&da)[NF][4],
 // Back of an inner step (twins split the rows as in step_back_twin_rows, scan_common.cuh), with the
 // G_z1 product and the state update on wgmma. Z2's partial tiles z2a (aliasing s.gz1) and z2b; n
 // rows are real. The caller ends it with a proxy fence and __syncthreads.
-template <bool SPLIT>
+template <bool SPLIT, typename AfterFirstSync>
 __device__ __forceinline__ void back_wg(float (&w1s)[NF][4], float (&w2s)[ND][4], const float* z2a, const float* z2b,
                                         const float (&da)[NF][4], const StepBufs& s, bf16* gz2lo, int n, int tid,
-                                        float eps) {
+                                        float eps, AfterFirstSync after_first_sync) {
   const int lane = tid & 31, warp = tid >> 5, wr = warp & 3, wc = warp >> 2;
   const int g = lane >> 2, t = lane & 3;
   const int row = 16 * wr + 8 * wc + g;
@@ -211,6 +212,7 @@ __device__ __forceinline__ void back_wg(float (&w1s)[NF][4], float (&w2s)[ND][4]
   }
   fence_proxy_async();
   __syncthreads();  // all of G_z2 is in shared memory; the Z2 partial (under G_z1) is read
+  after_first_sync();
 
   // G_z1 = (G_z2 W2^T) * gelu'(Z1): A = G_z2 (K-major), B = W2^T (W2's rows of half wc, K-major).
   float gz1[NF][4];
@@ -264,14 +266,50 @@ __device__ __forceinline__ void back_wg(float (&w1s)[NF][4], float (&w2s)[ND][4]
   store_copies_halves<SPLIT>(s, w1s, w2s, warp, lane);
 }
 
+// twin_reduce (scan_common.cuh) whose CTA partial goes to the peer with st.async: `remote` is the
+// shared::cluster address of the peer's tile, `bar` its barrier, which each 8-byte store completes.
+template <bool LOCAL>
+__device__ __forceinline__ void twin_reduce_push(const float (&acc)[ND][4], float* stage, float* local,
+                                                 uint32_t remote, uint32_t bar, int row0, int wr, int wc, int lane) {
+  const int g = lane >> 2, t = lane & 3;
+  if (wc == 1) {
+#pragma unroll
+    for (int j = 0; j < ND; ++j) {
+      const int c = 8 * j + 2 * t;
+      *reinterpret_cast<float2*>(stage + xidx(16 * wr + g, c)) = make_float2(acc[j][0], acc[j][1]);
+      *reinterpret_cast<float2*>(stage + xidx(16 * wr + g + 8, c)) = make_float2(acc[j][2], acc[j][3]);
+    }
+  }
+  named_barrier(1 + wr, 64);
+  if (wc == 0) {
+#pragma unroll
+    for (int j = 0; j < ND; ++j) {
+      const int c = 8 * j + 2 * t;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int r = 16 * wr + g + 8 * half;
+        float2 o = *reinterpret_cast<const float2*>(stage + xidx(r, c));
+        o.x += acc[j][2 * half];
+        o.y += acc[j][2 * half + 1];
+        const int i = xidx(r - row0, c);
+        if (LOCAL) *reinterpret_cast<float2*>(local + i) = o;
+        st_async_f2(remote + 4 * i, o, bar);
+      }
+    }
+  }
+}
+
 // Iteration j of the kernel: the back of step j (LayerNorm, G_z2, G_z1, update -> state S_{j+1}),
 // then one fused pass against S_{j+1}: the output's Zq2 partial of mini-batch j and the front (Z1,
 // A, Z2 partial) of step j + 1. Both partials cross the cluster in ONE exchange (v1, until
 // 2026-11-26, had two cluster barriers per mini-batch: Z2, then Zq2). CTA r finishes only the output
 // rows [32 r, 32 r + 32) (warps wr = 2r, 2r + 1), so only the other half of its Zq2 partial crosses.
-// Receive buffers are double-buffered (exchange e lands in buffer e & 1); a push never overwrites an
-// unread partial: a CTA pushes exchange e after passing barrier e - 1, which its peer reaches only
-// after reading everything of exchange e - 2.
+// The exchange is point to point: the peer's st.async stores complete bytes on my mbarrier full[b]
+// (armed with the bytes to expect), and my warps wait on it with acquire; no cluster barrier per
+// mini-batch. Receive buffers are double-buffered (exchange e lands in buffer e & 1, phase e >> 1 of
+// full[e & 1]); a push never overwrites an unread partial: a CTA pushes exchange e only after it has
+// received exchange e - 1, which its peer pushes only after a CTA barrier that follows all its reads
+// of exchange e - 2.
 template <bool SPLIT, bool FAST_INNER, bool FAST_OUT>
 __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp_fwd_kernel(const FwdParams p) {
   extern __shared__ __align__(128) char sm_raw[];
@@ -307,7 +345,9 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
   float* z2_mine = at<float>(sm, OFF_GZ1);
   float* zq_stage = at<float>(sm, OFF_ZQ);
   float* recv = at<float>(sm, OFF_RECV);
-  float* recv_peer = map_rank(recv, rank ^ 1);
+  const uint32_t peer_recv = map_rank_u32(smem_u32(recv), rank ^ 1);
+  const uint32_t full = smem_u32(sm + OFF_FULL);  // full[b] at full + 8 b
+  const uint32_t peer_full = map_rank_u32(full, rank ^ 1);
   bf16* gz2lo = reinterpret_cast<bf16*>(zq_stage + (rank ^ 1) * HALF * D);
 
   float w1s[NF][4], w2s[ND][4];
@@ -322,6 +362,19 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
   store_copies_halves<SPLIT>(s, w1s, w2s, warp, lane);
 
   const int n_mb = (p.T + M - 1) / M;
+  // Bytes the peer pushes into my buffer in exchange e: the Z2 partial of step e (e < n_mb) and the
+  // Zq2 partial of my output rows of mini-batch e - 1 (e >= 1, with the output).
+  auto exchange_bytes = [&](int e) -> uint32_t {
+    if (e > n_mb) return 0;
+    return (e < n_mb ? M * D * 4 : 0) + (e >= 1 && p.with_out ? HALF * D * 4 : 0);
+  };
+  if (tid == 0) {
+    mbar_init(full, 1);
+    mbar_init(full + 8, 1);
+    fence_mbar_init();
+    mbar_arm(full, exchange_bytes(0));
+    if (exchange_bytes(1)) mbar_arm(full + 8, exchange_bytes(1));
+  }
   load_tiles(p, sm, bh, 0, 0, tid);
   if (n_mb > 1) load_tiles(p, sm, bh, M, 1, tid);
   cp_async_wait<0>();
@@ -342,9 +395,8 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
     fence_acc(za);
     front_wg<SPLIT, FAST_INNER>(za, da, z2, s, wr, wc, lane);
   }
-  twin_reduce(z2, z2_mine, z2_mine, recv_peer, 0, wr, wc, lane);
-  cluster_arrive();
-  cluster_wait();
+  twin_reduce_push<true>(z2, z2_mine, z2_mine, peer_recv, peer_full, 0, wr, wc, lane);
+  named_barrier(1 + wr, 64);  // warp (wr, 0)'s local partial is visible to its twin
 
   for (int step = 0; step < n_mb; ++step) {
     const int buf = step & 1;
@@ -366,14 +418,20 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
 
     // ---- back of step `step`: Z2 = my partial + the peer's (exchange `step`, buffer step & 1); the
     // twins split the rows; their named barrier separates the last z2_mine read from the G_z1 stores ----
-    back_wg<SPLIT>(w1s, w2s, z2_mine, recv + buf * RECV, da, s, gz2lo, n, tid, p.eps);
-    cp_async_wait<0>();  // the next mini-batch's tiles (issued after the previous exchange)
+    mbar_wait(full + 8 * buf, (step >> 1) & 1);  // exchange `step` has landed
+    if (tid == 0 && exchange_bytes(step + 2)) mbar_arm(full + 8 * buf, exchange_bytes(step + 2));
+    back_wg<SPLIT>(w1s, w2s, z2_mine, recv + buf * RECV, da, s, gz2lo, n, tid, p.eps, [&] {
+      // Every warp is past its last read of mini-batch step - 1's tiles (phase B of the last
+      // iteration): refill that buffer with mini-batch step + 1, waited for at the end of this phase.
+      if (step >= 1 && step + 1 < n_mb) load_tiles(p, sm, bh, t0 + M, buf ^ 1, tid);
+    });
+    cp_async_wait<0>();  // the next mini-batch's tiles
     fence_proxy_async();
     __syncthreads();     // new state copies, biases and those tiles are visible to every warp
 
     // ---- fused pass against the updated state: the output's Zq2 partial of this mini-batch and the
     // front of the next step; then exchange step + 1 (buffer (step + 1) & 1) ----
-    float* rbuf = recv_peer + (buf ^ 1) * RECV;
+    const uint32_t rbuf = peer_recv + 4 * (buf ^ 1) * RECV, rbar = peer_full + 8 * (buf ^ 1);
     const int orow = 16 * wr + 8 * wc + g;  // the output row this lane finishes (if my_rows)
     uint32_t qres[ND];                      // its residual Q, bf16 pairs
     const bf16* k_next = at<bf16>(sm, OFF_K) + (buf ^ 1) * M * D;
@@ -402,7 +460,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
 #pragma unroll
         for (int j = 0; j < ND; ++j) qres[j] = *reinterpret_cast<const uint32_t*>(sq + swz<D>(orow, 8 * j + 2 * t));
       } else {
-        twin_reduce<false, true>(o, zq_stage, nullptr, rbuf + RECV_Z2, half_row0, wr, wc, lane);
+        twin_reduce_push<false>(o, zq_stage, nullptr, rbuf + 4 * RECV_Z2, rbar, half_row0, wr, wc, lane);
       }
     } else if (next) {
       wgmma_fence();
@@ -414,15 +472,13 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
     if (next) {
       s.k = k_next;
       front_wg<SPLIT, FAST_INNER>(za, da, z2, s, wr, wc, lane);
-      twin_reduce(z2, z2_mine, z2_mine, rbuf, 0, wr, wc, lane);
+      twin_reduce_push<true>(z2, z2_mine, z2_mine, rbuf, rbar, 0, wr, wc, lane);
     }
     if (!next && !p.with_out) break;  // nothing left to exchange
-    cluster_arrive();  // release: my pushes are visible to the peer after its wait
-    cluster_wait();    // acquire: the peer's pushes into my buffer (step + 1) & 1 have landed
-    // Every warp of this CTA has passed its last read of this mini-batch's tiles: refill the buffer.
-    if (step + 2 < n_mb) load_tiles(p, sm, bh, t0 + 2 * M, buf, tid);
+    named_barrier(1 + wr, 64);  // warp (wr, 0)'s local partials are visible to its twin
 
     if (p.with_out && my_rows) {  // finish my output rows (one per lane): out = Q + gamma LN(Zq2 + b2) + beta
+      mbar_wait(full + 8 * (buf ^ 1), ((step + 1) >> 1) & 1);  // exchange step + 1 has landed
       float o[ND][2], rstd[1];
       read_sum2<1>(o, zq_stage, orow - g, recv + (buf ^ 1) * RECV + RECV_Z2, orow - g - half_row0, lane, s.b2);
       layer_norm_rows_n<1>(o, p.eps, rstd);
@@ -438,7 +494,8 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
       }
     }
   }
-  // No CTA may exit while its peer can still write into its shared memory.
+  // No CTA may exit while its peer can still write into its shared memory (every push has been
+  // waited for by now; this is belt and braces).
   cluster_sync();
 }
 
