@@ -110,7 +110,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--ref-up-to", type=int, default=351168, help="largest T to run the fp32 reference at")
     p.add_argument("--no-triton", action="store_true")
-    p.add_argument("--variants", type=int, nargs="+", default=[1], help="kernel variants (bits, see ttt_mlp.h)")
+    p.add_argument("--variants", type=int, nargs="+",
+                   help="kernel variants (bits, see ttt_mlp.h; default: the backend's default, cuda_sm90.VARIANT)")
     p.add_argument("--backward", action="store_true", help="also time the backward (cuda_sm90 and Triton)")
     p.add_argument("--ref-grads-up-to", type=int, default=18048, help="largest T for the fp32 reference gradients")
     p.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
@@ -151,7 +152,7 @@ def main(argv=None):
                 ref_ms = (time.perf_counter() - t) * 1e3
                 rows.append(dict(name="reference (fp32, one run)", T=seq_len, ms=ref_ms, err=0.0, n_mb=n_mb))
                 del up
-        cases = [(f"cuda_sm90 v{v} ({VARIANT_NAMES[v]})", v, None) for v in args.variants]
+        cases = [(f"cuda_sm90 v{v} ({VARIANT_NAMES[v]})", v, None) for v in args.variants or [default_variant]]
         cases += [(f"cuda_sm90 v{v} from {src}", v, src) for src, v in baselines]
         for name, variant, src in cases:
             cuda_sm90.VARIANT = variant

@@ -93,6 +93,11 @@ __device__ __forceinline__ void load_tiles(const FwdParams& p, char* sm, size_t 
 // Each product is 64 x 64 per warpgroup: token rows (or W rows) 16 wr.. per warp, as in the
 // mma.sync layout of scan_common.cuh; k runs over 4 slices of 16.
 
+template <bool B>
+struct BoolC {
+  static constexpr bool value = B;
+};
+
 // The hidden-column half `wc` (64 columns) of a [rows][FL] tile stored as two [rows][64] halves.
 __device__ __forceinline__ const bf16* half_of(const bf16* tile, int rows, int wc) { return tile + wc * rows * 64; }
 
@@ -398,11 +403,14 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
   twin_reduce_push<true>(z2, z2_mine, z2_mine, peer_recv, peer_full, 0, wr, wc, lane);
   named_barrier(1 + wr, 64);  // warp (wr, 0)'s local partial is visible to its twin
 
-  for (int step = 0; step < n_mb; ++step) {
+  // One iteration per mini-batch, with NEXT (a step follows) a compile-time constant: a runtime
+  // `next` around the wgmma calls makes ptxas serialise every wgmma (C7520, "WG.AR in divergent
+  // path"), although it is uniform. So the last iteration is peeled off.
+  auto iteration = [&](const int step, auto next_tag) {
+    constexpr bool next = decltype(next_tag)::value;
     const int buf = step & 1;
     const int t0 = step * M;
     const int n = min(M, p.T - t0);
-    const bool next = step + 1 < n_mb;
     s.k = at<bf16>(sm, OFF_K) + buf * M * D;
     s.v = at<bf16>(sm, OFF_V) + buf * M * D;
     s.eta = at<float>(sm, OFF_ETA) + buf * M;
@@ -474,7 +482,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
       front_wg<SPLIT, FAST_INNER>(za, da, z2, s, wr, wc, lane);
       twin_reduce_push<true>(z2, z2_mine, z2_mine, rbuf, rbar, 0, wr, wc, lane);
     }
-    if (!next && !p.with_out) break;  // nothing left to exchange
+    if (!next && !p.with_out) return;  // nothing left to exchange
     named_barrier(1 + wr, 64);  // warp (wr, 0)'s local partials are visible to its twin
 
     if (p.with_out && my_rows) {  // finish my output rows (one per lane): out = Q + gamma LN(Zq2 + b2) + beta
@@ -493,7 +501,9 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
         }
       }
     }
-  }
+  };
+  for (int step = 0; step + 1 < n_mb; ++step) iteration(step, BoolC<true>{});
+  iteration(n_mb - 1, BoolC<false>{});
   // No CTA may exit while its peer can still write into its shared memory (every push has been
   // waited for by now; this is belt and braces).
   cluster_sync();
