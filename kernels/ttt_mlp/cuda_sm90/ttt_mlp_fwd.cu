@@ -186,8 +186,10 @@ __device__ __forceinline__ void front_wg(float (&za)[NF][4], float (&da)[NF][4],
   xs_times_w2<SPLIT>(z2, za, s, wc);
 }
 
-// Back of an inner step (twins split the rows as in step_back_twin_rows, scan_common.cuh), with the
-// G_z1 product and the state update on wgmma. Z2's partial tiles z2a (aliasing s.gz1) and z2b; n
+// Back of an inner step with the G_z1 product and the state update on wgmma. The twins split the
+// rows: lane (g, t) of warp (wr, wc) takes only row 16 wr + 8 wc + g, so the LayerNorm and G_z2
+// element-wise work is done once per row; G_z2 then reaches the product through shared memory as
+// bf16 hi (s.gz2) / lo (gz2lo) tiles, and s.red2 holds [8][D] column sums. Z2's partial tiles z2a (aliasing s.gz1) and z2b; n
 // rows are real. The caller ends it with a proxy fence and __syncthreads.
 template <bool SPLIT, typename AfterFirstSync>
 __device__ __forceinline__ void back_wg(float (&w1s)[NF][4], float (&w2s)[ND][4], const float* z2a, const float* z2b,
@@ -198,7 +200,7 @@ __device__ __forceinline__ void back_wg(float (&w1s)[NF][4], float (&w2s)[ND][4]
   const int row = 16 * wr + 8 * wc + g;
   {
     float z[ND][2], gz[ND][2], rstd[1];
-    read_sum2<1>(z, z2a, row - g, z2b, row - g, lane, s.b2);
+    read_sum2_n<1>(z, z2a, row - g, z2b, row - g, lane, s.b2);
     layer_norm_rows_n<1>(z, eps, rstd);
     grad_z2_rows_n<1>(gz, z, rstd, s.k, s.v, s.eta, s.gamma, s.beta, n, row, lane);
 #pragma unroll
@@ -488,7 +490,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
     if (p.with_out && my_rows) {  // finish my output rows (one per lane): out = Q + gamma LN(Zq2 + b2) + beta
       mbar_wait(full + 8 * (buf ^ 1), ((step + 1) >> 1) & 1);  // exchange step + 1 has landed
       float o[ND][2], rstd[1];
-      read_sum2<1>(o, zq_stage, orow - g, recv + (buf ^ 1) * RECV + RECV_Z2, orow - g - half_row0, lane, s.b2);
+      read_sum2_n<1>(o, zq_stage, orow - g, recv + (buf ^ 1) * RECV + RECV_Z2, orow - g - half_row0, lane, s.b2);
       layer_norm_rows_n<1>(o, p.eps, rstd);
       if (orow < n) {
         bf16* out = p.out + (bh * p.T + t0 + orow) * D;
