@@ -59,8 +59,26 @@ def test_kernels_compile_for_sm90a_with_nvcc(tmp_path):
     assert objects and all(o.stat().st_size > 10_000 for o in objects)
     cuobjdump = shutil.which("cuobjdump")
     if cuobjdump:  # the tensor-core and cluster instructions the design relies on are there
-        sass = subprocess.run([cuobjdump, "--dump-sass", str(objects[0])], capture_output=True, text=True).stdout
-        assert "HMMA" in sass and "LDSM" in sass
+        fwd, bwd = (subprocess.run([cuobjdump, "--dump-sass", str(o)], capture_output=True, text=True).stdout
+                    for o in objects)
+        # forward: wgmma, st.async pushes into the peer and mbarrier waits; backward: mma.sync, ldmatrix
+        assert "HGMMA" in fwd and "STAS" in fwd and "SYNCS.PHASECHK" in fwd
+        assert "HMMA" in bwd and "LDSM" in bwd
+
+
+def test_build_digest_covers_each_source_tree(tmp_path):
+    """extension(source_dir) builds an older copy of the sources under its own cache key: the digest
+    changes with any source, and a copy that lacks a newer header still gets one."""
+    from tttgraph.kernels.ttt_mlp.cuda_sm90 import build
+
+    for name in (*build.SOURCES, *build.HEADERS):
+        shutil.copy(build.HERE / name, tmp_path / name)
+    assert build._digest(tmp_path) == build._digest()
+    (tmp_path / "ttt_mlp_fwd.cu").write_text((tmp_path / "ttt_mlp_fwd.cu").read_text() + "\n// edited\n")
+    edited = build._digest(tmp_path)
+    assert edited != build._digest()
+    (tmp_path / "wgmma.cuh").unlink()
+    assert build._digest(tmp_path) not in (edited, build._digest())
 
 
 def test_import_builds_nothing_and_initialises_no_cuda():

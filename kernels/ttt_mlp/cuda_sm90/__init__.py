@@ -12,8 +12,10 @@ The CUDA sources are compiled on first use with ``torch.utils.cpp_extension`` in
 cache (``build.py``; ``python -m tttgraph.kernels.ttt_mlp.cuda_sm90.build`` builds ahead of time).
 Importing this module builds nothing and does not initialise CUDA.
 
-The backward (``ttt_mlp_bwd.cu``) recomputes each checkpoint chunk's states with the forward's
-inner step and walks the chunk in reverse in the same 2-CTA layout, the state gradient on chip.
+The forward (``ttt_mlp_fwd.cu``) runs its products on wgmma and exchanges one pair of partial row
+sums per mini-batch between the two CTAs (st.async into the peer, mbarrier wait). The backward
+(``ttt_mlp_bwd.cu``) recomputes each checkpoint chunk's states with the forward's step on mma.sync
+and walks the chunk in reverse in the same 2-CTA layout, the state gradient on chip.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@
 // The gradient of the inner state, dS = (dW1, db1, dW2, db2), stays on chip like the forward's
 // state: dW1/dW2 in registers (mma accumulators of the warps that own those tiles), db1/db2 in
 // shared memory. Checkpoint chunks are walked last first:
-//   1. recompute: from the chunk's fp32 checkpoint, run the forward's inner step (same code, same
-//      numerics) over the chunk's G mini-batches, writing every state as bf16 W1/W2 + fp32 b1/b2
+//   1. recompute: from the chunk's fp32 checkpoint, run the inner step (scan_common.cuh: the forward's
+//      numerics, on mma.sync) over the chunk's G mini-batches, writing every state as bf16 W1/W2 + fp32 b1/b2
 //      into a per-(b, h) scratch (L2-resident at real sizes; dS is parked in the dw1/dw2 outputs);
 //   2. reverse: for each mini-batch of the chunk, last first, with S (before) and S' (after) loaded
 //      from the scratch into shared memory:
@@ -199,7 +199,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
     // dS is parked in the dw1/dw2 outputs while the recomputation needs the registers.
     store_state(p.dw1 + bh * D * F, p.dw2 + bh * F * D, dw1s, dw2s, f_base, warp, lane);
 
-    // ---- 1. recompute the chunk's states from its checkpoint (the forward's inner step) ----
+    // ---- 1. recompute the chunk's states from its checkpoint (the forward's step on mma.sync) ----
     {
       const StateBuf hi = state_buf(sm, 0), lo = state_buf(sm, 1);
       StepBufs s;
