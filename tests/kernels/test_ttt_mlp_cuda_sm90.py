@@ -79,6 +79,9 @@ def test_build_digest_covers_each_source_tree(tmp_path):
     assert edited != build._digest()
     (tmp_path / "wgmma.cuh").unlink()
     assert build._digest(tmp_path) not in (edited, build._digest())
+    (tmp_path / "binding.cpp").unlink()
+    with pytest.raises(FileNotFoundError, match="binding.cpp"):
+        build.extension(str(tmp_path))
 
 
 def test_import_builds_nothing_and_initialises_no_cuda():

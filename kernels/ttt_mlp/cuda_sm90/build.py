@@ -37,7 +37,7 @@ def _digest(src: Path = HERE) -> str:
 
     h = hashlib.sha256()
     for name in (*SOURCES, *HEADERS):
-        if not (src / name).exists():  # an older copy of the sources may lack a newer header
+        if name in HEADERS and not (src / name).exists():  # an older copy may lack a newer header
             continue
         h.update(name.encode())
         h.update((src / name).read_bytes())
@@ -56,6 +56,10 @@ def extension(source_dir: str | None = None):
     from torch.utils import cpp_extension
 
     src = Path(source_dir).resolve() if source_dir else HERE
+    missing = [name for name in SOURCES if not (src / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{src} lacks {', '.join(missing)}: copy every file of {', '.join(SOURCES)} "
+                                f"(and the headers) from the version to build")
     digest = _digest(src)
     build_dir = cache_root() / f"cuda_sm90-{digest}"
     build_dir.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,9 @@
 // (as mma accumulators, so the update W -= X^T G is one accumulate), b1/b2 in shared memory, and
 // a bf16 hi/lo copy of W1 and W2 in shared memory feeds the tensor cores (rewritten once per step).
 // Per mini-batch of M = 64 tokens the only couplings across the hidden layer are two row-sums,
-// Z2 = sum_f gelu(Z1)_f W2_f (inner step) and Zq2 (output); both cross the cluster in one exchange
-// through distributed shared memory, with one cluster barrier per mini-batch.
+// Z2 = sum_f gelu(Z1)_f W2_f (inner step) and Zq2 (output); both cross the cluster in one
+// point-to-point exchange per mini-batch (st.async into the peer's shared memory, mbarrier wait).
+// The products run on wgmma (wgmma.cuh).
 //
 // Shapes: q, k, v, out [B, H, T, D] bf16; eta [B, H, T] fp32; ln_w, ln_b [H, D]; w1 [H, D, F];
 // b1 [H, F]; w2 [H, F, D]; b2 [H, D] (all fp32); checkpoints ck_w1 [B, H, C, D, F], ck_b1 [B, H, C, F],
@@ -189,8 +190,9 @@ __device__ __forceinline__ void front_wg(float (&za)[NF][4], float (&da)[NF][4],
 // Back of an inner step with the G_z1 product and the state update on wgmma. The twins split the
 // rows: lane (g, t) of warp (wr, wc) takes only row 16 wr + 8 wc + g, so the LayerNorm and G_z2
 // element-wise work is done once per row; G_z2 then reaches the product through shared memory as
-// bf16 hi (s.gz2) / lo (gz2lo) tiles, and s.red2 holds [8][D] column sums. Z2's partial tiles z2a (aliasing s.gz1) and z2b; n
-// rows are real. The caller ends it with a proxy fence and __syncthreads.
+// bf16 hi (s.gz2) / lo (gz2lo) tiles, and s.red2 holds [8][D] column sums. z2a (aliasing s.gz1)
+// and z2b are Z2's two partial tiles; n rows are real; after_first_sync() runs right after the
+// first CTA barrier. The caller ends it with a proxy fence and __syncthreads.
 template <bool SPLIT, typename AfterFirstSync>
 __device__ __forceinline__ void back_wg(float (&w1s)[NF][4], float (&w2s)[ND][4], const float* z2a, const float* z2b,
                                         const float (&da)[NF][4], const StepBufs& s, bf16* gz2lo, int n, int tid,
@@ -275,6 +277,8 @@ __device__ __forceinline__ void back_wg(float (&w1s)[NF][4], float (&w2s)[ND][4]
 
 // twin_reduce (scan_common.cuh) whose CTA partial goes to the peer with st.async: `remote` is the
 // shared::cluster address of the peer's tile, `bar` its barrier, which each 8-byte store completes.
+// (A copy rather than a parameter of twin_reduce: the backward inlines that one, and its code
+// generation is sensitive to such changes; see README.md, "Forward v2-v6".)
 template <bool LOCAL>
 __device__ __forceinline__ void twin_reduce_push(const float (&acc)[ND][4], float* stage, float* local,
                                                  uint32_t remote, uint32_t bar, int row0, int wr, int wc, int lane) {
@@ -427,7 +431,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
     }
 
     // ---- back of step `step`: Z2 = my partial + the peer's (exchange `step`, buffer step & 1); the
-    // twins split the rows; their named barrier separates the last z2_mine read from the G_z1 stores ----
+    // CTA barrier after G_z2 separates the last z2_mine read from the G_z1 stores over it ----
     mbar_wait(full + 8 * buf, (step >> 1) & 1);  // exchange `step` has landed
     if (tid == 0 && exchange_bytes(step + 2)) mbar_arm(full + 8 * buf, exchange_bytes(step + 2));
     back_wg<SPLIT>(w1s, w2s, z2_mine, recv + buf * RECV, da, s, gz2lo, n, tid, p.eps, [&] {
@@ -506,8 +510,8 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
   };
   for (int step = 0; step + 1 < n_mb; ++step) iteration(step, BoolC<true>{});
   iteration(n_mb - 1, BoolC<false>{});
-  // No CTA may exit while its peer can still write into its shared memory (every push has been
-  // waited for by now; this is belt and braces).
+  // Both CTAs stay resident until every push has landed: each received its last exchange before
+  // arriving here.
   cluster_sync();
 }
 
