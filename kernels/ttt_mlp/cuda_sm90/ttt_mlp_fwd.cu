@@ -16,6 +16,8 @@
 // Instantiated for D = 64, F = 256, M = 64 (CogVideoX-5B); README.md beside this file has the design.
 #include <cuda_runtime.h>
 
+#include <type_traits>
+
 #include "scan_common.cuh"
 #include "ttt_mlp.h"
 #include "wgmma.cuh"
@@ -93,11 +95,6 @@ __device__ __forceinline__ void load_tiles(const FwdParams& p, char* sm, size_t 
 // ---- the products on wgmma (wgmma.cuh): warpgroup wc = warps 4 wc .. 4 wc + 3 (wr = warp % 4) ----
 // Each product is 64 x 64 per warpgroup: token rows (or W rows) 16 wr.. per warp, as in the
 // mma.sync layout of scan_common.cuh; k runs over 4 slices of 16.
-
-template <bool B>
-struct BoolC {
-  static constexpr bool value = B;
-};
 
 // The hidden-column half `wc` (64 columns) of a [rows][FL] tile stored as two [rows][64] halves.
 __device__ __forceinline__ const bf16* half_of(const bf16* tile, int rows, int wc) { return tile + wc * rows * 64; }
@@ -508,8 +505,8 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
       }
     }
   };
-  for (int step = 0; step + 1 < n_mb; ++step) iteration(step, BoolC<true>{});
-  iteration(n_mb - 1, BoolC<false>{});
+  for (int step = 0; step + 1 < n_mb; ++step) iteration(step, std::true_type{});
+  iteration(n_mb - 1, std::false_type{});
   // Both CTAs stay resident until every push has landed: each received its last exchange before
   // arriving here.
   cluster_sync();
