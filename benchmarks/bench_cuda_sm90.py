@@ -154,6 +154,7 @@ def main(argv=None):
                 del up
         cases = [(f"cuda_sm90 v{v} ({VARIANT_NAMES[v]})", v, None) for v in args.variants or [default_variant]]
         cases += [(f"cuda_sm90 v{v} from {src}", v, src) for src, v in baselines]
+        current = {}  # variant -> output of the current sources, to compare baselines with bitwise
         for name, variant, src in cases:
             cuda_sm90.VARIANT = variant
 
@@ -167,8 +168,14 @@ def main(argv=None):
             err = relerr(out, ref) if ref is not None else float("nan")
             rows.append(dict(name=name, T=seq_len, ms=ms, err=err, n_mb=n_mb,
                              bitwise=bool(torch.equal(out, again)), finite=bool(torch.isfinite(out).all())))
+            if src is None:
+                current[variant] = out
+            elif variant in current:
+                rows[-1]["equal_to_current"] = bool(torch.equal(out, current[variant]))
             print(rows[-1], flush=True)
+            del out, again
         cuda_sm90.VARIANT = default_variant
+        del current
         if not args.no_triton:
             def run_triton(inputs=inputs):
                 return triton_backend.forward(*inputs, 64, 1e-6, 16, False)[0]
@@ -183,8 +190,10 @@ def main(argv=None):
         del inputs, ref
         torch.cuda.empty_cache()
 
-    lines = [f"Card: {card}. B=1, H={args.heads}, D=64, F=256, mini-batch 64, bf16, forward only (no state "
-             f"saved); median of {args.repeats} after a warm-up. Command: `python benchmarks/bench_cuda_sm90.py "
+    lines = [f"Card: {card}. B=1, H={args.heads}, D=64, F=256, mini-batch 64, bf16; forward without saved "
+             f"states, backward (with --backward) from the forward's checkpoints (G = 16); a backward's error is "
+             f"nan above --ref-grads-up-to; median of {args.repeats} after a warm-up. Command: "
+             f"`python benchmarks/bench_cuda_sm90.py "
              f"{' '.join(argv if argv is not None else sys.argv[1:])}`", "",
              "| pass | T | ms | TFLOP/s (fwd FLOP) | us per mini-batch | rel err vs fp32 ref (bwd: max of 10 grads) "
              "| vs Triton |",
@@ -195,6 +204,8 @@ def main(argv=None):
         key = (r["T"], r.get("bwd", False))
         speed = f"{triton_ms[key] / r['ms']:.2f}x" if key in triton_ms else "-"
         flags = "" if r.get("finite", True) and r.get("bitwise", True) else " (NOT finite/deterministic)"
+        if "equal_to_current" in r:
+            flags += " (bitwise = current)" if r["equal_to_current"] else " (differs from current)"
         lines.append(f"| {r['name']} | {r['T']:,} | {r['ms']:.1f} | {tflops:.1f} | {r['ms'] * 1e3 / r['n_mb']:.2f} | "
                      f"{r['err']:.2e}{flags} | {speed} |")
     text = "\n".join(lines)

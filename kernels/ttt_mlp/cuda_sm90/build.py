@@ -93,7 +93,8 @@ def compile_check(nvcc: str | None = None, out_dir: str | os.PathLike | None = N
     """Compile the kernel sources (no torch binding) for sm_90a with nvcc; return the object files.
 
     Needs no GPU: CI runs it to check that the kernels compile. Raises CalledProcessError with
-    the compiler's output on failure.
+    the compiler's output on failure. ptxas's report (registers, spills, warnings such as C7520,
+    "wgmma serialized") is kept beside each object as ``<name>.ptxas.log``.
     """
     nvcc = nvcc or shutil.which("nvcc")
     if nvcc is None:
@@ -102,8 +103,9 @@ def compile_check(nvcc: str | None = None, out_dir: str | os.PathLike | None = N
     objects = []
     for src in KERNEL_SOURCES:
         obj = out / (Path(src).stem + ".o")
-        subprocess.run([nvcc, *CUDA_FLAGS, "-Xptxas", "-v", "-c", str(HERE / src), "-o", str(obj)],
-                       check=True, capture_output=True, text=True)
+        done = subprocess.run([nvcc, *CUDA_FLAGS, "-Xptxas", "-v", "-c", str(HERE / src), "-o", str(obj)],
+                              check=True, capture_output=True, text=True)
+        obj.with_suffix(".ptxas.log").write_text(done.stdout + done.stderr)
         objects.append(obj)
     return objects
 

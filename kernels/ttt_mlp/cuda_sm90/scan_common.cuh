@@ -475,9 +475,10 @@ __device__ __forceinline__ void inner_step(float (&w1s)[NF][4], float (&w2s)[ND]
 
 // ---- the row helpers over R rows per lane (the forward uses R = 1: one token row per lane) ---------
 // They repeat the arithmetic of read_sum2, layer_norm_rows and grad_z2_rows above for R rows per
-// lane. The backward inlines the explicit two-row versions: defining those through these templates
-// changed the backward's code generation and cost it 14% (H100, 406 vs 356 ms at T = 351,168,
-// 2026-11-26), so both stay.
+// lane. The backward inlines the explicit two-row versions. Defining those through these templates
+// was once timed 14% slower (H100, 406 vs 356 ms at T = 351,168), but builds of identical code later
+// differed as much within one process (README.md, "Backward timing noise"); the merge has not been
+// re-timed with that control, so both stay for now.
 
 // acc = s (a + b) + bias for R rows per lane of two fp32 [rows][D] tiles (xidx): the lane's rows
 // ra + g (+ 8) of a and rb + g (+ 8) of b; R = 2 is an accumulator tile's 16 rows ([ND][4]), R = 1

@@ -58,8 +58,9 @@ constexpr int OFF_GAMMA = OFF_B2 + D * 4;
 constexpr int OFF_BETA = OFF_GAMMA + D * 4;
 constexpr int OFF_RED1 = OFF_BETA + D * 4;            // [4][FL] fp32 column sums of G_z1 per row block
 constexpr int OFF_RED2 = OFF_RED1 + 4 * FL * 4;       // [8][D] fp32 column sums of G_z2 per 8-row block
-constexpr int OFF_FULL = OFF_RED2 + 8 * D * 4;        // [2] mbarriers: receive buffer b holds an exchange
-constexpr int SMEM = OFF_FULL + 2 * 8;
+// [2] + [2] mbarriers: full_z[b] / full_q[b], receive buffer b holds the Z2 / the Zq2 part of an exchange
+constexpr int OFF_FULL = OFF_RED2 + 8 * D * 4;
+constexpr int SMEM = OFF_FULL + 4 * 8;
 static_assert(OFF_W1H % 1024 == 0 && OFF_W1L % 1024 == 0 && OFF_W2H % 1024 == 0 && OFF_W2L % 1024 == 0 &&
                   OFF_A % 1024 == 0 && OFF_GZ1 % 1024 == 0 && OFF_GZ2 % 1024 == 0 && OFF_ZQ % 1024 == 0,
               "wgmma operand tiles must be 1024-byte aligned");
@@ -189,11 +190,12 @@ __device__ __forceinline__ void front_wg(float (&za)[NF][4], float (&da)[NF][4],
 // element-wise work is done once per row; G_z2 then reaches the product through shared memory as
 // bf16 hi (s.gz2) / lo (gz2lo) tiles, and s.red2 holds [8][D] column sums. z2a (aliasing s.gz1)
 // and z2b are Z2's two partial tiles; n rows are real; after_first_sync() runs right after the
-// first CTA barrier. The caller ends it with a proxy fence and __syncthreads.
-template <bool SPLIT, typename AfterFirstSync>
+// first CTA barrier, under_gz1() while the G_z1 product is on the tensor cores (it must not touch
+// the state's bf16 copies, A or G_z2). The caller ends it with a proxy fence and __syncthreads.
+template <bool SPLIT, typename AfterFirstSync, typename UnderGz1>
 __device__ __forceinline__ void back_wg(float (&w1s)[NF][4], float (&w2s)[ND][4], const float* z2a, const float* z2b,
                                         const float (&da)[NF][4], const StepBufs& s, bf16* gz2lo, int n, int tid,
-                                        float eps, AfterFirstSync after_first_sync) {
+                                        float eps, AfterFirstSync after_first_sync, UnderGz1 under_gz1) {
   const int lane = tid & 31, warp = tid >> 5, wr = warp & 3, wc = warp >> 2;
   const int g = lane >> 2, t = lane & 3;
   const int row = 16 * wr + 8 * wc + g;
@@ -235,6 +237,7 @@ __device__ __forceinline__ void back_wg(float (&w1s)[NF][4], float (&w2s)[ND][4]
       }
     }
     wgmma_commit();
+    under_gz1();
     wgmma_wait<0>();
     fence_acc(gz1);
   }
@@ -308,16 +311,22 @@ __device__ __forceinline__ void twin_reduce_push(const float (&acc)[ND][4], floa
 }
 
 // Iteration j of the kernel: the back of step j (LayerNorm, G_z2, G_z1, update -> state S_{j+1}),
-// then one fused pass against S_{j+1}: the output's Zq2 partial of mini-batch j and the front (Z1,
-// A, Z2 partial) of step j + 1. Both partials cross the cluster in ONE exchange (v1, until
-// 2026-11-26, had two cluster barriers per mini-batch: Z2, then Zq2). CTA r finishes only the output
-// rows [32 r, 32 r + 32) (warps wr = 2r, 2r + 1), so only the other half of its Zq2 partial crosses.
-// The exchange is point to point: the peer's st.async stores complete bytes on my mbarrier full[b]
-// (armed with the bytes to expect), and my warps wait on it with acquire; no cluster barrier per
-// mini-batch. Receive buffers are double-buffered (exchange e lands in buffer e & 1, phase e >> 1 of
-// full[e & 1]); a push never overwrites an unread partial: a CTA pushes exchange e only after it has
-// received exchange e - 1, which its peer pushes only after a CTA barrier that follows all its reads
-// of exchange e - 2.
+// then one fused pass against S_{j+1}: the front (Z1, A, Z2 partial) of step j + 1 and the output's
+// Zq2 partial of mini-batch j. Both partials cross the cluster in ONE exchange (v1, until 2026-11-26,
+// had two cluster barriers per mini-batch: Z2, then Zq2). CTA r finishes only the output rows
+// [32 r, 32 r + 32) (warps wr = 2r, 2r + 1), so only the other half of its Zq2 partial crosses.
+//
+// Off the serial chain (v7): the Z2 partial is pushed first and the Zq2 work follows while it is in
+// flight; the output rows of mini-batch j are finished in iteration j + 1, while G_z1 is on the
+// tensor cores (b2 is still S_{j+1}'s there). So each part of an exchange has its own mbarrier.
+//
+// The exchange is point to point: the peer's st.async stores complete bytes on my mbarriers (armed
+// with the bytes to expect), and my warps wait on them with acquire; no cluster barrier per
+// mini-batch. Exchange e (0 <= e <= n_mb) lands in receive buffer e & 1: the Z2 partial of step e
+// (e < n_mb; full_z[e & 1], phase (e >> 1) & 1) and the peer's Zq2 partial of my output rows of
+// mini-batch e - 1 (e >= 1; full_q[e & 1], phase ((e - 1) >> 1) & 1). A push never overwrites an
+// unread partial: a CTA pushes exchange e only after it has received the Z2 part of exchange e - 1,
+// which its peer pushes only after CTA barriers that follow all its reads of exchange e - 2.
 template <bool SPLIT, bool FAST_INNER, bool FAST_OUT>
 __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp_fwd_kernel(const FwdParams p) {
   extern __shared__ __align__(128) char sm_raw[];
@@ -354,8 +363,8 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
   float* zq_stage = at<float>(sm, OFF_ZQ);
   float* recv = at<float>(sm, OFF_RECV);
   const uint32_t peer_recv = map_rank_u32(smem_u32(recv), rank ^ 1);
-  const uint32_t full = smem_u32(sm + OFF_FULL);  // full[b] at full + 8 b
-  const uint32_t peer_full = map_rank_u32(full, rank ^ 1);
+  const uint32_t full_z = smem_u32(sm + OFF_FULL), full_q = full_z + 16;  // [b] at + 8 b
+  const uint32_t peer_full_z = map_rank_u32(full_z, rank ^ 1), peer_full_q = peer_full_z + 16;
   bf16* gz2lo = reinterpret_cast<bf16*>(zq_stage + (rank ^ 1) * HALF * D);
 
   float w1s[NF][4], w2s[ND][4];
@@ -370,18 +379,17 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
   store_copies_halves<SPLIT>(s, w1s, w2s, warp, lane);
 
   const int n_mb = (p.T + M - 1) / M;
-  // Bytes the peer pushes into my buffer in exchange e: the Z2 partial of step e (e < n_mb) and the
-  // Zq2 partial of my output rows of mini-batch e - 1 (e >= 1, with the output).
-  auto exchange_bytes = [&](int e) -> uint32_t {
-    if (e > n_mb) return 0;
-    return (e < n_mb ? M * D * 4 : 0) + (e >= 1 && p.with_out ? HALF * D * 4 : 0);
-  };
+  // Bytes the peer pushes per exchange: its Z2 partial (all rows) and its Zq2 partial of my rows.
+  // The output is computed (and exchanged) even without p.with_out, which only skips its store: no
+  // runtime branch around the wgmma calls (see the peeled iteration below).
+  constexpr uint32_t Z2_BYTES = M * D * 4, ZQ_BYTES = HALF * D * 4;
   if (tid == 0) {
-    mbar_init(full, 1);
-    mbar_init(full + 8, 1);
+    for (int i = 0; i < 4; ++i) mbar_init(full_z + 8 * i, 1);
     fence_mbar_init();
-    mbar_arm(full, exchange_bytes(0));
-    if (exchange_bytes(1)) mbar_arm(full + 8, exchange_bytes(1));
+    mbar_arm(full_z, Z2_BYTES);                     // exchange 0
+    if (n_mb > 1) mbar_arm(full_z + 8, Z2_BYTES);   // exchange 1
+    mbar_arm(full_q + 8, ZQ_BYTES);                 // exchange 1
+    if (n_mb > 1) mbar_arm(full_q, ZQ_BYTES);       // exchange 2
   }
   load_tiles(p, sm, bh, 0, 0, tid);
   if (n_mb > 1) load_tiles(p, sm, bh, M, 1, tid);
@@ -403,8 +411,31 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
     fence_acc(za);
     front_wg<SPLIT, FAST_INNER>(za, da, z2, s, wr, wc, lane);
   }
-  twin_reduce_push<true>(z2, z2_mine, z2_mine, peer_recv, peer_full, 0, wr, wc, lane);
+  twin_reduce_push<true>(z2, z2_mine, z2_mine, peer_recv, peer_full_z, 0, wr, wc, lane);
   named_barrier(1 + wr, 64);  // warp (wr, 0)'s local partial is visible to its twin
+
+  const int orow = 16 * wr + 8 * wc + g;  // the output row this lane finishes (if my_rows)
+  uint32_t qres[ND];                      // its residual Q (bf16 pairs) of the pending mini-batch
+  // Finish my output rows of mini-batch mb, one row per lane: out = Q + gamma LN(Zq2 + b2) + beta with
+  // Zq2 = my CTA's partial (zq_stage) + the peer's (exchange mb + 1) and b2 of S_{mb+1}.
+  auto finish_output = [&](const int mb) {
+    const int e = mb + 1, eb = e & 1;
+    mbar_wait(full_q + 8 * eb, (mb >> 1) & 1);
+    if (tid == 64 * rank && e + 2 <= n_mb) mbar_arm(full_q + 8 * eb, ZQ_BYTES);  // warp (2 rank, 0) waited
+    float o[ND][2], rstd[1];
+    read_sum2_n<1>(o, zq_stage, orow - g, recv + eb * RECV + RECV_Z2, orow - g - half_row0, lane, s.b2);
+    layer_norm_rows_n<1>(o, p.eps, rstd);
+    if (p.with_out && mb * M + orow < p.T) {
+      bf16* out = p.out + (bh * p.T + static_cast<size_t>(mb) * M + orow) * D;
+#pragma unroll
+      for (int j = 0; j < ND; ++j) {
+        const int c = 8 * j + 2 * t;
+        const float2 q = unpack_bf16(qres[j]);
+        *reinterpret_cast<uint32_t*>(out + c) =
+            pack_bf16(q.x + gamma[c] * o[j][0] + beta[c], q.y + gamma[c + 1] * o[j][1] + beta[c + 1]);
+      }
+    }
+  };
 
   // One iteration per mini-batch, with NEXT (a step follows) a compile-time constant: a runtime
   // `next` around the wgmma calls makes ptxas serialise every wgmma (C7520, "WG.AR in divergent
@@ -429,81 +460,70 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
 
     // ---- back of step `step`: Z2 = my partial + the peer's (exchange `step`, buffer step & 1); the
     // CTA barrier after G_z2 separates the last z2_mine read from the G_z1 stores over it ----
-    mbar_wait(full + 8 * buf, (step >> 1) & 1);  // exchange `step` has landed
-    if (tid == 0 && exchange_bytes(step + 2)) mbar_arm(full + 8 * buf, exchange_bytes(step + 2));
-    back_wg<SPLIT>(w1s, w2s, z2_mine, recv + buf * RECV, da, s, gz2lo, n, tid, p.eps, [&] {
-      // Every warp is past its last read of mini-batch step - 1's tiles (phase B of the last
-      // iteration): refill that buffer with mini-batch step + 1, waited for at the end of this phase.
-      if (step >= 1 && step + 1 < n_mb) load_tiles(p, sm, bh, t0 + M, buf ^ 1, tid);
-    });
+    mbar_wait(full_z + 8 * buf, (step >> 1) & 1);  // the Z2 part of exchange `step` has landed
+    if (tid == 0 && step + 2 < n_mb) mbar_arm(full_z + 8 * buf, Z2_BYTES);
+    back_wg<SPLIT>(
+        w1s, w2s, z2_mine, recv + buf * RECV, da, s, gz2lo, n, tid, p.eps,
+        [&] {
+          // Every warp is past its last read of mini-batch step - 1's tiles (the output's residual Q
+          // is in registers): refill that buffer with mini-batch step + 1, waited for at the end of
+          // this phase.
+          if (step >= 1 && step + 1 < n_mb) load_tiles(p, sm, bh, t0 + M, buf ^ 1, tid);
+        },
+        [&] {
+          if (step >= 1 && my_rows) finish_output(step - 1);
+        });
     cp_async_wait<0>();  // the next mini-batch's tiles
     fence_proxy_async();
     __syncthreads();     // new state copies, biases and those tiles are visible to every warp
 
-    // ---- fused pass against the updated state: the output's Zq2 partial of this mini-batch and the
-    // front of the next step; then exchange step + 1 (buffer (step + 1) & 1) ----
-    const uint32_t rbuf = peer_recv + 4 * (buf ^ 1) * RECV, rbar = peer_full + 8 * (buf ^ 1);
-    const int orow = 16 * wr + 8 * wc + g;  // the output row this lane finishes (if my_rows)
-    uint32_t qres[ND];                      // its residual Q, bf16 pairs
-    const bf16* k_next = at<bf16>(sm, OFF_K) + (buf ^ 1) * M * D;
-    float za[NF][4];  // K W1 of the next step, issued beside the output's Q W1
-    if (p.with_out) {
+    // ---- fused pass against the updated state: the front of the next step (its Z2 partial is
+    // pushed first), then the output's Zq2 partial of this mini-batch; exchange step + 1 (buffer
+    // (step + 1) & 1) ----
+    const uint32_t rbuf = peer_recv + 4 * (buf ^ 1) * RECV;
+    float zq[NF][4];
+    if (next) {
+      const bf16* k_next = at<bf16>(sm, OFF_K) + (buf ^ 1) * M * D;
+      float za[NF][4];
+      wgmma_fence();
+      issue_x_w1<SPLIT>(za, k_next, s, wc);
+      wgmma_commit();
+      issue_x_w1<false>(zq, sq, s, wc);  // Q W1 runs under the front's element-wise work
+      wgmma_commit();
+      wgmma_wait<1>();
+      fence_acc(za);
+      s.k = k_next;
+      front_wg<SPLIT, FAST_INNER>(za, da, z2, s, wr, wc, lane);  // its final wait also completes Q W1
+      twin_reduce_push<true>(z2, z2_mine, z2_mine, rbuf, peer_full_z + 8 * (buf ^ 1), 0, wr, wc, lane);
+    } else {
+      wgmma_fence();
+      issue_x_w1<false>(zq, sq, s, wc);
+      wgmma_commit();
+      wgmma_wait<0>();
+    }
+    fence_acc(zq);
+    {
       float o[ND][4];
-      {
-        float zq[NF][4];
-        wgmma_fence();
-        issue_x_w1<false>(zq, sq, s, wc);
-        if (next) issue_x_w1<SPLIT>(za, k_next, s, wc);
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_acc(zq);
-        fence_acc(za);
-        add_b1(zq, s.b1, wc, lane);
+      add_b1(zq, s.b1, wc, lane);
 #pragma unroll
-        for (int j = 0; j < NF; ++j)
+      for (int j = 0; j < NF; ++j)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) zq[j][e] = gelu<FAST_OUT>(zq[j][e]);
-        xs_times_w2<false>(o, zq, s, wc);
-      }
+        for (int e = 0; e < 4; ++e) zq[j][e] = gelu<FAST_OUT>(zq[j][e]);
+      xs_times_w2<false>(o, zq, s, wc);
       // my rows: the CTA's partial stays in zq_stage; the other half goes to the peer's buffer.
       if (my_rows) {
         twin_reduce<true, false>(o, zq_stage, zq_stage, nullptr, 0, wr, wc, lane);
 #pragma unroll
         for (int j = 0; j < ND; ++j) qres[j] = *reinterpret_cast<const uint32_t*>(sq + swz<D>(orow, 8 * j + 2 * t));
       } else {
-        twin_reduce_push<false>(o, zq_stage, nullptr, rbuf + 4 * RECV_Z2, rbar, half_row0, wr, wc, lane);
-      }
-    } else if (next) {
-      wgmma_fence();
-      issue_x_w1<SPLIT>(za, k_next, s, wc);
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_acc(za);
-    }
-    if (next) {
-      s.k = k_next;
-      front_wg<SPLIT, FAST_INNER>(za, da, z2, s, wr, wc, lane);
-      twin_reduce_push<true>(z2, z2_mine, z2_mine, rbuf, rbar, 0, wr, wc, lane);
-    }
-    if (!next && !p.with_out) return;  // nothing left to exchange
-    named_barrier(1 + wr, 64);  // warp (wr, 0)'s local partials are visible to its twin
-
-    if (p.with_out && my_rows) {  // finish my output rows (one per lane): out = Q + gamma LN(Zq2 + b2) + beta
-      mbar_wait(full + 8 * (buf ^ 1), ((step + 1) >> 1) & 1);  // exchange step + 1 has landed
-      float o[ND][2], rstd[1];
-      read_sum2_n<1>(o, zq_stage, orow - g, recv + (buf ^ 1) * RECV + RECV_Z2, orow - g - half_row0, lane, s.b2);
-      layer_norm_rows_n<1>(o, p.eps, rstd);
-      if (orow < n) {
-        bf16* out = p.out + (bh * p.T + t0 + orow) * D;
-#pragma unroll
-        for (int j = 0; j < ND; ++j) {
-          const int c = 8 * j + 2 * t;
-          const float2 q = unpack_bf16(qres[j]);
-          *reinterpret_cast<uint32_t*>(out + c) =
-              pack_bf16(q.x + gamma[c] * o[j][0] + beta[c], q.y + gamma[c + 1] * o[j][1] + beta[c + 1]);
-        }
+        twin_reduce_push<false>(o, zq_stage, nullptr, rbuf + 4 * RECV_Z2, peer_full_q + 8 * (buf ^ 1), half_row0, wr,
+                                wc, lane);
       }
     }
+    // Every warp's local partials (z2_mine, my rows of zq_stage) are visible, and every read of the
+    // twin staging in zq_stage is done before the next back writes G_z2's lo tile over half of it.
+    __syncthreads();
+    if (!next && my_rows) finish_output(step);
   };
   for (int step = 0; step + 1 < n_mb; ++step) iteration(step, std::true_type{});
   iteration(n_mb - 1, std::false_type{});
