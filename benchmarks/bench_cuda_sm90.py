@@ -81,6 +81,7 @@ def backward_rows(args, inputs, seq_len, n_mb, cuda_sm90, triton_backend, refere
     for i, b in enumerate(args.baseline_dir or ()):
         src = b.split(":")[0]
         runs.insert(1 + i, (f"cuda_sm90 backward from {src}", cuda_sm90.backward, src))
+    current = None  # the current build's gradients, to compare the baselines' with bitwise
     for name, fn, src in runs:
         def run(fn=fn, src=src):
             with using_extension(build, src):
@@ -92,6 +93,10 @@ def backward_rows(args, inputs, seq_len, n_mb, cuda_sm90, triton_backend, refere
                    finite=all(bool(torch.isfinite(g).all()) for g in grads))
         if name.startswith("cuda"):
             row["bitwise"] = all(torch.equal(a, b) for a, b in zip(grads, run(), strict=True))
+            if src is None:
+                current = grads
+            else:
+                row["equal_to_current"] = all(torch.equal(a, b) for a, b in zip(grads, current, strict=True))
         if ref is not None:
             errs = {n: relerr(g, r) for n, g, r in zip(GRAD_NAMES, grads, ref, strict=True)}
             row["err"] = max(errs.values())
@@ -100,6 +105,7 @@ def backward_rows(args, inputs, seq_len, n_mb, cuda_sm90, triton_backend, refere
         print({k: v for k, v in row.items()}, flush=True)
         out.append(row)
         del grads
+    del current
     return out
 
 

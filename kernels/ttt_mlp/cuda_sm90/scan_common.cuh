@@ -167,22 +167,110 @@ __device__ __forceinline__ void push_row_sum(const float (&acc)[ND][4], float* x
   twin_reduce(acc, mine, mine, map_rank(mine, rank ^ 1), 0, wr, wc, lane);
 }
 
-// acc = s (a + b) + bias for 16 rows of two fp32 [rows][D] tiles (xidx), rows ra.. of a and rb.. of b.
-// Both CTAs add the same two partials (a + b == b + a exactly), so they hold bitwise-equal totals.
-__device__ __forceinline__ void read_sum2(float (&acc)[ND][4], const float* a, int ra, const float* b, int rb,
+// ---- row helpers over R rows per lane: R = 2 is an accumulator tile's 16 rows (the backward and the
+// mma.sync step), R = 1 one token row per lane (the forward's split row work) ----------------------
+
+// acc = s (a + b) + bias for R rows per lane of two fp32 [rows][D] tiles (xidx): the lane's rows
+// ra + g (+ 8) of a and rb + g (+ 8) of b; R = 2 is an accumulator tile's 16 rows ([ND][4]), R = 1
+// one row per lane ([ND][2]). Both CTAs add the same two partials (a + b == b + a exactly), so they
+// hold bitwise-equal totals.
+template <int R = 2>
+__device__ __forceinline__ void read_sum2_n(float (&acc)[ND][2 * R], const float* a, int ra, const float* b, int rb,
                                           int lane, const float* bias, float s = 1.f) {
   const int g = lane >> 2, t = lane & 3;
 #pragma unroll
   for (int j = 0; j < ND; ++j) {
     const int c = 8 * j + 2 * t;
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
+    for (int half = 0; half < R; ++half) {
       const float2 x = *reinterpret_cast<const float2*>(a + xidx(ra + g + 8 * half, c));
       const float2 y = *reinterpret_cast<const float2*>(b + xidx(rb + g + 8 * half, c));
       acc[j][2 * half] = s * (x.x + y.x) + bias[c];
       acc[j][2 * half + 1] = s * (x.y + y.y) + bias[c + 1];
     }
   }
+}
+
+// Row-wise LayerNorm in place, (z - mean) * rstd, of R rows per lane in the accumulator layout
+// (elements 2r, 2r + 1 of z[j] are row r of the lane: R = 2 is a [16, D] accumulator tile, R = 1 one
+// row per lane); rstd[r] returned.
+template <int R>
+__device__ __forceinline__ void layer_norm_rows_n(float (&z)[ND][2 * R], float eps, float (&rstd)[R]) {
+  float sum[R], var[R], mu[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) sum[r] = var[r] = 0.f;
+#pragma unroll
+  for (int j = 0; j < ND; ++j)
+#pragma unroll
+    for (int r = 0; r < R; ++r) sum[r] += z[j][2 * r] + z[j][2 * r + 1];
+#pragma unroll
+  for (int r = 0; r < R; ++r) mu[r] = quad_sum(sum[r]) * (1.f / D);
+#pragma unroll
+  for (int j = 0; j < ND; ++j)
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      z[j][2 * r] -= mu[r];
+      z[j][2 * r + 1] -= mu[r];
+      var[r] += z[j][2 * r] * z[j][2 * r] + z[j][2 * r + 1] * z[j][2 * r + 1];
+    }
+#pragma unroll
+  for (int r = 0; r < R; ++r) rstd[r] = rsqrtf(quad_sum(var[r]) * (1.f / D) + eps);
+#pragma unroll
+  for (int j = 0; j < ND; ++j)
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      z[j][2 * r] *= rstd[r];
+      z[j][2 * r + 1] *= rstd[r];
+    }
+}
+
+// G_z2 = rstd P(G_xh) with G_xh = gamma eta (gamma Xh + beta - (V - K)), P(g) = g - mean(g) -
+// Xh mean(g Xh), for R rows per lane (layout as layer_norm_rows_n): the lane's rows are row + 8 r;
+// xh holds Xh and rstd the LayerNorm's scale of those rows. Rows >= n are zero.
+template <int R>
+__device__ __forceinline__ void grad_z2_rows_n(float (&gz)[ND][2 * R], const float (&xh)[ND][2 * R],
+                                               const float (&rstd)[R], const bf16* k, const bf16* v, const float* eta,
+                                               const float* gamma, const float* beta, int n, int row, int lane) {
+  const int t = lane & 3;
+  float e[R], m[R], x[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    e[r] = row + 8 * r < n ? eta[row + 8 * r] : 0.f;
+    m[r] = x[r] = 0.f;
+  }
+#pragma unroll
+  for (int j = 0; j < ND; ++j) {
+    const int c = 8 * j + 2 * t;
+    const float ga = gamma[c], gb = gamma[c + 1], ba = beta[c], bb = beta[c + 1];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const float2 kr = load_pair<D>(k, row + 8 * r, c), vr = load_pair<D>(v, row + 8 * r, c);
+      gz[j][2 * r] = ga * e[r] * (ga * xh[j][2 * r] + ba - (vr.x - kr.x));
+      gz[j][2 * r + 1] = gb * e[r] * (gb * xh[j][2 * r + 1] + bb - (vr.y - kr.y));
+      m[r] += gz[j][2 * r] + gz[j][2 * r + 1];
+      x[r] += gz[j][2 * r] * xh[j][2 * r] + gz[j][2 * r + 1] * xh[j][2 * r + 1];
+    }
+  }
+  float sc[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    m[r] = quad_sum(m[r]) * (1.f / D);
+    x[r] = quad_sum(x[r]) * (1.f / D);
+    sc[r] = row + 8 * r < n ? rstd[r] : 0.f;
+  }
+#pragma unroll
+  for (int j = 0; j < ND; ++j)
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      gz[j][2 * r] = sc[r] * (gz[j][2 * r] - m[r] - xh[j][2 * r] * x[r]);
+      gz[j][2 * r + 1] = sc[r] * (gz[j][2 * r + 1] - m[r] - xh[j][2 * r + 1] * x[r]);
+    }
+}
+
+// The R = 2 forms under their accumulator-tile names (rows 16 wr + g and + 8 of the lane).
+__device__ __forceinline__ void read_sum2(float (&acc)[ND][4], const float* a, int ra, const float* b, int rb,
+                                          int lane, const float* bias, float s = 1.f) {
+  read_sum2_n<2>(acc, a, ra, b, rb, lane, bias, s);
 }
 
 // Second half (after the cluster barrier): acc = the two CTAs' partials in slot `xslot` + bias.
@@ -203,68 +291,17 @@ __device__ __forceinline__ void cluster_row_sum(float (&acc)[ND][4], float* xslo
 // Row-wise LayerNorm of a [16, D] accumulator tile in place: (z - mean) * rstd; returns rstd of
 // rows g and g + 8.
 __device__ __forceinline__ float2 layer_norm_rows(float (&z)[ND][4], float eps) {
-  float s0 = 0.f, s1 = 0.f;
-#pragma unroll
-  for (int j = 0; j < ND; ++j) {
-    s0 += z[j][0] + z[j][1];
-    s1 += z[j][2] + z[j][3];
-  }
-  const float mu0 = quad_sum(s0) * (1.f / D), mu1 = quad_sum(s1) * (1.f / D);
-  float v0 = 0.f, v1 = 0.f;
-#pragma unroll
-  for (int j = 0; j < ND; ++j) {
-    z[j][0] -= mu0;
-    z[j][1] -= mu0;
-    z[j][2] -= mu1;
-    z[j][3] -= mu1;
-    v0 += z[j][0] * z[j][0] + z[j][1] * z[j][1];
-    v1 += z[j][2] * z[j][2] + z[j][3] * z[j][3];
-  }
-  const float r0 = rsqrtf(quad_sum(v0) * (1.f / D) + eps), r1 = rsqrtf(quad_sum(v1) * (1.f / D) + eps);
-#pragma unroll
-  for (int j = 0; j < ND; ++j) {
-    z[j][0] *= r0;
-    z[j][1] *= r0;
-    z[j][2] *= r1;
-    z[j][3] *= r1;
-  }
-  return make_float2(r0, r1);
+  float r[2];
+  layer_norm_rows_n<2>(z, eps, r);
+  return make_float2(r[0], r[1]);
 }
 
-// G_z2 = rstd P(G_xh) with G_xh = gamma eta (gamma Xh + beta - (V - K)), P(g) = g - mean(g) -
-// Xh mean(g Xh); xh holds Xh (from layer_norm_rows) for rows 16 wr + g, + 8. Rows >= n are zero.
+// G_z2 of rows 16 wr + g and + 8 (grad_z2_rows_n); rows >= n are zero.
 __device__ __forceinline__ void grad_z2_rows(float (&gz)[ND][4], const float (&xh)[ND][4], float2 rstd,
                                              const bf16* k, const bf16* v, const float* eta, const float* gamma,
                                              const float* beta, int n, int wr, int lane) {
-  const int g = lane >> 2, t = lane & 3;
-  const int r0 = 16 * wr + g;
-  const float e0 = r0 < n ? eta[r0] : 0.f, e1 = r0 + 8 < n ? eta[r0 + 8] : 0.f;
-  float m0 = 0.f, m1 = 0.f, x0 = 0.f, x1 = 0.f;
-#pragma unroll
-  for (int j = 0; j < ND; ++j) {
-    const int c = 8 * j + 2 * t;
-    const float ga = gamma[c], gb = gamma[c + 1], ba = beta[c], bb = beta[c + 1];
-    const float2 k0 = load_pair<D>(k, r0, c), v0 = load_pair<D>(v, r0, c);
-    const float2 k1 = load_pair<D>(k, r0 + 8, c), v1 = load_pair<D>(v, r0 + 8, c);
-    gz[j][0] = ga * e0 * (ga * xh[j][0] + ba - (v0.x - k0.x));
-    gz[j][1] = gb * e0 * (gb * xh[j][1] + bb - (v0.y - k0.y));
-    gz[j][2] = ga * e1 * (ga * xh[j][2] + ba - (v1.x - k1.x));
-    gz[j][3] = gb * e1 * (gb * xh[j][3] + bb - (v1.y - k1.y));
-    m0 += gz[j][0] + gz[j][1];
-    m1 += gz[j][2] + gz[j][3];
-    x0 += gz[j][0] * xh[j][0] + gz[j][1] * xh[j][1];
-    x1 += gz[j][2] * xh[j][2] + gz[j][3] * xh[j][3];
-  }
-  m0 = quad_sum(m0) * (1.f / D), m1 = quad_sum(m1) * (1.f / D);
-  x0 = quad_sum(x0) * (1.f / D), x1 = quad_sum(x1) * (1.f / D);
-  const float s0 = r0 < n ? rstd.x : 0.f, s1 = r0 + 8 < n ? rstd.y : 0.f;
-#pragma unroll
-  for (int j = 0; j < ND; ++j) {
-    gz[j][0] = s0 * (gz[j][0] - m0 - xh[j][0] * x0);
-    gz[j][1] = s0 * (gz[j][1] - m0 - xh[j][1] * x0);
-    gz[j][2] = s1 * (gz[j][2] - m1 - xh[j][2] * x1);
-    gz[j][3] = s1 * (gz[j][3] - m1 - xh[j][3] * x1);
-  }
+  const float r[2] = {rstd.x, rstd.y};
+  grad_z2_rows_n<2>(gz, xh, r, k, v, eta, gamma, beta, n, 16 * wr + (lane >> 2), lane);
 }
 
 // Column sums of a [16, 8n] accumulator tile over its 16 rows, written by lanes 0..3 to dst[8j + 2t + e].
@@ -471,110 +508,6 @@ __device__ __forceinline__ void inner_step(float (&w1s)[NF][4], float (&w2s)[ND]
   cluster_row_sum(z2, s.x + slot * (CS * M * D), rank, wr, wc, lane, s.b2);
   step_back<SPLIT, ROLL>(w1s, w2s, z2, da, s, n, tid, eps);
   __syncthreads();
-}
-
-// ---- the row helpers over R rows per lane (the forward uses R = 1: one token row per lane) ---------
-// They repeat the arithmetic of read_sum2, layer_norm_rows and grad_z2_rows above for R rows per
-// lane. The backward inlines the explicit two-row versions. Defining those through these templates
-// was once timed 14% slower (H100, 406 vs 356 ms at T = 351,168), but builds of identical code later
-// differed as much within one process (README.md, "Backward timing noise"); the merge has not been
-// re-timed with that control, so both stay for now.
-
-// acc = s (a + b) + bias for R rows per lane of two fp32 [rows][D] tiles (xidx): the lane's rows
-// ra + g (+ 8) of a and rb + g (+ 8) of b; R = 2 is an accumulator tile's 16 rows ([ND][4]), R = 1
-// one row per lane ([ND][2]). Both CTAs add the same two partials (a + b == b + a exactly), so they
-// hold bitwise-equal totals.
-template <int R = 2>
-__device__ __forceinline__ void read_sum2_n(float (&acc)[ND][2 * R], const float* a, int ra, const float* b, int rb,
-                                          int lane, const float* bias, float s = 1.f) {
-  const int g = lane >> 2, t = lane & 3;
-#pragma unroll
-  for (int j = 0; j < ND; ++j) {
-    const int c = 8 * j + 2 * t;
-#pragma unroll
-    for (int half = 0; half < R; ++half) {
-      const float2 x = *reinterpret_cast<const float2*>(a + xidx(ra + g + 8 * half, c));
-      const float2 y = *reinterpret_cast<const float2*>(b + xidx(rb + g + 8 * half, c));
-      acc[j][2 * half] = s * (x.x + y.x) + bias[c];
-      acc[j][2 * half + 1] = s * (x.y + y.y) + bias[c + 1];
-    }
-  }
-}
-
-// Row-wise LayerNorm in place, (z - mean) * rstd, of R rows per lane in the accumulator layout
-// (elements 2r, 2r + 1 of z[j] are row r of the lane: R = 2 is a [16, D] accumulator tile, R = 1 one
-// row per lane); rstd[r] returned.
-template <int R>
-__device__ __forceinline__ void layer_norm_rows_n(float (&z)[ND][2 * R], float eps, float (&rstd)[R]) {
-  float sum[R], var[R], mu[R];
-#pragma unroll
-  for (int r = 0; r < R; ++r) sum[r] = var[r] = 0.f;
-#pragma unroll
-  for (int j = 0; j < ND; ++j)
-#pragma unroll
-    for (int r = 0; r < R; ++r) sum[r] += z[j][2 * r] + z[j][2 * r + 1];
-#pragma unroll
-  for (int r = 0; r < R; ++r) mu[r] = quad_sum(sum[r]) * (1.f / D);
-#pragma unroll
-  for (int j = 0; j < ND; ++j)
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      z[j][2 * r] -= mu[r];
-      z[j][2 * r + 1] -= mu[r];
-      var[r] += z[j][2 * r] * z[j][2 * r] + z[j][2 * r + 1] * z[j][2 * r + 1];
-    }
-#pragma unroll
-  for (int r = 0; r < R; ++r) rstd[r] = rsqrtf(quad_sum(var[r]) * (1.f / D) + eps);
-#pragma unroll
-  for (int j = 0; j < ND; ++j)
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      z[j][2 * r] *= rstd[r];
-      z[j][2 * r + 1] *= rstd[r];
-    }
-}
-
-// G_z2 = rstd P(G_xh) with G_xh = gamma eta (gamma Xh + beta - (V - K)), P(g) = g - mean(g) -
-// Xh mean(g Xh), for R rows per lane (layout as layer_norm_rows_n): the lane's rows are row + 8 r;
-// xh holds Xh and rstd the LayerNorm's scale of those rows. Rows >= n are zero.
-template <int R>
-__device__ __forceinline__ void grad_z2_rows_n(float (&gz)[ND][2 * R], const float (&xh)[ND][2 * R],
-                                               const float (&rstd)[R], const bf16* k, const bf16* v, const float* eta,
-                                               const float* gamma, const float* beta, int n, int row, int lane) {
-  const int t = lane & 3;
-  float e[R], m[R], x[R];
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    e[r] = row + 8 * r < n ? eta[row + 8 * r] : 0.f;
-    m[r] = x[r] = 0.f;
-  }
-#pragma unroll
-  for (int j = 0; j < ND; ++j) {
-    const int c = 8 * j + 2 * t;
-    const float ga = gamma[c], gb = gamma[c + 1], ba = beta[c], bb = beta[c + 1];
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const float2 kr = load_pair<D>(k, row + 8 * r, c), vr = load_pair<D>(v, row + 8 * r, c);
-      gz[j][2 * r] = ga * e[r] * (ga * xh[j][2 * r] + ba - (vr.x - kr.x));
-      gz[j][2 * r + 1] = gb * e[r] * (gb * xh[j][2 * r + 1] + bb - (vr.y - kr.y));
-      m[r] += gz[j][2 * r] + gz[j][2 * r + 1];
-      x[r] += gz[j][2 * r] * xh[j][2 * r] + gz[j][2 * r + 1] * xh[j][2 * r + 1];
-    }
-  }
-  float sc[R];
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    m[r] = quad_sum(m[r]) * (1.f / D);
-    x[r] = quad_sum(x[r]) * (1.f / D);
-    sc[r] = row + 8 * r < n ? rstd[r] : 0.f;
-  }
-#pragma unroll
-  for (int j = 0; j < ND; ++j)
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      gz[j][2 * r] = sc[r] * (gz[j][2 * r] - m[r] - xh[j][2 * r] * x[r]);
-      gz[j][2 * r + 1] = sc[r] * (gz[j][2 * r + 1] - m[r] - xh[j][2 * r + 1] * x[r]);
-    }
 }
 
 }  // namespace sm90
