@@ -12,13 +12,20 @@ L2 error of each output against the float32 reference on the same inputs (layer-
 ``--baseline-dir DIR[:VARIANT] ...`` also times the kernels built from older copies of the sources
 (e.g. ``git show REV:kernels/ttt_mlp/cuda_sm90/<file>`` for every source and header into DIR): the
 forward with VARIANT (default ``--baseline-variant``) and, with ``--backward``, the backward; an A/B
-within one process and card.
+within one process and card. Each baseline row says whether its output (gradients) is bitwise equal
+to the current build's.
+
+The build timed first runs slow (forward ~1%, backward up to 11% at T = 351,168, even for identical
+code; kernels/ttt_mlp/cuda_sm90/README.md, "Backward timing noise"): ``--rounds N`` times every
+cuda_sm90 build N times per T, the order rotated by one each round, so each build is timed first
+once; add a copy of the current sources as a baseline for an identical-code control.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import sys
 import time
 from pathlib import Path
@@ -62,9 +69,16 @@ def relerr(a, b):
 GRAD_NAMES = ("q", "k", "v", "eta", "ln_w", "ln_b", "w1", "b1", "w2", "b2")
 
 
+def rotated(items, k):
+    """items with the first k % len(items) moved to the end (round k of --rounds)."""
+    k %= len(items)
+    return items[k:] + items[:k]
+
+
 def backward_rows(args, inputs, seq_len, n_mb, cuda_sm90, triton_backend, reference):
     """Backward time (from the forward's checkpoints, G = 16) and the max relative error over the ten
-    gradients against the float32 reference backward (up to --ref-grads-up-to)."""
+    gradients against the float32 reference backward (up to --ref-grads-up-to), for every build and
+    round (--rounds), then Triton's (unless --no-triton)."""
     grad_out = torch.randn(1, args.heads, seq_len, 64, generator=torch.Generator().manual_seed(1)).to(
         "cuda", torch.bfloat16)
     _, states = cuda_sm90.forward(*inputs, 64, 1e-6, 16, True)
@@ -77,11 +91,17 @@ def backward_rows(args, inputs, seq_len, n_mb, cuda_sm90, triton_backend, refere
     out = []
     from tttgraph.kernels.ttt_mlp.cuda_sm90 import build
 
-    runs = [("cuda_sm90 backward", cuda_sm90.backward, None), ("triton backward", triton_backend.backward, None)]
-    for i, b in enumerate(args.baseline_dir or ()):
-        src = b.split(":")[0]
-        runs.insert(1 + i, (f"cuda_sm90 backward from {src}", cuda_sm90.backward, src))
-    current = None  # the current build's gradients, to compare the baselines' with bitwise
+    builds = [("cuda_sm90 backward", cuda_sm90.backward, None)]
+    builds += [(f"cuda_sm90 backward from {b.split(':')[0]}", cuda_sm90.backward, b.split(":")[0])
+               for b in args.baseline_dir or ()]
+    runs = []
+    for rnd in range(args.rounds):
+        tag = f" [round {rnd + 1}]" if args.rounds > 1 else ""
+        runs += [(name + tag, fn, src) for name, fn, src in rotated(builds, rnd)]
+    if not args.no_triton:
+        runs.append(("triton backward", triton_backend.backward, None))
+    # the current build's gradients, to compare the baselines' with bitwise (an untimed run)
+    current = cuda_sm90.backward(grad_out, *inputs, states, 64, 1e-6, 16) if len(builds) > 1 else None
     for name, fn, src in runs:
         def run(fn=fn, src=src):
             with using_extension(build, src):
@@ -93,9 +113,7 @@ def backward_rows(args, inputs, seq_len, n_mb, cuda_sm90, triton_backend, refere
                    finite=all(bool(torch.isfinite(g).all()) for g in grads))
         if name.startswith("cuda"):
             row["bitwise"] = all(torch.equal(a, b) for a, b in zip(grads, run(), strict=True))
-            if src is None:
-                current = grads
-            else:
+            if src is not None:
                 row["equal_to_current"] = all(torch.equal(a, b) for a, b in zip(grads, current, strict=True))
         if ref is not None:
             errs = {n: relerr(g, r) for n, g, r in zip(GRAD_NAMES, grads, ref, strict=True)}
@@ -115,7 +133,9 @@ def main(argv=None):
     p.add_argument("--heads", type=int, default=48)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--ref-up-to", type=int, default=351168, help="largest T to run the fp32 reference at")
-    p.add_argument("--no-triton", action="store_true")
+    p.add_argument("--no-triton", action="store_true", help="time neither Triton's forward nor its backward")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="time each cuda_sm90 build this many times per T, the order rotated each round")
     p.add_argument("--variants", type=int, nargs="+",
                    help="kernel variants (bits, see ttt_mlp.h; default: the backend's default, cuda_sm90.VARIANT)")
     p.add_argument("--backward", action="store_true", help="also time the backward (cuda_sm90 and Triton)")
@@ -125,6 +145,8 @@ def main(argv=None):
                    help="also time the kernels built from these copies of the sources (forward variant VARIANT)")
     p.add_argument("--baseline-variant", type=int, default=7, help="forward variant of a baseline without one")
     args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error(f"--rounds must be at least 1, got {args.rounds}")
 
     from tttgraph.kernels.ttt_mlp import cuda_sm90, reference
     from tttgraph.kernels.ttt_mlp import triton as triton_backend
@@ -158,25 +180,32 @@ def main(argv=None):
                 ref_ms = (time.perf_counter() - t) * 1e3
                 rows.append(dict(name="reference (fp32, one run)", T=seq_len, ms=ref_ms, err=0.0, n_mb=n_mb))
                 del up
-        cases = [(f"cuda_sm90 v{v} ({VARIANT_NAMES[v]})", v, None) for v in args.variants or [default_variant]]
-        cases += [(f"cuda_sm90 v{v} from {src}", v, src) for src, v in baselines]
-        current = {}  # variant -> output of the current sources, to compare baselines with bitwise
+        builds = [(f"cuda_sm90 v{v} ({VARIANT_NAMES[v]})", v, None) for v in args.variants or [default_variant]]
+        builds += [(f"cuda_sm90 v{v} from {src}", v, src) for src, v in baselines]
+        cases = []
+        for rnd in range(args.rounds):
+            tag = f" [round {rnd + 1}]" if args.rounds > 1 else ""
+            cases += [(name + tag, variant, src) for name, variant, src in rotated(builds, rnd)]
+
+        def run(inputs=inputs, src=None):
+            with using_extension(build, src):
+                return cuda_sm90.forward(*inputs, 64, 1e-6, 16, False)[0]
+
+        current = {}  # variant -> output of the current sources (untimed), to compare baselines with bitwise
+        if baselines:
+            for v in {variant for _, variant, src in builds if src is None}:
+                cuda_sm90.VARIANT = v
+                current[v] = run()
         for name, variant, src in cases:
             cuda_sm90.VARIANT = variant
-
-            def run(inputs=inputs, src=src):
-                with using_extension(build, src):
-                    return cuda_sm90.forward(*inputs, 64, 1e-6, 16, False)[0]
-
-            ms = time_ms(run, reps=args.repeats)
-            out = run()
-            again = run()
+            run_case = functools.partial(run, src=src)
+            ms = time_ms(run_case, reps=args.repeats)
+            out = run_case()
+            again = run_case()
             err = relerr(out, ref) if ref is not None else float("nan")
             rows.append(dict(name=name, T=seq_len, ms=ms, err=err, n_mb=n_mb,
                              bitwise=bool(torch.equal(out, again)), finite=bool(torch.isfinite(out).all())))
-            if src is None:
-                current[variant] = out
-            elif variant in current:
+            if src is not None and variant in current:
                 rows[-1]["equal_to_current"] = bool(torch.equal(out, current[variant]))
             print(rows[-1], flush=True)
             del out, again
