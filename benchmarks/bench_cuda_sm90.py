@@ -80,7 +80,7 @@ def backward_rows(args, inputs, seq_len, n_mb, cuda_sm90, triton_backend, refere
     gradients against the float32 reference backward (up to --ref-grads-up-to), for every build and
     round (--rounds), then Triton's (unless --no-triton)."""
     grad_out = torch.randn(1, args.heads, seq_len, 64, generator=torch.Generator().manual_seed(1)).to(
-        "cuda", torch.bfloat16)
+        inputs[0].device, torch.bfloat16)
     _, states = cuda_sm90.forward(*inputs, 64, 1e-6, 16, True)
     ref = None
     if seq_len <= args.ref_grads_up_to:
