@@ -125,12 +125,12 @@ __device__ __forceinline__ void rows_times_w1(float (&acc)[NF][4], const bf16* x
 // Twin pre-reduction of an [M, D] row-sum whose partials (one per warp: its FH hidden columns) are
 // spread over the twin warps (wr, 0), (wr, 1): warp (wr, 1) stores its 16 rows at `stage` (rows
 // 16 wr..), the pair syncs on named barrier 1 + wr, and warp (wr, 0) adds its own and stores the
-// CTA's partial at row 16 wr - row0 of `local` (LOCAL) and of `remote` (REMOTE: a peer's distributed-
-// shared-memory address, a store nobody waits for). All tiles fp32 [rows][D], xidx. (Compile-time
-// flags: runtime null checks in this loop cost the backward 3%.)
-template <bool LOCAL = true, bool REMOTE = true>
-__device__ __forceinline__ void twin_reduce(const float (&acc)[ND][4], float* stage, float* local, float* remote,
-                                            int row0, int wr, int wc, int lane) {
+// CTA's partial at row 16 wr - row0 of `local` (LOCAL) and hands each float2 to `push(i, o)` (i: its
+// element offset in a row-0-based xidx tile), which sends it to the peer. All tiles fp32 [rows][D],
+// xidx. (Compile-time flags: runtime null checks in this loop cost the backward 3%.)
+template <bool LOCAL, typename Push>
+__device__ __forceinline__ void twin_reduce_to(const float (&acc)[ND][4], float* stage, float* local, int row0, int wr,
+                                               int wc, int lane, Push push) {
   const int g = lane >> 2, t = lane & 3;
   if (wc == 1) {
 #pragma unroll
@@ -153,10 +153,20 @@ __device__ __forceinline__ void twin_reduce(const float (&acc)[ND][4], float* st
         o.y += acc[j][2 * half + 1];
         const int i = xidx(r - row0, c);
         if (LOCAL) *reinterpret_cast<float2*>(local + i) = o;
-        if (REMOTE) *reinterpret_cast<float2*>(remote + i) = o;
+        push(i, o);
       }
     }
   }
+}
+
+// twin_reduce_to with plain stores into `remote` (REMOTE: a peer's distributed-shared-memory address,
+// a store nobody waits for) or none.
+template <bool LOCAL = true, bool REMOTE = true>
+__device__ __forceinline__ void twin_reduce(const float (&acc)[ND][4], float* stage, float* local, float* remote,
+                                            int row0, int wr, int wc, int lane) {
+  twin_reduce_to<LOCAL>(acc, stage, local, row0, wr, wc, lane, [&](int i, float2 o) {
+    if (REMOTE) *reinterpret_cast<float2*>(remote + i) = o;
+  });
 }
 
 // First half of the all-reduce: the twins pre-reduce, then warp (wr, 0) stores the CTA's partial

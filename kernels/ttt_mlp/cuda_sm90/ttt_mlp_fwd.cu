@@ -275,39 +275,13 @@ __device__ __forceinline__ void back_wg(float (&w1s)[NF][4], float (&w2s)[ND][4]
   store_copies_halves<SPLIT>(s, w1s, w2s, warp, lane);
 }
 
-// twin_reduce (scan_common.cuh) whose CTA partial goes to the peer with st.async: `remote` is the
+// twin_reduce_to (scan_common.cuh) whose CTA partial goes to the peer with st.async: `remote` is the
 // shared::cluster address of the peer's tile, `bar` its barrier, which each 8-byte store completes.
-// (A copy rather than a parameter of twin_reduce: the backward inlines that one, and its code
-// generation is sensitive to such changes; see README.md, "Forward v2-v6".)
 template <bool LOCAL>
 __device__ __forceinline__ void twin_reduce_push(const float (&acc)[ND][4], float* stage, float* local,
                                                  uint32_t remote, uint32_t bar, int row0, int wr, int wc, int lane) {
-  const int g = lane >> 2, t = lane & 3;
-  if (wc == 1) {
-#pragma unroll
-    for (int j = 0; j < ND; ++j) {
-      const int c = 8 * j + 2 * t;
-      *reinterpret_cast<float2*>(stage + xidx(16 * wr + g, c)) = make_float2(acc[j][0], acc[j][1]);
-      *reinterpret_cast<float2*>(stage + xidx(16 * wr + g + 8, c)) = make_float2(acc[j][2], acc[j][3]);
-    }
-  }
-  named_barrier(1 + wr, 64);
-  if (wc == 0) {
-#pragma unroll
-    for (int j = 0; j < ND; ++j) {
-      const int c = 8 * j + 2 * t;
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int r = 16 * wr + g + 8 * half;
-        float2 o = *reinterpret_cast<const float2*>(stage + xidx(r, c));
-        o.x += acc[j][2 * half];
-        o.y += acc[j][2 * half + 1];
-        const int i = xidx(r - row0, c);
-        if (LOCAL) *reinterpret_cast<float2*>(local + i) = o;
-        st_async_f2(remote + 4 * i, o, bar);
-      }
-    }
-  }
+  twin_reduce_to<LOCAL>(acc, stage, local, row0, wr, wc, lane,
+                        [&](int i, float2 o) { st_async_f2(remote + 4 * i, o, bar); });
 }
 
 // Iteration j of the kernel: the back of step j (LayerNorm, G_z2, G_z1, update -> state S_{j+1}),
