@@ -84,6 +84,20 @@ __device__ __forceinline__ void rows_times_w2(float (&acc)[ND][4], const float (
   }
 }
 
+// acc[j] += b1 of this warp's hidden columns (wc * FH + 8 j + 2 t, + 1) on every row.
+__device__ __forceinline__ void add_b1(float (&acc)[NF][4], const float* b1, int wc, int lane) {
+  const int t = lane & 3;
+#pragma unroll
+  for (int j = 0; j < NF; ++j) {
+    const int c = wc * FH + 8 * j + 2 * t;
+    const float c0 = b1[c], c1 = b1[c + 1];
+    acc[j][0] += c0;
+    acc[j][1] += c1;
+    acc[j][2] += c0;
+    acc[j][3] += c1;
+  }
+}
+
 // acc[NF][4] (16 token rows x this warp's FH hidden cols) = X[16 rows, D] @ W1[:, cols] + b1, X a
 // bf16 [M][D] tile. SPLIT: W1 as hi + lo (X is exact in bf16). ROLL: keep the k loop rolled (the
 // backward kernel is larger than the instruction cache when everything is unrolled).
@@ -110,16 +124,7 @@ __device__ __forceinline__ void rows_times_w1(float (&acc)[NF][4], const bf16* x
       }
     }
   }
-  const int t = lane & 3;
-#pragma unroll
-  for (int j = 0; j < NF; ++j) {
-    const int c = wc * FH + 8 * j + 2 * t;
-    const float c0 = b1[c], c1 = b1[c + 1];
-    acc[j][0] += c0;
-    acc[j][1] += c1;
-    acc[j][2] += c0;
-    acc[j][3] += c1;
-  }
+  add_b1(acc, b1, wc, lane);
 }
 
 // Twin pre-reduction of an [M, D] row-sum whose partials (one per warp: its FH hidden columns) are

@@ -113,19 +113,6 @@ __device__ __forceinline__ void issue_x_w1(float (&acc)[NF][4], const bf16* x, c
   }
 }
 
-__device__ __forceinline__ void add_b1(float (&acc)[NF][4], const float* b1, int wc, int lane) {
-  const int t = lane & 3;
-#pragma unroll
-  for (int j = 0; j < NF; ++j) {
-    const int c = wc * FH + 8 * j + 2 * t;
-    const float c0 = b1[c], c1 = b1[c + 1];
-    acc[j][0] += c0;
-    acc[j][1] += c1;
-    acc[j][2] += c0;
-    acc[j][3] += c1;
-  }
-}
-
 // acc = X W2[half wc rows, :] (a partial over the hidden layer; waited): X this warp's fp32 rows xs
 // as register A fragments; SPLIT: X and W2 as hi + lo (3 products).
 template <bool SPLIT>
