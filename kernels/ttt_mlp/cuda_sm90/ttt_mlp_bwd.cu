@@ -28,33 +28,41 @@
 
 #include "scan_common.cuh"
 #include "ttt_mlp.h"
+#include "wgmma.cuh"
 
 namespace tttgraph {
 namespace sm90 {
 namespace bwd {
 
-// Shared memory (bytes). SB0/SB1: two state buffers (W1 [D][FL], W2 [FL][D] bf16, b1 [FL], b2 [D]
-// fp32) whose roles (before / after the step) alternate; during recomputation they hold the hi and
-// lo copies. T1, T2 [M][FL] and U1, U2 [M][D] are bf16 scratch tiles reused across phases.
+// Shared memory (bytes from the 1024-aligned base). SB0/SB1: two state buffers (W1 [D][FL], W2
+// [FL][D] bf16, b1 [FL], b2 [D] fp32) whose roles (before / after the step) alternate; during
+// recomputation they hold the hi and lo copies. T1, T2 [M][FL] and U1, U2 [M][D] are bf16 scratch
+// tiles reused across phases. The reverse pass's products run on wgmma (wgmma.cuh), so its tiles start
+// at multiples of 1024 bytes and its [rows][FL] tiles (W1, A, T1, T2) are stored as two [rows][64]
+// halves, one per warpgroup; the recomputation (scan_common.cuh's mma.sync step) uses the same
+// buffers in its own [rows][FL] layout.
 constexpr int kW = D * FL * 2;
 constexpr int OFF_SB_W1_0 = 0;
 constexpr int OFF_SB_W2_0 = OFF_SB_W1_0 + kW;
 constexpr int OFF_SB_W1_1 = OFF_SB_W2_0 + kW;
 constexpr int OFF_SB_W2_1 = OFF_SB_W1_1 + kW;
-constexpr int OFF_SB_B1_0 = OFF_SB_W2_1 + kW;
-constexpr int OFF_SB_B2_0 = OFF_SB_B1_0 + FL * 4;
-constexpr int OFF_SB_B1_1 = OFF_SB_B2_0 + D * 4;
-constexpr int OFF_SB_B2_1 = OFF_SB_B1_1 + FL * 4;
-constexpr int OFF_K = OFF_SB_B2_1 + D * 4;   // [M][D] bf16
-constexpr int OFF_Q = OFF_K + kTileMD;       // [M][D] bf16 (V during recomputation)
+constexpr int OFF_K = OFF_SB_W2_1 + kW;      // [M][D] bf16
+constexpr int OFF_Q = OFF_K + kTileMD;       // [M][D] bf16 (V during recomputation; dZ2 in phases 3-4)
 constexpr int OFF_V = OFF_Q + kTileMD;       // [M][D] bf16
 constexpr int OFF_A = OFF_V + kTileMD;       // [M][FL] gelu(Z1)
 constexpr int OFF_T1 = OFF_A + kTileMF;      // Aq (phase 1-2), dG_a (phase 3-4)
 constexpr int OFF_T2 = OFF_T1 + kTileMF;     // G_z1 (recompute), dZq1 (phase 2), dZ1 (phase 4)
 constexpr int OFF_U1 = OFF_T2 + kTileMF;     // G_z2 (recompute), dZq2 (phase 2), G_z2 (phase 3-4)
-constexpr int OFF_U2 = OFF_U1 + kTileMD;     // dZ2 (phase 3-4)
-constexpr int OFF_X = OFF_U2 + kTileMD;      // exchange, 2 slots
-constexpr int OFF_ETA = OFF_X + 2 * kXSlot;  // [M]
+// dZ2 (phases 3-4) takes Q's tile: Q is last read by phase 2's update product, before a CTA barrier,
+// and refilled only after the step's closing cluster barrier (this keeps the 1 KB alignment slack
+// within the 227 KB limit).
+constexpr int OFF_U2 = OFF_Q;
+constexpr int OFF_X = OFF_U1 + kTileMD;      // exchange, 2 slots
+constexpr int OFF_SB_B1_0 = OFF_X + 2 * kXSlot;
+constexpr int OFF_SB_B2_0 = OFF_SB_B1_0 + FL * 4;
+constexpr int OFF_SB_B1_1 = OFF_SB_B2_0 + D * 4;
+constexpr int OFF_SB_B2_1 = OFF_SB_B1_1 + FL * 4;
+constexpr int OFF_ETA = OFF_SB_B2_1 + D * 4;  // [M]
 constexpr int OFF_GAMMA = OFF_ETA + M * 4;
 constexpr int OFF_BETA = OFF_GAMMA + D * 4;
 constexpr int OFF_RED1 = OFF_BETA + D * 4;   // [4][FL]
@@ -64,7 +72,12 @@ constexpr int OFF_DB2 = OFF_DB1 + FL * 4;        // [D] db2 of dS (replicated)
 constexpr int OFF_DGAM = OFF_DB2 + D * 4;        // [8][D] per-warp dgamma
 constexpr int OFF_DBET = OFF_DGAM + 8 * D * 4;   // [8][D] per-warp dbeta
 constexpr int SMEM = OFF_DBET + 8 * D * 4;
-static_assert(SMEM <= 227 * 1024, "shared memory over the sm_90 per-block limit");
+static_assert(OFF_SB_W1_1 % 1024 == 0 && OFF_SB_W2_1 % 1024 == 0 && OFF_K % 1024 == 0 && OFF_Q % 1024 == 0 &&
+                  OFF_V % 1024 == 0 && OFF_A % 1024 == 0 && OFF_T1 % 1024 == 0 && OFF_T2 % 1024 == 0 &&
+                  OFF_U1 % 1024 == 0,
+              "wgmma operand tiles must be 1024-byte aligned");
+constexpr int SMEM_LAUNCH = SMEM + 1024;  // room to align the base to 1024 bytes
+static_assert(SMEM_LAUNCH <= 227 * 1024, "shared memory over the sm_90 per-block limit");
 
 // Partial-sum buffers of the scratch `part` ([B*H][NPART][M][D] fp32), per (rank, wc).
 constexpr int P_DQ = 0, P_DKA = 4, P_DKB = 8, P_DRES = 12, NPART = 13;
@@ -113,16 +126,17 @@ __device__ __forceinline__ void load_eta(float* dst, const float* eta, size_t bh
   if (tid < M) cp_async4(dst + tid, eta + bh * T + min(t0 + tid, T - 1), t0 + tid < T);
 }
 
-// cp.async state slot `slot` of the scratch (this CTA's half) into a state buffer.
+// cp.async state slot `slot` of the scratch (this CTA's half) into a state buffer (the reverse pass's
+// layout).
 __device__ __forceinline__ void load_state_slot(const BwdParams& p, const StateBuf& sb, size_t bh, int slot, int rank,
                                                 int tid) {
   const int f_base = rank * FL;
   const size_t s = bh * p.slots + slot;
   const bf16* w1 = p.st_w1 + s * D * F;
   const bf16* w2 = p.st_w2 + s * F * D + static_cast<size_t>(f_base) * D;
-  for (int i = tid; i < D * FL / 8; i += THREADS) {
+  for (int i = tid; i < D * FL / 8; i += THREADS) {  // W1 as two [D][64] halves (wgmma operands)
     const int row = i / (FL / 8), col = (i % (FL / 8)) * 8;
-    cp_async16(sb.w1 + swz<FL>(row, col), w1 + row * F + f_base + col, true);
+    cp_async16(half_of(sb.w1, D, col >> 6) + swz<D>(row, col & 63), w1 + row * F + f_base + col, true);
   }
   for (int i = tid; i < FL * D / 8; i += THREADS) {
     const int row = i / (D / 8), col = (i % (D / 8)) * 8;
@@ -148,7 +162,9 @@ __device__ __forceinline__ void save_state_slot(const BwdParams& p, const float 
 
 template <bool FAST>
 __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp_bwd_kernel(const BwdParams p) {
-  extern __shared__ __align__(128) char sm[];
+  extern __shared__ __align__(128) char sm_raw[];
+  // wgmma's swizzle atoms need 1024-byte-aligned tiles (the launch asks for SMEM + 1024 bytes).
+  char* sm = sm_raw + ((1024 - (smem_u32(sm_raw) & 1023)) & 1023);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wr = warp & 3, wc = warp >> 2;
   const int g = lane >> 2, t = lane & 3;
@@ -259,37 +275,56 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
       load_eta(seta, p.eta, bh, p.T, t0, tid);
       cp_async_commit();
       cp_async_wait<0>();
+      fence_proxy_async();  // cp.async writes (generic proxy) -> wgmma operand reads (async proxy)
       __syncthreads();
 
       // ---- phase 1: recompute Zq (with S') and Z (with S); exchange E1 ----
+      // Products on wgmma, warpgroup wc = this CTA's hidden columns 64 wc.. (the mma.sync layout).
       float gq1[NF][4];
       {
         float zq[NF][4];
-        rows_times_w1<false, true>(zq, sQ, A.w1, nullptr, A.b1, wr, wc, lane);
+        wgmma_fence();
+        wg_ss<1, 0, 1, false>(zq, desc_sw128(sQ), desc_sw128(half_of(A.w1, D, wc)));  // Q W1'
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_acc(zq);
+        add_b1(zq, A.b1, wc, lane);
 #pragma unroll
         for (int jn = 0; jn < NF; ++jn)
 #pragma unroll
           for (int e = 0; e < 4; ++e) gelu_d1<FAST>(zq[jn][e], zq[jn][e], gq1[jn][e]);
-        store_acc_bf16<FL>(T1, zq, 16 * wr, wc * FH, lane);  // Aq
+        store_acc_bf16<D>(half_of(T1, M, wc), zq, 16 * wr, 0, lane);  // Aq
+        uint32_t fr[4][4];
+        to_frags(zq, fr);
         float o[ND][4];
-#pragma unroll
-        for (int jn = 0; jn < ND; ++jn) o[jn][0] = o[jn][1] = o[jn][2] = o[jn][3] = 0.f;
-        rows_times_w2<false>(o, zq, A.w2, nullptr, wc, lane);
+        wgmma_fence();
+        wg_rs<1, 1, false>(o, fr, desc_sw128(A.w2 + wc * FH * D));  // Aq W2' (this warpgroup's half)
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_acc(o);
         push_row_sum(o, X1, rank, wr, wc, lane);
       }
-      float z1[NF][4];
-      rows_times_w1<false, true>(z1, sK, B.w1, nullptr, B.b1, wr, wc, lane);
       {
-        float at_[NF][4];
+        float at_[NF][4];  // Z1 = K W1 + b1, then A = gelu(Z1)
+        wgmma_fence();
+        wg_ss<1, 0, 1, false>(at_, desc_sw128(sK), desc_sw128(half_of(B.w1, D, wc)));
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_acc(at_);
+        add_b1(at_, B.b1, wc, lane);
 #pragma unroll
         for (int jn = 0; jn < NF; ++jn)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) at_[jn][e] = gelu<FAST>(z1[jn][e]);
-        store_acc_bf16<FL>(sA, at_, 16 * wr, wc * FH, lane);
+          for (int e = 0; e < 4; ++e) at_[jn][e] = gelu<FAST>(at_[jn][e]);
+        store_acc_bf16<D>(half_of(sA, M, wc), at_, 16 * wr, 0, lane);
+        uint32_t fr[4][4];
+        to_frags(at_, fr);
         float z2[ND][4];
-#pragma unroll
-        for (int jn = 0; jn < ND; ++jn) z2[jn][0] = z2[jn][1] = z2[jn][2] = z2[jn][3] = 0.f;
-        rows_times_w2<false>(z2, at_, B.w2, nullptr, wc, lane);
+        wgmma_fence();
+        wg_rs<1, 1, false>(z2, fr, desc_sw128(B.w2 + wc * FH * D));  // A W2
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_acc(z2);
         push_row_sum(z2, X0, rank, wr, wc, lane);
       }
       cluster_arrive();  // E1
@@ -346,187 +381,154 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
         }
         cluster_arrive();  // B: this CTA is done reading slot 1 (the peer may push E2 into it)
 
-        // dZq1 = (dZq2 W2'^T) * gelu'(Zq1), on this warp's hidden columns
+        // dZq1 = (dZq2 W2'^T) * gelu'(Zq1), on this warpgroup's hidden columns (B = W2' rows, K-major)
         float dq1[NF][4];
-#pragma unroll
-        for (int jn = 0; jn < NF; ++jn) dq1[jn][0] = dq1[jn][1] = dq1[jn][2] = dq1[jn][3] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < ND / 2; ++kk) {
-          uint32_t a[4];
-          acc_to_a(dz, kk, a);
-#pragma unroll
-          for (int jj = 0; jj < NF / 2; ++jj) {
-            uint32_t b[4];
-            ldsm_x4(b, addr_b_nk<D>(A.w2, wc * FH + 16 * jj, 16 * kk, lane));
-            mma_bf16(dq1[2 * jj], a, b[0], b[1]);
-            mma_bf16(dq1[2 * jj + 1], a, b[2], b[3]);
-          }
+        {
+          uint32_t fr[4][4];
+          to_frags(dz, fr);
+          wgmma_fence();
+          wg_rs<1, 0, false>(dq1, fr, desc_sw128(A.w2 + wc * FH * D));
+          wgmma_commit();
+          wgmma_wait<0>();
+          fence_acc(dq1);
         }
 #pragma unroll
         for (int jn = 0; jn < NF; ++jn)
 #pragma unroll
           for (int e = 0; e < 4; ++e) dq1[jn][e] *= gq1[jn][e];
-        store_acc_bf16<FL>(T2, dq1, 16 * wr, wc * FH, lane);
+        store_acc_bf16<D>(half_of(T2, M, wc), dq1, 16 * wr, 0, lane);
         store_col_sums(red1 + wr * FL + wc * FH, dq1, lane);
-        // dQ partial = dZq1 W1'^T (a row sum over the hidden layer: 4 partials per row block)
+        // dQ partial = dZq1 W1'^T (a row sum over the hidden layer: one partial per warpgroup and CTA)
         float dqp[ND][4];
-#pragma unroll
-        for (int jn = 0; jn < ND; ++jn) dqp[jn][0] = dqp[jn][1] = dqp[jn][2] = dqp[jn][3] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < NF / 2; ++kk) {
-          uint32_t a[4];
-          acc_to_a(dq1, kk, a);
-#pragma unroll
-          for (int jj = 0; jj < ND / 2; ++jj) {
-            uint32_t b[4];
-            ldsm_x4(b, addr_b_nk<FL>(A.w1, 16 * jj, wc * FH + 16 * kk, lane));
-            mma_bf16(dqp[2 * jj], a, b[0], b[1]);
-            mma_bf16(dqp[2 * jj + 1], a, b[2], b[3]);
-          }
+        {
+          uint32_t fr[4][4];
+          to_frags(dq1, fr);
+          wgmma_fence();
+          wg_rs<1, 0, false>(dqp, fr, desc_sw128(half_of(A.w1, D, wc)));
+          wgmma_commit();
+          wgmma_wait<0>();
+          fence_acc(dqp);
         }
         store_rows_f32(part + (P_DQ + rank * 2 + wc) * M * D, dqp, wr, lane);
       }
+      fence_proxy_async();
       __syncthreads();  // Aq, dZq2, dZq1 and column sums in shared memory; S' no longer read
 
-      // dW2' += Aq^T dZq2, dW1' += Q^T dZq1, db1' += sum dZq1, db2' += sum dZq2
-#pragma unroll 1
-      for (int kk = 0; kk < M / 16; ++kk) {
-        uint32_t a[4];
-        ldsm_x4_t(a, addr_a_t<FL>(T1, 16 * warp, 16 * kk, lane));
-#pragma unroll
-        for (int jj = 0; jj < ND / 2; ++jj) {
-          uint32_t b[4];
-          ldsm_x4_t(b, addr_b_kn<D>(U1, 16 * jj, 16 * kk, lane));
-          mma_bf16(dw2s[2 * jj], a, b[0], b[1]);
-          mma_bf16(dw2s[2 * jj + 1], a, b[2], b[3]);
-        }
-      }
-#pragma unroll 1
-      for (int kk = 0; kk < M / 16; ++kk) {
-        uint32_t a[4];
-        ldsm_x4_t(a, addr_a_t<D>(sQ, 16 * wr, 16 * kk, lane));
-#pragma unroll
-        for (int jj = 0; jj < NF / 2; ++jj) {
-          uint32_t b[4];
-          ldsm_x4_t(b, addr_b_kn<FL>(T2, wc * FH + 16 * jj, 16 * kk, lane));
-          mma_bf16(dw1s[2 * jj], a, b[0], b[1]);
-          mma_bf16(dw1s[2 * jj + 1], a, b[2], b[3]);
-        }
-      }
+      // dW2' += Aq^T dZq2, dW1' += Q^T dZq1 (A operands MN-major), db1' += sum dZq1, db2' += sum dZq2
+      wgmma_fence();
+      wg_ss<1, 1, 1, true>(dw2s, desc_sw128(half_of(T1, M, wc)), desc_sw128(U1));
+      wg_ss<1, 1, 1, true>(dw1s, desc_sw128(sQ), desc_sw128(half_of(T2, M, wc)));
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_acc(dw1s);
+      fence_acc(dw2s);
       if (tid < FL) {
         sdb1[tid] += (red1[tid] + red1[FL + tid]) + (red1[2 * FL + tid] + red1[3 * FL + tid]);
       } else if (tid < FL + D) {
         const int i = tid - FL;
         sdb2[i] += (red2[i] + red2[D + i]) + (red2[2 * D + i] + red2[3 * D + i]);
       }
-      // bf16 copies of dW1', dW2' take the place of S' in shared memory
-      store_acc_bf16<FL>(A.w1, dw1s, 16 * wr, wc * FH, lane);
+      // bf16 copies of dW1', dW2' take the place of S' in shared memory (W1 by halves)
+      store_acc_bf16<D>(half_of(A.w1, D, wc), dw1s, 16 * wr, 0, lane);
       store_acc_bf16<D>(A.w2, dw2s, 16 * warp, 0, lane);
+      fence_proxy_async();
       __syncthreads();
       const bf16* DW1 = A.w1;
       const bf16* DW2 = A.w2;
 
       // ---- phase 3: through the update W' = W - grad ----
-      float dz1[NF][4];  // dG_z1, then the partial dZ1
+      // Register budget: dS holds 64 registers for the whole kernel, and the accumulators of a wgmma
+      // in flight cannot be spilled (ptxas serialises every wgmma if they do not fit, C7512). So the
+      // products here are issued a few at a time, Z1 is recomputed (K W1 on the tensor cores) instead of
+      // kept from phase 1, and the bf16 operands G_z1 / dG_a are kept as packed A fragments.
+      float dz1[NF][4];  // dG_z1 g'', then the partial dZ1 (fp32, used in phase 4)
       {
-        float ga[NF][4], dan[NF][4];  // G_a = G_z2 W2^T and G_z2 dW2'^T (= -dA)
-        {
-          float xh[ND][4];
-          read_row_sum(xh, X0, wr, lane, B.b2);
-          const float2 rstd = layer_norm_rows(xh, p.eps);
-          uint32_t gzf[ND / 2][4];  // G_z2 as bf16 A fragments
-          {
-            float gz[ND][4];
-            grad_z2_rows(gz, xh, rstd, sK, sV, seta, gamma, beta, n, wr, lane);
-            if (wc == 0) store_acc_bf16<D>(U1, gz, 16 * wr, 0, lane);  // G_z2 for dW2 += dG_a^T G_z2
+        {  // G_z2, one token row per lane (the twins split the rows), into U1 for the products below
+          const int row = 16 * wr + 8 * wc + g;
+          float z[ND][2], gz[ND][2], rstd[1];
+          read_sum2_n<1>(z, X0, row - g, X0 + M * D, row - g, lane, B.b2);
+          layer_norm_rows_n<1>(z, p.eps, rstd);
+          grad_z2_rows_n<1>(gz, z, rstd, sK, sV, seta, gamma, beta, n, row, lane);
 #pragma unroll
-            for (int kk = 0; kk < ND / 2; ++kk) acc_to_a(gz, kk, gzf[kk]);
-          }
+          for (int j = 0; j < ND; ++j)
+            *reinterpret_cast<uint32_t*>(U1 + swz<D>(row, 8 * j + 2 * t)) = pack_bf16(gz[j][0], gz[j][1]);
+        }
+        // Z1 = K W1 + b1 and K dW1' + db1' = -dG_z1 (both before the CTA barrier: they need no G_z2)
+        float d1[NF][4];  // Z1, then gelu'(Z1)
+        wgmma_fence();
+        wg_ss<1, 0, 1, false>(d1, desc_sw128(sK), desc_sw128(half_of(B.w1, D, wc)));
+        wg_ss<1, 0, 1, false>(dz1, desc_sw128(sK), desc_sw128(half_of(DW1, D, wc)));
+        wgmma_commit();
+        fence_proxy_async();
+        __syncthreads();  // G_z2 (U1) is in shared memory
+        wgmma_wait<0>();
+        fence_acc(d1);
+        fence_acc(dz1);
+        add_b1(d1, B.b1, wc, lane);
+        add_b1(dz1, sdb1, wc, lane);
+        // Element-wise, with g', g'' of Z1: dG_a = dG_z1 g' (bf16 fragments), dz1 := dG_z1 g''.
+        uint32_t fd[4][4], fg[4][4];  // dG_a, G_z1 as bf16 A fragments
+        {
+          float dga[NF][4];
 #pragma unroll
           for (int jn = 0; jn < NF; ++jn)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) ga[jn][e] = dan[jn][e] = 0.f;
-#pragma unroll
-          for (int kk = 0; kk < ND / 2; ++kk) {
-            const uint32_t(&a)[4] = gzf[kk];
-#pragma unroll
-            for (int jj = 0; jj < NF / 2; ++jj) {
-              const int n0 = wc * FH + 16 * jj;
-              uint32_t b[4];
-              ldsm_x4(b, addr_b_nk<D>(B.w2, n0, 16 * kk, lane));
-              mma_bf16(ga[2 * jj], a, b[0], b[1]);
-              mma_bf16(ga[2 * jj + 1], a, b[2], b[3]);
-              ldsm_x4(b, addr_b_nk<D>(DW2, n0, 16 * kk, lane));
-              mma_bf16(dan[2 * jj], a, b[0], b[1]);
-              mma_bf16(dan[2 * jj + 1], a, b[2], b[3]);
+            for (int e = 0; e < 4; ++e) {
+              float g1, g2;
+              gelu_d12<FAST>(d1[jn][e], g1, g2);
+              const float dgz1 = -dz1[jn][e];
+              d1[jn][e] = g1;
+              dga[jn][e] = dgz1 * g1;
+              dz1[jn][e] = dgz1 * g2;
             }
-          }
+          to_frags(dga, fd);
         }
-        rows_times_w1<false, true>(dz1, sK, DW1, nullptr, sdb1, wr, wc, lane);  // K dW1' + db1' = -dG_z1
-        // Elementwise: G_z1 = G_a g', dG_a = dG_z1 g', partial dZ1 = dG_z1 G_a g'' + dA g'.
+        {  // G_a = G_z2 W2^T: dz1 := dG_z1 G_a g''; G_z1 = G_a g'
+          float ga[NF][4];
+          wgmma_fence();
+          wg_ss<1, 0, 0, false>(ga, desc_sw128(U1), desc_sw128(B.w2 + wc * FH * D));
+          wgmma_commit();
+          wgmma_wait<0>();
+          fence_acc(ga);
 #pragma unroll
-        for (int jn = 0; jn < NF; ++jn)
+          for (int jn = 0; jn < NF; ++jn)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            float d1, d2;
-            gelu_d12<FAST>(z1[jn][e], d1, d2);
-            const float dgz1 = -dz1[jn][e];
-            dz1[jn][e] = dgz1 * ga[jn][e] * d2 - dan[jn][e] * d1;
-            ga[jn][e] *= d1;          // G_z1
-            dan[jn][e] = dgz1 * d1;   // dG_a
-          }
-        store_acc_bf16<FL>(T1, dan, 16 * wr, wc * FH, lane);  // dG_a for dW2 += dG_a^T G_z2
-        // dK partial (a) = -G_z1 dW1'^T
-        float dk[ND][4];
-#pragma unroll
-        for (int jn = 0; jn < ND; ++jn) dk[jn][0] = dk[jn][1] = dk[jn][2] = dk[jn][3] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < NF / 2; ++kk) {
-          uint32_t a[4];
-          acc_to_a(ga, kk, a);
-#pragma unroll
-          for (int i = 0; i < 4; ++i) a[i] = neg_bf16x2(a[i]);
-#pragma unroll
-          for (int jj = 0; jj < ND / 2; ++jj) {
-            uint32_t b[4];
-            ldsm_x4(b, addr_b_nk<FL>(DW1, 16 * jj, wc * FH + 16 * kk, lane));
-            mma_bf16(dk[2 * jj], a, b[0], b[1]);
-            mma_bf16(dk[2 * jj + 1], a, b[2], b[3]);
-          }
+            for (int e = 0; e < 4; ++e) {
+              dz1[jn][e] *= ga[jn][e];
+              ga[jn][e] *= d1[jn][e];
+            }
+          to_frags(ga, fg);
         }
-        store_rows_f32(part + (P_DKA + rank * 2 + wc) * M * D, dk, wr, lane);
-        // dG_z2 partial = -A dW2' + dG_a W2 (a row sum over the hidden layer)
+        {  // G_z2 dW2'^T = -dA: the partial dZ1 = dG_z1 G_a g'' + dA g'
+          float dan[NF][4];
+          wgmma_fence();
+          wg_ss<1, 0, 0, false>(dan, desc_sw128(U1), desc_sw128(DW2 + wc * FH * D));
+          wgmma_commit();
+          wgmma_wait<0>();
+          fence_acc(dan);
+#pragma unroll
+          for (int jn = 0; jn < NF; ++jn)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) dz1[jn][e] -= dan[jn][e] * d1[jn][e];
+        }
+        store_frags_bf16(half_of(T1, M, wc), fd, 16 * wr, lane);  // dG_a for dW2 += dG_a^T G_z2
+        {  // dK partial (a) = -G_z1 dW1'^T
+          float dk[ND][4];
+          wgmma_fence();
+          wg_rs<-1, 0, false>(dk, fg, desc_sw128(half_of(DW1, D, wc)));
+          wgmma_commit();
+          wgmma_wait<0>();
+          fence_acc(dk);
+          store_rows_f32(part + (P_DKA + rank * 2 + wc) * M * D, dk, wr, lane);
+        }
+        // dG_z2 partial = dG_a W2 - A dW2' (a row sum over the hidden layer)
         float dg2[ND][4];
-#pragma unroll
-        for (int jn = 0; jn < ND; ++jn) dg2[jn][0] = dg2[jn][1] = dg2[jn][2] = dg2[jn][3] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < NF / 2; ++kk) {  // + dG_a W2 (A operand from registers: unrolled)
-          const int k0 = wc * FH + 16 * kk;
-          uint32_t a2[4];
-          acc_to_a(dan, kk, a2);
-#pragma unroll
-          for (int jj = 0; jj < ND / 2; ++jj) {
-            uint32_t b[4];
-            ldsm_x4_t(b, addr_b_kn<D>(B.w2, 16 * jj, k0, lane));
-            mma_bf16(dg2[2 * jj], a2, b[0], b[1]);
-            mma_bf16(dg2[2 * jj + 1], a2, b[2], b[3]);
-          }
-        }
-#pragma unroll 1
-        for (int kk = 0; kk < NF / 2; ++kk) {  // - A dW2' (A operand from shared memory: a rolled loop)
-          const int k0 = wc * FH + 16 * kk;
-          uint32_t a[4];
-          ldsm_x4(a, addr_a<FL>(sA, 16 * wr, k0, lane));
-#pragma unroll
-          for (int i = 0; i < 4; ++i) a[i] = neg_bf16x2(a[i]);
-#pragma unroll
-          for (int jj = 0; jj < ND / 2; ++jj) {
-            uint32_t b[4];
-            ldsm_x4_t(b, addr_b_kn<D>(DW2, 16 * jj, k0, lane));
-            mma_bf16(dg2[2 * jj], a, b[0], b[1]);
-            mma_bf16(dg2[2 * jj + 1], a, b[2], b[3]);
-          }
-        }
+        wgmma_fence();
+        wg_rs<1, 1, false>(dg2, fd, desc_sw128(B.w2 + wc * FH * D));
+        wg_ss<-1, 0, 1, true>(dg2, desc_sw128(half_of(sA, M, wc)), desc_sw128(DW2 + wc * FH * D));
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_acc(dg2);
         cluster_wait();  // B: the peer is done reading its slot 1
         push_row_sum(dg2, X1, rank, wr, wc, lane);
         cluster_arrive();  // E2
@@ -650,81 +652,51 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
         }
         if (live && rank == 0 && t == 0) p.deta[bh * p.T + t0 + row] = deta;
       }
+      fence_proxy_async();
       __syncthreads();  // dZ2 (U2), its column sums, G_z2 (U1), dG_a (T1) are in shared memory
 
       // ---- phase 4: dZ1, dK partial (b), and the state gradient of the step's input ----
       {
-        float tz[NF][4];
-#pragma unroll
-        for (int jn = 0; jn < NF; ++jn) tz[jn][0] = tz[jn][1] = tz[jn][2] = tz[jn][3] = 0.f;
-#pragma unroll 1
-        for (int kk = 0; kk < ND / 2; ++kk) {
-          uint32_t a[4];
-          ldsm_x4(a, addr_a<D>(U2, 16 * wr, 16 * kk, lane));
-#pragma unroll
-          for (int jj = 0; jj < NF / 2; ++jj) {
-            uint32_t b[4];
-            ldsm_x4(b, addr_b_nk<D>(B.w2, wc * FH + 16 * jj, 16 * kk, lane));
-            mma_bf16(tz[2 * jj], a, b[0], b[1]);
-            mma_bf16(tz[2 * jj + 1], a, b[2], b[3]);
-          }
-        }
+        // dZ2 W2^T (A = dZ2 K-major, B = W2 rows K-major) and Z1 = K W1 + b1 again (cheaper than
+        // keeping it in registers through the LayerNorm backward)
+        float tz[NF][4], z1[NF][4];
+        wgmma_fence();
+        wg_ss<1, 0, 0, false>(tz, desc_sw128(U2), desc_sw128(B.w2 + wc * FH * D));
+        wg_ss<1, 0, 1, false>(z1, desc_sw128(sK), desc_sw128(half_of(B.w1, D, wc)));
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_acc(tz);
+        fence_acc(z1);
+        add_b1(z1, B.b1, wc, lane);
 #pragma unroll
         for (int jn = 0; jn < NF; ++jn)
 #pragma unroll
           for (int e = 0; e < 4; ++e) dz1[jn][e] += tz[jn][e] * gelu_d1_only<FAST>(z1[jn][e]);
-        store_acc_bf16<FL>(T2, dz1, 16 * wr, wc * FH, lane);
+        store_acc_bf16<D>(half_of(T2, M, wc), dz1, 16 * wr, 0, lane);
         store_col_sums(red1 + wr * FL + wc * FH, dz1, lane);
-        float dk[ND][4];
-#pragma unroll
-        for (int jn = 0; jn < ND; ++jn) dk[jn][0] = dk[jn][1] = dk[jn][2] = dk[jn][3] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < NF / 2; ++kk) {
-          uint32_t a[4];
-          acc_to_a(dz1, kk, a);
-#pragma unroll
-          for (int jj = 0; jj < ND / 2; ++jj) {
-            uint32_t b[4];
-            ldsm_x4(b, addr_b_nk<FL>(B.w1, 16 * jj, wc * FH + 16 * kk, lane));
-            mma_bf16(dk[2 * jj], a, b[0], b[1]);
-            mma_bf16(dk[2 * jj + 1], a, b[2], b[3]);
-          }
+        float dk[ND][4];  // dK partial (b) = dZ1 W1^T
+        {
+          uint32_t fr[4][4];
+          to_frags(dz1, fr);
+          wgmma_fence();
+          wg_rs<1, 0, false>(dk, fr, desc_sw128(half_of(B.w1, D, wc)));
+          wgmma_commit();
+          wgmma_wait<0>();
+          fence_acc(dk);
         }
         store_rows_f32(part + (P_DKB + rank * 2 + wc) * M * D, dk, wr, lane);
       }
+      fence_proxy_async();
       __syncthreads();  // dZ1 (T2) and its column sums
-#pragma unroll 1
-      for (int kk = 0; kk < M / 16; ++kk) {
-        uint32_t a[4];
-        ldsm_x4_t(a, addr_a_t<FL>(T1, 16 * warp, 16 * kk, lane));
-#pragma unroll
-        for (int jj = 0; jj < ND / 2; ++jj) {
-          uint32_t b[4];
-          ldsm_x4_t(b, addr_b_kn<D>(U1, 16 * jj, 16 * kk, lane));
-          mma_bf16(dw2s[2 * jj], a, b[0], b[1]);
-          mma_bf16(dw2s[2 * jj + 1], a, b[2], b[3]);
-        }
-        ldsm_x4_t(a, addr_a_t<FL>(sA, 16 * warp, 16 * kk, lane));
-#pragma unroll
-        for (int jj = 0; jj < ND / 2; ++jj) {
-          uint32_t b[4];
-          ldsm_x4_t(b, addr_b_kn<D>(U2, 16 * jj, 16 * kk, lane));
-          mma_bf16(dw2s[2 * jj], a, b[0], b[1]);
-          mma_bf16(dw2s[2 * jj + 1], a, b[2], b[3]);
-        }
-      }
-#pragma unroll 1
-      for (int kk = 0; kk < M / 16; ++kk) {
-        uint32_t a[4];
-        ldsm_x4_t(a, addr_a_t<D>(sK, 16 * wr, 16 * kk, lane));
-#pragma unroll
-        for (int jj = 0; jj < NF / 2; ++jj) {
-          uint32_t b[4];
-          ldsm_x4_t(b, addr_b_kn<FL>(T2, wc * FH + 16 * jj, 16 * kk, lane));
-          mma_bf16(dw1s[2 * jj], a, b[0], b[1]);
-          mma_bf16(dw1s[2 * jj + 1], a, b[2], b[3]);
-        }
-      }
+      // dW2 += dG_a^T G_z2 + A^T dZ2, dW1 += K^T dZ1 (A operands MN-major)
+      wgmma_fence();
+      wg_ss<1, 1, 1, true>(dw2s, desc_sw128(half_of(T1, M, wc)), desc_sw128(U1));
+      wg_ss<1, 1, 1, true>(dw2s, desc_sw128(half_of(sA, M, wc)), desc_sw128(U2));
+      wg_ss<1, 1, 1, true>(dw1s, desc_sw128(sK), desc_sw128(half_of(T2, M, wc)));
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_acc(dw1s);
+      fence_acc(dw2s);
       if (tid < FL) {
         sdb1[tid] += (red1[tid] + red1[FL + tid]) + (red1[2 * FL + tid] + red1[3 * FL + tid]);
       } else if (tid < FL + D) {
@@ -813,8 +785,8 @@ extern "C" int tttgraph_ttt_mlp_bwd_sm90(const tttgraph::BwdParams* params, int 
     case 4: kernel = ttt_mlp_bwd_kernel<true>; break;
     default: return static_cast<int>(cudaErrorInvalidValue);
   }
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM);
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_LAUNCH);
   if (err != cudaSuccess) return static_cast<int>(err);
-  kernel<<<dim3(CS, batch_heads), THREADS, SMEM, stream>>>(*params);
+  kernel<<<dim3(CS, batch_heads), THREADS, SMEM_LAUNCH, stream>>>(*params);
   return static_cast<int>(cudaGetLastError());
 }

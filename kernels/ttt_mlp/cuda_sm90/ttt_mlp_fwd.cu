@@ -97,9 +97,6 @@ __device__ __forceinline__ void load_tiles(const FwdParams& p, char* sm, size_t 
 // Each product is 64 x 64 per warpgroup: token rows (or W rows) 16 wr.. per warp, as in the
 // mma.sync layout of scan_common.cuh; k runs over 4 slices of 16.
 
-// The hidden-column half `wc` (64 columns) of a [rows][FL] tile stored as two [rows][64] halves.
-__device__ __forceinline__ const bf16* half_of(const bf16* tile, int rows, int wc) { return tile + wc * rows * 64; }
-
 // acc = X W1[:, half wc] on the tensor cores (issued, not waited): X a [M][D] tile (K-major A),
 // W1 hi and, with SPLIT, lo (MN-major B).
 template <bool SPLIT>

@@ -1,4 +1,4 @@
-// Warpgroup MMA (wgmma, sm_90a) for the forward kernel: shared-memory matrix descriptors for
+// Warpgroup MMA (wgmma, sm_90a) for the forward and backward kernels: shared-memory matrix descriptors for
 // 128-byte-swizzled bf16 tiles and the m64n64k16 bf16 -> fp32 instruction with A from shared memory
 // or from registers.
 //
@@ -81,5 +81,47 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[8][4], const uint32_t (&a)[4
 
 #undef TTT_WGMMA_D32_STR
 #undef TTT_WGMMA_D32
+
+// ---- whole products (the backward's): d (64 x 64 per warpgroup) over k = 16 KS, issued, not waited.
+// Descriptors point at the first k slice; the next starts 32 bytes (K-major) or 2048 bytes (MN-major)
+// further, i.e. 2 or 128 in the descriptor's 16-byte units. ACC false: d = SCALE_A A B (d's old
+// contents ignored). The caller brackets them with wgmma_fence / commit / wait.
+
+// The hidden-column half `h` (64 columns) of a [rows][128] tile stored as two [rows][64] halves.
+__device__ __forceinline__ const bf16* half_of(const bf16* tile, int rows, int h) { return tile + h * rows * 64; }
+__device__ __forceinline__ bf16* half_of(bf16* tile, int rows, int h) { return tile + h * rows * 64; }
+
+template <int SCALE_A, int TA, int TB, bool ACC, int KS = 4>
+__device__ __forceinline__ void wg_ss(float (&d)[8][4], uint64_t a, uint64_t b) {
+#pragma unroll
+  for (int kk = 0; kk < KS; ++kk)
+    wgmma_ss<SCALE_A, TA, TB>(d, a + (TA ? 128 : 2) * kk, b + (TB ? 128 : 2) * kk, ACC || kk > 0);
+}
+
+// A from registers: fr[kk] the bf16 A fragments of this warp's 16 rows, k slice kk.
+template <int SCALE_A, int TB, bool ACC, int KS = 4>
+__device__ __forceinline__ void wg_rs(float (&d)[8][4], const uint32_t (&fr)[KS][4], uint64_t b) {
+#pragma unroll
+  for (int kk = 0; kk < KS; ++kk) wgmma_rs<SCALE_A, TB>(d, fr[kk], b + (TB ? 128 : 2) * kk, ACC || kk > 0);
+}
+
+// Store A fragments fr (this warp's rows r0.. x 64 columns, bf16) into a swizzled [rows][64] tile.
+__device__ __forceinline__ void store_frags_bf16(bf16* tile, const uint32_t (&fr)[4][4], int r0, int lane) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    const int c = 16 * kk + 2 * t;
+    *reinterpret_cast<uint32_t*>(tile + swz<64>(r0 + g, c)) = fr[kk][0];
+    *reinterpret_cast<uint32_t*>(tile + swz<64>(r0 + g + 8, c)) = fr[kk][1];
+    *reinterpret_cast<uint32_t*>(tile + swz<64>(r0 + g, c + 8)) = fr[kk][2];
+    *reinterpret_cast<uint32_t*>(tile + swz<64>(r0 + g + 8, c + 8)) = fr[kk][3];
+  }
+}
+
+// The bf16 A fragments of a 16 x 64 fp32 register tile (an accumulator) for wg_rs.
+__device__ __forceinline__ void to_frags(const float (&x)[8][4], uint32_t (&fr)[4][4]) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) acc_to_a(x, kk, fr[kk]);
+}
 
 }  // namespace tttgraph
