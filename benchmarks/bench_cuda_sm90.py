@@ -42,11 +42,25 @@ VARIANT_NAMES = {0: "plain bf16", 1: "split", 3: "split, fast tanh out", 7: "spl
                  6: "plain bf16, fast tanh"}
 
 
+FUSED = "(fused output)"  # a pseudo baseline: the current build with the output computed by the scan (v8)
+
+
 @contextlib.contextmanager
 def using_extension(build, source_dir):
-    """Run the cuda_sm90 backend on the extension built from ``source_dir`` (None: the current one)."""
+    """Run the cuda_sm90 backend on the extension built from ``source_dir`` (None: the current one;
+    FUSED: the current one with ``DECOUPLED_OUTPUT`` off)."""
     if source_dir is None:
         yield
+        return
+    if source_dir == FUSED:
+        from tttgraph.kernels.ttt_mlp import cuda_sm90
+
+        saved = cuda_sm90.DECOUPLED_OUTPUT
+        cuda_sm90.DECOUPLED_OUTPUT = False
+        try:
+            yield
+        finally:
+            cuda_sm90.DECOUPLED_OUTPUT = saved
         return
     ext = build.extension(source_dir)
     saved = build.extension
@@ -143,6 +157,8 @@ def main(argv=None):
     p.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
     p.add_argument("--baseline-dir", nargs="+", metavar="DIR[:VARIANT]",
                    help="also time the kernels built from these copies of the sources (forward variant VARIANT)")
+    p.add_argument("--fused", action="store_true",
+                   help="also time the current build with the output computed by the scan (DECOUPLED_OUTPUT off)")
     p.add_argument("--baseline-variant", type=int, default=7, help="forward variant of a baseline without one")
     args = p.parse_args(argv)
     if args.rounds < 1:
@@ -164,7 +180,8 @@ def main(argv=None):
     if reason:
         sys.exit(f"cuda_sm90 unavailable: {reason}")
     card = torch.cuda.get_device_name()
-    print(f"{card}; extension built/loaded in {build_s:.1f} s", flush=True)
+    print(f"{card}; extension built/loaded in {build_s:.1f} s; output-worker clusters beside "
+          f"{args.heads} heads: {cuda_sm90.output_workers(args.heads)}", flush=True)
 
     rows = []
     for seq_len in args.seq_lens:
@@ -182,6 +199,8 @@ def main(argv=None):
                 del up
         builds = [(f"cuda_sm90 v{v} ({VARIANT_NAMES[v]})", v, None) for v in args.variants or [default_variant]]
         builds += [(f"cuda_sm90 v{v} from {src}", v, src) for src, v in baselines]
+        if args.fused:
+            builds.append((f"cuda_sm90 v{default_variant} fused output", default_variant, FUSED))
         cases = []
         for rnd in range(args.rounds):
             tag = f" [round {rnd + 1}]" if args.rounds > 1 else ""
@@ -192,7 +211,7 @@ def main(argv=None):
                 return cuda_sm90.forward(*inputs, 64, 1e-6, 16, False)[0]
 
         current = {}  # variant -> output of the current sources (untimed), to compare baselines with bitwise
-        if baselines:
+        if len(builds) > 1:
             for v in {variant for _, variant, src in builds if src is None}:
                 cuda_sm90.VARIANT = v
                 current[v] = run()

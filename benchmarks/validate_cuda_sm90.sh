@@ -4,8 +4,9 @@
 #   2. the GPU tests of the sm90 backend, the CUDA op and the transformed models;
 #   3. compute-sanitizer memcheck and racecheck on a small forward + backward;
 #   4. the benchmark of record (B=1, H=48, T = 18,048 / 101,376 / 351,168, forward and backward, with
-#      Triton and the float32 reference in the same run), plus same-process A/Bs against the
-#      baselines if any were given;
+#      Triton and the float32 reference in the same run; the forward with the decoupled output and
+#      with the output fused into the scan), plus same-process A/Bs against the baselines if any
+#      were given;
 #   5. T = 351,168 again in a fresh process, two rounds in rotated order, against a copy of the current
 #      sources: builds of identical code differ by up to 11% in the backward within one process
 #      (kernels/ttt_mlp/cuda_sm90/README.md, "Backward timing noise"), so this is the control that
@@ -53,7 +54,7 @@ if [[ "${SKIP_SANITIZER:-0}" != 1 ]]; then
 fi
 baseline=()
 if [[ $# -gt 0 ]]; then baseline=(--baseline-dir "$@"); fi
-python3 benchmarks/bench_cuda_sm90.py --seq-lens 18048 101376 351168 --backward "${baseline[@]}" 2>&1 \
+python3 benchmarks/bench_cuda_sm90.py --seq-lens 18048 101376 351168 --backward --fused "${baseline[@]}" 2>&1 \
   | grep -v "^{" || failed=1
 if [[ ${#control[@]} -gt 0 ]]; then
   python3 benchmarks/bench_cuda_sm90.py --seq-lens 351168 --backward --no-triton --ref-up-to 0 --ref-grads-up-to 0 \

@@ -59,6 +59,7 @@ def stub_kernels(monkeypatch):
     monkeypatch.setattr(build, "extension", lambda src=None: object())
     monkeypatch.setattr(cuda_sm90, "forward", forward)
     monkeypatch.setattr(cuda_sm90, "backward", backward)
+    monkeypatch.setattr(cuda_sm90, "output_workers", lambda batch_heads: 18)
     monkeypatch.setattr(triton_backend, "forward", lambda q, *a: (q.float(), None))
     monkeypatch.setattr(triton_backend, "backward", lambda *a: [torch.ones(3)] * 10)
     monkeypatch.setattr(reference, "forward", lambda q, *a: (q.float(), [torch.zeros(1)] * 4))
@@ -108,3 +109,21 @@ def test_rounds_below_one_are_refused_with_the_value(stub_kernels, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--rounds", "0"])
     assert "--rounds must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_fused_times_the_current_build_with_the_output_in_the_scan(stub_kernels, capsys):
+    bench.main(["--seq-lens", "70", "--heads", "2", "--no-triton", "--ref-up-to", "0", "--fused"])
+    out = capsys.readouterr().out
+    assert "output-worker clusters beside 2 heads: 18" in out
+    assert [r.split("|")[1].strip() for r in _rows(out)] == ["cuda_sm90 v7 (split, fast tanh)",
+                                                             "cuda_sm90 v7 fused output"]
+    # an untimed run of the current build first (the fused row is compared with it), then the rows
+    assert [src for kind, src in stub_kernels if kind == "fwd"] == [None, None, None, None, bench.FUSED,
+                                                                   bench.FUSED, bench.FUSED]
+
+
+def test_fused_switches_the_backend_to_the_scan_output_and_back():
+    assert cuda_sm90.DECOUPLED_OUTPUT
+    with bench.using_extension(build, bench.FUSED):
+        assert not cuda_sm90.DECOUPLED_OUTPUT
+    assert cuda_sm90.DECOUPLED_OUTPUT

@@ -13,9 +13,11 @@ cache (``build.py``; ``python -m tttgraph.kernels.ttt_mlp.cuda_sm90.build`` buil
 Importing this module builds nothing and does not initialise CUDA.
 
 The forward (``ttt_mlp_fwd.cu``) runs its products on wgmma and exchanges one pair of partial row
-sums per mini-batch between the two CTAs (st.async into the peer, mbarrier wait). The backward
+sums per mini-batch between the two CTAs (st.async into the peer, mbarrier wait); the output is
+computed by worker CTAs on the SMs the scan leaves idle (``DECOUPLED_OUTPUT``). The backward
 (``ttt_mlp_bwd.cu``) recomputes each checkpoint chunk's states with the forward's step on mma.sync
-and walks the chunk in reverse in the same 2-CTA layout, the state gradient on chip.
+and walks the chunk in reverse (products on wgmma) in the same 2-CTA layout, the state gradient on
+chip.
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ D_BUILT, F_BUILT, MINI_BATCH_BUILT = 64, 256, 64
 # of the scan": plain bf16 there lets ill-conditioned heads drift); 2 = one-instruction tanh.approx
 # in the output's GELU; 4 = the same in the inner step's GELU. Built: 0, 1, 3, 6, 7.
 VARIANT = 7
+# The decoupled output (ttt_mlp_fwd.cu, v9): the scan clusters publish every state into a ring in
+# global memory and output workers on the SMs the scan leaves idle compute the output from it. Used
+# when the device can keep every worker resident beside the scan (enough idle SMs: at B*H = 48 on an
+# H100, 36 of 132); otherwise, or with this off, the scan computes the output itself (v8).
+DECOUPLED_OUTPUT = True
+# Tests cap the worker clusters (None: as many as fit) to make the scan wait for ring slots.
+MAX_OUTPUT_WORKERS: int | None = None
 # Tests set this to fill the output and checkpoint buffers with NaN before the kernel runs, so an
 # element it never writes shows up.
 POISON_BUFFERS = False
@@ -78,8 +87,21 @@ def _run(q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, eps, checkpoint_every
             t.fill_(float("nan"))
     # With no checkpoints the kernel never touches those pointers; pass valid ones.
     ck_args = ck if save_state else tuple(torch.empty(1, **f32) for _ in range(4))
-    ext.forward(q, k, v, *params, out, *ck_args, checkpoint_every, n_ck, save_state, with_out, float(eps), VARIANT)
+    args = (q, k, v, *params, out, *ck_args, checkpoint_every, n_ck, save_state, with_out, float(eps), VARIANT)
+    if hasattr(ext, "forward_workers"):  # sources with the decoupled output (an A/B baseline may predate it)
+        ext.forward(*args, (MAX_OUTPUT_WORKERS or -1) if DECOUPLED_OUTPUT else 0)
+    else:
+        ext.forward(*args)
     return out, ck
+
+
+def output_workers(batch_heads: int) -> int:
+    """Output-worker clusters the forward launches beside ``batch_heads`` scan clusters on the current
+    device (0: the scan computes the output itself)."""
+    if not DECOUPLED_OUTPUT:
+        return 0
+    workers = int(build.extension().forward_workers(batch_heads, VARIANT))
+    return min(workers, MAX_OUTPUT_WORKERS) if MAX_OUTPUT_WORKERS else workers
 
 
 def forward(q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, mini_batch_size: int, eps: float,

@@ -18,7 +18,8 @@ void check(const torch::Tensor& t, const char* name, torch::ScalarType dtype) {
 void forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor eta, torch::Tensor ln_w,
              torch::Tensor ln_b, torch::Tensor w1, torch::Tensor b1, torch::Tensor w2, torch::Tensor b2,
              torch::Tensor out, torch::Tensor ck_w1, torch::Tensor ck_b1, torch::Tensor ck_w2, torch::Tensor ck_b2,
-             int64_t checkpoint_every, int64_t n_ck, bool save, bool with_out, double eps, int64_t variant) {
+             int64_t checkpoint_every, int64_t n_ck, bool save, bool with_out, double eps, int64_t variant,
+             int64_t max_workers) {
   for (auto [t, name] : {std::pair{&q, "q"}, {&k, "k"}, {&v, "v"}, {&out, "out"}}) check(*t, name, torch::kBFloat16);
   for (auto [t, name] : {std::pair{&eta, "eta"}, {&ln_w, "ln_w"}, {&ln_b, "ln_b"}, {&w1, "w1"}, {&b1, "b1"},
                          {&w2, "w2"}, {&b2, "b2"}, {&ck_w1, "ck_w1"}, {&ck_b1, "ck_b1"}, {&ck_w2, "ck_w2"},
@@ -54,7 +55,31 @@ void forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor et
   p.save = save ? 1 : 0;
   p.with_out = with_out ? 1 : 0;
   p.eps = static_cast<float>(eps);
-  const int err = tttgraph_ttt_mlp_fwd_sm90(&p, static_cast<int>(batch_heads), static_cast<int>(variant),
+  p.batch_heads = static_cast<int>(batch_heads);
+  // The decoupled output (ttt_mlp_fwd.cu, v9): a ring of kRing states per (b, h) in global memory
+  // (12.7 MB at B*H = 48) and zeroed flags; they live until the kernel is done (stream order).
+  int workers = 0;
+  torch::Tensor ring_w, ring_b, flags;
+  // max_workers: 0 = the fused kernel; < 0 = as many worker clusters as fit; n > 0 = at most n (tests).
+  if (with_out && max_workers != 0) {
+    workers = tttgraph_ttt_mlp_fwd_sm90_workers(static_cast<int>(batch_heads), static_cast<int>(variant));
+    TORCH_CHECK(workers >= 0, "ttt_mlp cuda_sm90: occupancy query failed: ",
+                cudaGetErrorString(static_cast<cudaError_t>(-workers)));
+    if (max_workers > 0) workers = std::min<int>(workers, static_cast<int>(max_workers));
+  }
+  if (workers > 0) {
+    constexpr int kRing = 4;
+    ring_w = torch::empty({batch_heads * kRing * 2 * 2 * 128 * 64}, q.options());
+    ring_b = torch::empty({batch_heads * kRing * (256 + 64)}, w1.options());
+    flags = torch::zeros({batch_heads * (2 + kRing) + 1}, w1.options().dtype(torch::kInt32));
+    p.ring_w = reinterpret_cast<__nv_bfloat16*>(ring_w.data_ptr());
+    p.ring_b = ring_b.data_ptr<float>();
+    p.ready = reinterpret_cast<unsigned*>(flags.data_ptr<int32_t>());
+    p.done = p.ready + batch_heads * 2;
+    p.ticket = p.done + batch_heads * kRing;
+    p.ring = kRing;
+  }
+  const int err = tttgraph_ttt_mlp_fwd_sm90(&p, static_cast<int>(batch_heads), static_cast<int>(variant), workers,
                                             at::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == 0, "ttt_mlp cuda_sm90 forward launch failed: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
 }
@@ -126,7 +151,16 @@ void backward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor d
 
 }  // namespace
 
+// Output-worker clusters the decoupled forward would launch beside batch_heads scan clusters (0: the
+// fused kernel runs).
+int64_t forward_workers(int64_t batch_heads, int64_t variant) {
+  const int w = tttgraph_ttt_mlp_fwd_sm90_workers(static_cast<int>(batch_heads), static_cast<int>(variant));
+  TORCH_CHECK(w >= 0, "ttt_mlp cuda_sm90: occupancy query failed: ", cudaGetErrorString(static_cast<cudaError_t>(-w)));
+  return w;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "TTT-MLP forward scan (sm_90a)");
+  m.def("forward_workers", &forward_workers, "output-worker clusters of the decoupled forward (0: fused)");
   m.def("backward", &backward, "TTT-MLP backward (sm_90a)");
 }

@@ -234,6 +234,22 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
       "r"(parity)
       : "memory");
 }
+// ---- flags in global memory between CTAs of one grid (the decoupled forward's ring) ----
+// Release: this thread's prior writes, and those of every thread that passed a CTA barrier with it
+// before (release is cumulative), are visible at GPU scope before the flag is.
+__device__ __forceinline__ void flag_release(unsigned* flag, unsigned v) {
+  asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(flag), "r"(v) : "memory");
+}
+__device__ __forceinline__ unsigned flag_acquire(const unsigned* flag) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(flag) : "memory");
+  return v;
+}
+// Spin until *flag >= v (acquire).
+__device__ __forceinline__ void flag_wait_geq(const unsigned* flag, unsigned v) {
+  while (flag_acquire(flag) < v) __nanosleep(64);
+}
+
 // The shared::cluster address of the same shared-memory offset in CTA `rank`.
 __device__ __forceinline__ uint32_t map_rank_u32(uint32_t addr, uint32_t rank) {
   uint32_t out;

@@ -30,6 +30,16 @@ struct FwdParams {
   int save;      // write the checkpoints
   int with_out;  // write out (0: checkpoints only, for a backward that got none)
   float eps;     // LayerNorm epsilon inside the square root
+  // Decoupled output (v9, ttt_mlp_fwd.cu): with ring_w set, clusters blockIdx.y < batch_heads run the
+  // scan and publish every state's bf16 operand copies into a ring; the clusters after them are
+  // output workers that compute out from it. Null ring_w: the scan computes the output itself (v8).
+  __nv_bfloat16* ring_w;  // [B*H][ring][CS][2][FL * D] each CTA's W1 hi tile then its W2 hi tile, as in shared memory
+  float* ring_b;          // [B*H][ring][F + D] b1, then b2
+  unsigned* ready;        // [B*H][CS] zeroed: states published by CTA r (tile j's state is there once > j)
+  unsigned* done;         // [B*H][ring] zeroed: j + 1 of the last tile whose state was read from slot j % ring
+  unsigned* ticket;       // [1] zeroed: next output tile (j * B*H + bh) to take
+  int ring;               // slots per (b, h)
+  int batch_heads;
 };
 
 struct BwdParams {
@@ -73,8 +83,14 @@ struct BwdParams {
 // built). variant bits: 1 = bf16 hi/lo operands for the three products of the state update that feed
 // the recurrence (Z1, Z2, G_a); 2 = tanh.approx in the output's GELU; 4 = tanh.approx in the inner
 // step's GELU. Built: 0, 1, 3, 6, 7.
+// With params->ring_w set it launches batch_heads + workers clusters (the decoupled output, v9);
+// workers must come from tttgraph_ttt_mlp_fwd_sm90_workers.
 extern "C" int tttgraph_ttt_mlp_fwd_sm90(const tttgraph::FwdParams* params, int batch_heads, int variant,
-                                          cudaStream_t stream);
+                                          int workers, cudaStream_t stream);
+
+// Output-worker clusters the decoupled forward can run beside batch_heads scan clusters on this
+// device, every cluster resident at once (0: use the fused kernel). Negative: a cudaError_t.
+extern "C" int tttgraph_ttt_mlp_fwd_sm90_workers(int batch_heads, int variant);
 
 // The backward: all gradients from the checkpoints. Returns a cudaError_t. variant bit 2: tanh.approx
 // in the GELU derivatives (built: 0 and 4).

@@ -74,6 +74,7 @@ __device__ __forceinline__ T* at(char* base, int off) {
 }
 
 // Prefetch the K, Q, V tiles and eta of the mini-batch starting at token t0 into buffer `buf`.
+template <bool WITH_Q = true>
 __device__ __forceinline__ void load_tiles(const FwdParams& p, char* sm, size_t bh, int t0, int buf, int tid) {
   const size_t base = (bh * p.T + t0) * D;
   bf16 *k = at<bf16>(sm, OFF_K), *q = at<bf16>(sm, OFF_Q), *v = at<bf16>(sm, OFF_V);
@@ -85,7 +86,7 @@ __device__ __forceinline__ void load_tiles(const FwdParams& p, char* sm, size_t 
     const size_t g = valid ? base + row * D + col : 0;
     const int o = buf * M * D + swz<D>(row, col);
     cp_async16(k + o, p.k + g, valid);
-    cp_async16(q + o, p.q + g, valid);
+    if (WITH_Q) cp_async16(q + o, p.q + g, valid);
     cp_async16(v + o, p.v + g, valid);
   }
   if (tid < M)
@@ -268,6 +269,214 @@ __device__ __forceinline__ void twin_reduce_push(const float (&acc)[ND][4], floa
                         [&](int i, float2 o) { st_async_f2(remote + 4 * i, o, bar); });
 }
 
+// ---- the decoupled output (v9) ----------------------------------------------------------------
+// Without its output the scan's serial chain is 21% shorter (H100, T = 351,168: 32.0 vs 40.4 ms),
+// and the output of mini-batch j needs nothing from the scan but the state S_{j+1}. So with a ring
+// the scan clusters only publish each state's bf16 copies (hi parts, which the fused output used)
+// and biases into a ring in global memory (L2-resident: R slots per head), and the SMs the scan
+// leaves idle (132 - 2 B*H on an H100) run output workers: each warpgroup takes output tiles
+// (j, bh) in order from a ticket counter, waits for both CTAs' halves of S_{j+1}, copies them in,
+// frees the slot and computes out = Q + gamma LN(gelu(Q W1 + b1) W2 + b2) + beta.
+//
+// Progress: the scan waits only for the slot of tile j - R to be read; tickets are taken in order
+// and a worker waits for a tile's state only after it has released the slot of every tile it took
+// before, so the earliest unfinished tile always has its state published and its worker free to
+// read it. Every worker cluster the host launches is resident with the scan clusters
+// (cudaOccupancyMaxActiveClusters), and even one resident worker finishes every tile.
+constexpr int RING_TILE = FL * D;                // bf16 elements of one CTA's W1 (or W2) hi tile
+// A worker's tile buffer (two of them: the next tile loads while this one is computed).
+constexpr int WK_W1 = 0;                         // [CS][2 halves][D][64] = W1 [D][F] by 64-column chunks
+constexpr int WK_W2 = WK_W1 + CS * RING_TILE * 2;  // [CS][FL][D] = W2 [F][D]
+constexpr int WK_Q = WK_W2 + CS * RING_TILE * 2;   // [M][D]
+constexpr int WK_B1 = WK_Q + kTileMD;              // [F] fp32, then b2 [D], gamma [D], beta [D]
+constexpr int WK_BYTES = (WK_B1 + (F + 3 * D) * 4 + 1023) / 1024 * 1024;
+constexpr int WK_STAGE = 2 * WK_BYTES;             // [M][D] fp32 (xidx): warpgroup 1's Zq2 partial
+constexpr int WK_TICKET = WK_STAGE + M * D * 4;    // [2] int: the tile of each buffer
+static_assert(WK_TICKET + 8 <= SMEM, "the worker's buffers must fit the scan's shared memory");
+
+// Publish this CTA's copies of the state just computed (in s.w1h / s.w2h, b1 / b2) into ring slot
+// `slot` of head bh (all threads; the caller made the copies visible with a CTA barrier).
+__device__ __forceinline__ void ring_store(const FwdParams& p, const StepBufs& s, size_t bh, int slot, int rank,
+                                           int tid) {
+  const size_t base = (bh * p.ring + slot) * CS + rank;
+  uint4* dst = reinterpret_cast<uint4*>(p.ring_w + base * 2 * RING_TILE);
+  const uint4* w1 = reinterpret_cast<const uint4*>(s.w1h);
+  const uint4* w2 = reinterpret_cast<const uint4*>(s.w2h);
+  constexpr int CHUNKS = RING_TILE * 2 / 16;  // 16-byte chunks per tile
+#pragma unroll
+  for (int i = tid; i < CHUNKS; i += THREADS) {
+    dst[i] = w1[i];
+    dst[CHUNKS + i] = w2[i];
+  }
+  float* b = p.ring_b + (bh * p.ring + slot) * (F + D);
+  if (tid < FL / 4) {
+    reinterpret_cast<float4*>(b + rank * FL)[tid] = reinterpret_cast<const float4*>(s.b1)[tid];
+  } else if (rank == 0 && tid < FL / 4 + D / 4) {
+    reinterpret_cast<float4*>(b + F)[tid - FL / 4] = reinterpret_cast<const float4*>(s.b2)[tid - FL / 4];
+  }
+}
+
+// Take the next output tile from the ticket counter (thread 0), wait until both CTAs of its head
+// published its state, and start copying the tile's inputs into buffer `b` (all threads, one
+// cp.async group; empty if there is no tile). Returns the tile (>= n_tiles: none left).
+__device__ __forceinline__ int worker_fetch(const FwdParams& p, char* sm, int b, long long n_tiles, int tid) {
+  volatile int* ticket = at<int>(sm, WK_TICKET);
+  if (tid == 0) {
+    const int i = static_cast<int>(atomicAdd(p.ticket, 1u));
+    ticket[b] = i;
+    if (i < n_tiles) {
+      const size_t bh = static_cast<size_t>(i % p.batch_heads);
+      const unsigned need = static_cast<unsigned>(i / p.batch_heads) + 1;
+      flag_wait_geq(p.ready + bh * CS, need);
+      flag_wait_geq(p.ready + bh * CS + 1, need);
+    }
+  }
+  __syncthreads();  // the ticket is visible; the acquire above orders every thread's copies below
+  const int i = ticket[b];
+  if (i < n_tiles) {
+    const int j = i / p.batch_heads;
+    const size_t bh = static_cast<size_t>(i % p.batch_heads);
+    const int h = static_cast<int>(bh % p.H);
+    const int slot = j % p.ring;
+    char* buf = sm + b * WK_BYTES;
+    const bf16* src = p.ring_w + (bh * p.ring + slot) * CS * 2 * RING_TILE;
+    constexpr int CH = RING_TILE * 2 / 16;  // 16-byte chunks of one CTA tile
+    for (int c = tid; c < CH * CS; c += THREADS) {
+      const int r = c / CH, o = (c % CH) * 8;
+      cp_async16(at<bf16>(buf, WK_W1) + r * RING_TILE + o, src + r * 2 * RING_TILE + o, true);
+      cp_async16(at<bf16>(buf, WK_W2) + r * RING_TILE + o, src + r * 2 * RING_TILE + RING_TILE + o, true);
+    }
+    float* b1 = at<float>(buf, WK_B1);
+    const float* bs = p.ring_b + (bh * p.ring + slot) * (F + D);
+    if (tid < (F + D) / 4) {
+      cp_async16(b1 + 4 * tid, bs + 4 * tid, true);
+    } else if (tid < (F + D) / 4 + D / 4) {
+      const int u = tid - (F + D) / 4;
+      cp_async16(b1 + F + D + 4 * u, p.ln_w + h * D + 4 * u, true);
+    } else if (tid < (F + D) / 4 + D / 2) {
+      const int u = tid - (F + D) / 4 - D / 4;
+      cp_async16(b1 + F + 2 * D + 4 * u, p.ln_b + h * D + 4 * u, true);
+    }
+    const size_t t0 = static_cast<size_t>(j) * M;
+    for (int c = tid; c < M * D / 8; c += THREADS) {
+      const int row = c / (D / 8), col = (c % (D / 8)) * 8;
+      const bool valid = t0 + row < static_cast<size_t>(p.T);
+      cp_async16(at<bf16>(buf, WK_Q) + swz<D>(row, col), p.q + (valid ? (bh * p.T + t0 + row) * D + col : 0), valid);
+    }
+  }
+  cp_async_commit();
+  return i;
+}
+
+// One output worker CTA: tiles from the ticket counter, the next one loading while this one is
+// computed. Warpgroup wc takes the hidden chunks 2 wc, 2 wc + 1 (of 64 columns) of
+// Zq2 = sum_c gelu(Q W1[:, c] + b1[c]) W2[c, :]; warpgroup 0 adds warpgroup 1's partial and finishes
+// out = Q + gamma LN(Zq2 + b2) + beta.
+template <bool FAST_OUT>
+__device__ __forceinline__ void output_worker(const FwdParams& p, char* sm, int tid) {
+  const int wc = tid >> 7, lane = tid & 31, wr = (tid >> 5) & 3;
+  const int g = lane >> 2, t = lane & 3;
+  const int n_mb = (p.T + M - 1) / M;
+  const long long n_tiles = static_cast<long long>(n_mb) * p.batch_heads;
+  float* stage = at<float>(sm, WK_STAGE);
+  int b = 0;
+  int i = worker_fetch(p, sm, b, n_tiles, tid);
+  while (i < n_tiles) {
+    cp_async_wait<0>();  // this tile's inputs
+    fence_proxy_async();
+    __syncthreads();
+    const int j = i / p.batch_heads;
+    const size_t bh = static_cast<size_t>(i % p.batch_heads);
+    if (tid == 0) flag_release(p.done + bh * p.ring + j % p.ring, j + 1);  // the slot has been read
+    // Only now wait for the next tile's state (its copy then runs under this tile's work): a worker
+    // never waits while it holds a slot the scan may be waiting for.
+    const int next = worker_fetch(p, sm, b ^ 1, n_tiles, tid);  // buffer b ^ 1 was freed by the last barrier
+    char* buf = sm + b * WK_BYTES;
+    const bf16* w1 = at<bf16>(buf, WK_W1);
+    const bf16* w2 = at<bf16>(buf, WK_W2);
+    const bf16* q = at<bf16>(buf, WK_Q);
+    const float* b1 = at<float>(buf, WK_B1);
+    const float *b2 = b1 + F, *gamma = b2 + D, *beta = gamma + D;
+
+    float o[ND][4];
+    {
+      float z0[NF][4], z1[NF][4];
+      const int c0 = 2 * wc;
+      wgmma_fence();
+      wg_ss<1, 0, 1, false>(z0, desc_sw128(q), desc_sw128(w1 + c0 * D * 64));
+      wgmma_commit();
+      wg_ss<1, 0, 1, false>(z1, desc_sw128(q), desc_sw128(w1 + (c0 + 1) * D * 64));
+      wgmma_commit();
+      uint32_t fr[4][4];
+      wgmma_wait<1>();
+      fence_acc(z0);
+      add_b1(z0, b1 + 64 * c0, 0, lane);
+#pragma unroll
+      for (int jn = 0; jn < NF; ++jn)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) z0[jn][e] = gelu<FAST_OUT>(z0[jn][e]);
+      to_frags(z0, fr);
+      wgmma_fence();
+      wg_rs<1, 1, false>(o, fr, desc_sw128(w2 + c0 * 64 * D));
+      wgmma_commit();
+      wgmma_wait<1>();  // Q W1 of the second chunk
+      fence_acc(z1);
+      add_b1(z1, b1 + 64 * (c0 + 1), 0, lane);
+#pragma unroll
+      for (int jn = 0; jn < NF; ++jn)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) z1[jn][e] = gelu<FAST_OUT>(z1[jn][e]);
+      to_frags(z1, fr);
+      wgmma_fence();
+      wg_rs<1, 1, true>(o, fr, desc_sw128(w2 + (c0 + 1) * 64 * D));
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_acc(o);
+    }
+    if (wc == 1) {
+#pragma unroll
+      for (int jn = 0; jn < ND; ++jn) {
+        const int c = 8 * jn + 2 * t, r = 16 * wr + g;
+        *reinterpret_cast<float2*>(stage + xidx(r, c)) = make_float2(o[jn][0], o[jn][1]);
+        *reinterpret_cast<float2*>(stage + xidx(r + 8, c)) = make_float2(o[jn][2], o[jn][3]);
+      }
+    }
+    __syncthreads();
+    if (wc == 0) {  // out = Q + gamma LN(Zq2 + b2) + beta, rows 16 wr + g and + 8 of this warp
+#pragma unroll
+      for (int jn = 0; jn < ND; ++jn) {
+        const int c = 8 * jn + 2 * t, r = 16 * wr + g;
+        const float2 u0 = *reinterpret_cast<const float2*>(stage + xidx(r, c));
+        const float2 u1 = *reinterpret_cast<const float2*>(stage + xidx(r + 8, c));
+        o[jn][0] += u0.x + b2[c];
+        o[jn][1] += u0.y + b2[c + 1];
+        o[jn][2] += u1.x + b2[c];
+        o[jn][3] += u1.y + b2[c + 1];
+      }
+      layer_norm_rows(o, p.eps);
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int row = 16 * wr + g + 8 * half;
+        const size_t tok = static_cast<size_t>(j) * M + row;
+        if (tok < static_cast<size_t>(p.T)) {
+          bf16* out = p.out + (bh * p.T + tok) * D;
+#pragma unroll
+          for (int jn = 0; jn < ND; ++jn) {
+            const int c = 8 * jn + 2 * t;
+            const float2 r = unpack_bf16(*reinterpret_cast<const uint32_t*>(q + swz<D>(row, c)));
+            *reinterpret_cast<uint32_t*>(out + c) = pack_bf16(r.x + gamma[c] * o[jn][2 * half] + beta[c],
+                                                              r.y + gamma[c + 1] * o[jn][2 * half + 1] + beta[c + 1]);
+          }
+        }
+      }
+    }
+    __syncthreads();  // buffer b and the staging are free for the fetch after next
+    i = next;
+    b ^= 1;
+  }
+  cp_async_wait<0>();
+}
+
 // Iteration j of the kernel: the back of step j (LayerNorm, G_z2, G_z1, update -> state S_{j+1}),
 // then one fused pass against S_{j+1}: the front (Z1, A, Z2 partial) of step j + 1 and the output's
 // Zq2 partial of mini-batch j. Both partials cross the cluster in ONE exchange (v1, until 2026-11-26,
@@ -285,11 +494,19 @@ __device__ __forceinline__ void twin_reduce_push(const float (&acc)[ND][4], floa
 // mini-batch e - 1 (e >= 1; full_q[e & 1], phase ((e - 1) >> 1) & 1). A push never overwrites an
 // unread partial: a CTA pushes exchange e only after it has received the Z2 part of exchange e - 1,
 // which its peer pushes only after CTA barriers that follow all its reads of exchange e - 2.
-template <bool SPLIT, bool FAST_INNER, bool FAST_OUT>
+//
+// DECOUPLED (v9): the scan computes no output; with p.ring_w it publishes every state into the ring
+// for the output workers (blockIdx.y >= p.batch_heads), without it (the checkpoint-only pass) it just
+// scans.
+template <bool SPLIT, bool FAST_INNER, bool FAST_OUT, bool DECOUPLED>
 __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp_fwd_kernel(const FwdParams p) {
   extern __shared__ __align__(128) char sm_raw[];
   // wgmma's swizzle atoms need 1024-byte-aligned tiles (the launch asks for SMEM + 1024 bytes).
   char* sm = sm_raw + ((1024 - (smem_u32(sm_raw) & 1023)) & 1023);
+  if (DECOUPLED && static_cast<int>(blockIdx.y) >= p.batch_heads) {
+    output_worker<FAST_OUT>(p, sm, threadIdx.x);
+    return;
+  }
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wr = warp & 3, wc = warp >> 2;
   const int g = lane >> 2, t = lane & 3;
@@ -346,11 +563,13 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
     fence_mbar_init();
     mbar_arm(full_z, Z2_BYTES);                     // exchange 0
     if (n_mb > 1) mbar_arm(full_z + 8, Z2_BYTES);   // exchange 1
-    mbar_arm(full_q + 8, ZQ_BYTES);                 // exchange 1
-    if (n_mb > 1) mbar_arm(full_q, ZQ_BYTES);       // exchange 2
+    if (!DECOUPLED) {
+      mbar_arm(full_q + 8, ZQ_BYTES);               // exchange 1
+      if (n_mb > 1) mbar_arm(full_q, ZQ_BYTES);     // exchange 2
+    }
   }
-  load_tiles(p, sm, bh, 0, 0, tid);
-  if (n_mb > 1) load_tiles(p, sm, bh, M, 1, tid);
+  load_tiles<!DECOUPLED>(p, sm, bh, 0, 0, tid);
+  if (n_mb > 1) load_tiles<!DECOUPLED>(p, sm, bh, M, 1, tid);
   cp_async_wait<0>();
   fence_proxy_async();
   __syncthreads();
@@ -418,6 +637,9 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
 
     // ---- back of step `step`: Z2 = my partial + the peer's (exchange `step`, buffer step & 1); the
     // CTA barrier after G_z2 separates the last z2_mine read from the G_z1 stores over it ----
+    // The state for output tile step - 1 went into the ring during the previous iteration, before its
+    // closing CTA barrier: publish it (a step late, so the release rarely waits for those stores).
+    if (DECOUPLED && tid == 0 && p.ring_w != nullptr && step >= 1) flag_release(p.ready + bh * CS + rank, step);
     mbar_wait(full_z + 8 * buf, (step >> 1) & 1);  // the Z2 part of exchange `step` has landed
     if (tid == 0 && step + 2 < n_mb) mbar_arm(full_z + 8 * buf, Z2_BYTES);
     back_wg<SPLIT>(
@@ -426,14 +648,35 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
           // Every warp is past its last read of mini-batch step - 1's tiles (the output's residual Q
           // is in registers): refill that buffer with mini-batch step + 1, waited for at the end of
           // this phase.
-          if (step >= 1 && step + 1 < n_mb) load_tiles(p, sm, bh, t0 + M, buf ^ 1, tid);
+          if (step >= 1 && step + 1 < n_mb) load_tiles<!DECOUPLED>(p, sm, bh, t0 + M, buf ^ 1, tid);
         },
         [&] {
-          if (step >= 1 && my_rows) finish_output(step - 1);
+          if (!DECOUPLED && step >= 1 && my_rows) finish_output(step - 1);
         });
+    // Ring slot step % R is free once the workers have read the state of tile step - R.
+    if (DECOUPLED && tid == 0 && p.ring_w != nullptr && step >= p.ring)
+      flag_wait_geq(p.done + bh * p.ring + step % p.ring, step - p.ring + 1);
     cp_async_wait<0>();  // the next mini-batch's tiles
     fence_proxy_async();
     __syncthreads();     // new state copies, biases and those tiles are visible to every warp
+    if constexpr (DECOUPLED) {
+      if (p.ring_w != nullptr) ring_store(p, s, bh, step % p.ring, rank, tid);  // S_{step+1}: output tile `step`
+      if (next) {
+        const bf16* k_next = at<bf16>(sm, OFF_K) + (buf ^ 1) * M * D;
+        float za[NF][4];
+        wgmma_fence();
+        issue_x_w1<SPLIT>(za, k_next, s, wc);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_acc(za);
+        s.k = k_next;
+        front_wg<SPLIT, FAST_INNER>(za, da, z2, s, wr, wc, lane);
+        twin_reduce_push<true>(z2, z2_mine, z2_mine, peer_recv + 4 * (buf ^ 1) * RECV, peer_full_z + 8 * (buf ^ 1), 0,
+                               wr, wc, lane);
+      }
+      __syncthreads();  // the local Z2 partial is visible; the ring stores precede the next publish
+      return;
+    }
 
     // ---- fused pass against the updated state: the front of the next step (its Z2 partial is
     // pushed first), then the output's Zq2 partial of this mini-batch; exchange step + 1 (buffer
@@ -485,6 +728,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
   };
   for (int step = 0; step + 1 < n_mb; ++step) iteration(step, std::true_type{});
   iteration(n_mb - 1, std::false_type{});
+  if (DECOUPLED && tid == 0 && p.ring_w != nullptr) flag_release(p.ready + bh * CS + rank, n_mb);
   // Both CTAs stay resident until every push has landed: each received its last exchange before
   // arriving here.
   cluster_sync();
@@ -494,25 +738,69 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
 }  // namespace sm90
 }  // namespace tttgraph
 
-// Launch on `stream`; returns the cudaError_t of the launch. batch_heads = B * H clusters.
+namespace {
+using FwdKernel = void (*)(const tttgraph::FwdParams);
+
+FwdKernel fwd_kernel(int variant, bool decoupled) {
+  using namespace tttgraph::sm90::fwd;
+  switch (variant * 2 + (decoupled ? 1 : 0)) {
+    case 0: return ttt_mlp_fwd_kernel<false, false, false, false>;
+    case 1: return ttt_mlp_fwd_kernel<false, false, false, true>;
+    case 2: return ttt_mlp_fwd_kernel<true, false, false, false>;
+    case 3: return ttt_mlp_fwd_kernel<true, false, false, true>;
+    case 6: return ttt_mlp_fwd_kernel<true, false, true, false>;
+    case 7: return ttt_mlp_fwd_kernel<true, false, true, true>;
+    case 12: return ttt_mlp_fwd_kernel<false, true, true, false>;
+    case 13: return ttt_mlp_fwd_kernel<false, true, true, true>;
+    case 14: return ttt_mlp_fwd_kernel<true, true, true, false>;
+    case 15: return ttt_mlp_fwd_kernel<true, true, true, true>;
+    default: return nullptr;
+  }
+}
+}  // namespace
+
+// Launch on `stream`; returns the cudaError_t of the launch. batch_heads = B * H scan clusters, plus
+// `workers` output-worker clusters when params->ring_w is set (the decoupled output, v9). Without an
+// output (params->with_out == 0) the decoupled kernel runs with no ring: the scan alone.
 // variant: bit 0 split-bf16 state-update products, bit 1 tanh.approx in the output's GELU, bit 2
 // tanh.approx in the inner step's GELU (see ttt_mlp.h).
 extern "C" int tttgraph_ttt_mlp_fwd_sm90(const tttgraph::FwdParams* params, int batch_heads, int variant,
-                                          cudaStream_t stream) {
+                                          int workers, cudaStream_t stream) {
   using namespace tttgraph::sm90::fwd;
   using tttgraph::sm90::THREADS;
   using tttgraph::sm90::CS;
-  void (*kernel)(const tttgraph::FwdParams) = nullptr;
-  switch (variant) {
-    case 0: kernel = ttt_mlp_fwd_kernel<false, false, false>; break;
-    case 1: kernel = ttt_mlp_fwd_kernel<true, false, false>; break;
-    case 3: kernel = ttt_mlp_fwd_kernel<true, false, true>; break;
-    case 7: kernel = ttt_mlp_fwd_kernel<true, true, true>; break;
-    case 6: kernel = ttt_mlp_fwd_kernel<false, true, true>; break;
-    default: return static_cast<int>(cudaErrorInvalidValue);
-  }
+  const bool decoupled = params->ring_w != nullptr || !params->with_out;
+  if (params->ring_w != nullptr && workers < 1) return static_cast<int>(cudaErrorInvalidValue);
+  FwdKernel kernel = fwd_kernel(variant, decoupled);
+  if (kernel == nullptr) return static_cast<int>(cudaErrorInvalidValue);
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_LAUNCH);
   if (err != cudaSuccess) return static_cast<int>(err);
-  kernel<<<dim3(CS, batch_heads), THREADS, SMEM_LAUNCH, stream>>>(*params);
+  const int clusters = batch_heads + (params->ring_w != nullptr ? workers : 0);
+  kernel<<<dim3(CS, clusters), THREADS, SMEM_LAUNCH, stream>>>(*params);
   return static_cast<int>(cudaGetLastError());
+}
+
+// Worker clusters for the decoupled output: the clusters of this kernel that can be resident at once,
+// less the scan's. Every launched cluster must be resident at once (the scan waits for the workers);
+// with fewer than MIN_WORKER_WARPGROUPS_PER_HEAD worker warpgroups per head the workers could not
+// keep up with the scan (each warpgroup needs ~1 tile per scan step), so the fused kernel is better.
+extern "C" int tttgraph_ttt_mlp_fwd_sm90_workers(int batch_heads, int variant) {
+  using namespace tttgraph::sm90::fwd;
+  using tttgraph::sm90::THREADS;
+  using tttgraph::sm90::CS;
+  FwdKernel kernel = fwd_kernel(variant, true);
+  if (kernel == nullptr) return -static_cast<int>(cudaErrorInvalidValue);
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_LAUNCH);
+  if (err != cudaSuccess) return -static_cast<int>(err);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(CS, batch_heads + 1);
+  cfg.blockDim = dim3(THREADS);
+  cfg.dynamicSmemBytes = SMEM_LAUNCH;
+  int resident = 0;
+  err = cudaOccupancyMaxActiveClusters(&resident, kernel, &cfg);
+  if (err != cudaSuccess) return -static_cast<int>(err);
+  const int workers = resident - batch_heads;
+  constexpr int MIN_WORKER_WARPGROUPS_PER_HEAD = 1;
+  if (workers * CS * 2 < MIN_WORKER_WARPGROUPS_PER_HEAD * batch_heads) return 0;
+  return workers;
 }
