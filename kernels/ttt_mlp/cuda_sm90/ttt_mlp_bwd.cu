@@ -294,14 +294,8 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
 #pragma unroll
           for (int e = 0; e < 4; ++e) gelu_d1<FAST>(zq[jn][e], zq[jn][e], gq1[jn][e]);
         store_acc_bf16<D>(half_of(T1, M, wc), zq, 16 * wr, 0, lane);  // Aq
-        uint32_t fr[4][4];
-        to_frags(zq, fr);
         float o[ND][4];
-        wgmma_fence();
-        wg_rs<1, 1, false>(o, fr, desc_sw128(A.w2 + wc * FH * D));  // Aq W2' (this warpgroup's half)
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_acc(o);
+        wg_product_rs<1, 1>(o, zq, desc_sw128(A.w2 + wc * FH * D));  // Aq W2' (this warpgroup's half)
         push_row_sum(o, X1, rank, wr, wc, lane);
       }
       {
@@ -317,14 +311,8 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
 #pragma unroll
           for (int e = 0; e < 4; ++e) at_[jn][e] = gelu<FAST>(at_[jn][e]);
         store_acc_bf16<D>(half_of(sA, M, wc), at_, 16 * wr, 0, lane);
-        uint32_t fr[4][4];
-        to_frags(at_, fr);
         float z2[ND][4];
-        wgmma_fence();
-        wg_rs<1, 1, false>(z2, fr, desc_sw128(B.w2 + wc * FH * D));  // A W2
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_acc(z2);
+        wg_product_rs<1, 1>(z2, at_, desc_sw128(B.w2 + wc * FH * D));  // A W2
         push_row_sum(z2, X0, rank, wr, wc, lane);
       }
       cluster_arrive();  // E1
@@ -383,15 +371,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
 
         // dZq1 = (dZq2 W2'^T) * gelu'(Zq1), on this warpgroup's hidden columns (B = W2' rows, K-major)
         float dq1[NF][4];
-        {
-          uint32_t fr[4][4];
-          to_frags(dz, fr);
-          wgmma_fence();
-          wg_rs<1, 0, false>(dq1, fr, desc_sw128(A.w2 + wc * FH * D));
-          wgmma_commit();
-          wgmma_wait<0>();
-          fence_acc(dq1);
-        }
+        wg_product_rs<1, 0>(dq1, dz, desc_sw128(A.w2 + wc * FH * D));
 #pragma unroll
         for (int jn = 0; jn < NF; ++jn)
 #pragma unroll
@@ -400,15 +380,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
         store_col_sums(red1 + wr * FL + wc * FH, dq1, lane);
         // dQ partial = dZq1 W1'^T (a row sum over the hidden layer: one partial per warpgroup and CTA)
         float dqp[ND][4];
-        {
-          uint32_t fr[4][4];
-          to_frags(dq1, fr);
-          wgmma_fence();
-          wg_rs<1, 0, false>(dqp, fr, desc_sw128(half_of(A.w1, D, wc)));
-          wgmma_commit();
-          wgmma_wait<0>();
-          fence_acc(dqp);
-        }
+        wg_product_rs<1, 0>(dqp, dq1, desc_sw128(half_of(A.w1, D, wc)));
         store_rows_f32(part + (P_DQ + rank * 2 + wc) * M * D, dqp, wr, lane);
       }
       fence_proxy_async();
@@ -675,15 +647,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
         store_acc_bf16<D>(half_of(T2, M, wc), dz1, 16 * wr, 0, lane);
         store_col_sums(red1 + wr * FL + wc * FH, dz1, lane);
         float dk[ND][4];  // dK partial (b) = dZ1 W1^T
-        {
-          uint32_t fr[4][4];
-          to_frags(dz1, fr);
-          wgmma_fence();
-          wg_rs<1, 0, false>(dk, fr, desc_sw128(half_of(B.w1, D, wc)));
-          wgmma_commit();
-          wgmma_wait<0>();
-          fence_acc(dk);
-        }
+        wg_product_rs<1, 0>(dk, dz1, desc_sw128(half_of(B.w1, D, wc)));
         store_rows_f32(part + (P_DKB + rank * 2 + wc) * M * D, dk, wr, lane);
       }
       fence_proxy_async();

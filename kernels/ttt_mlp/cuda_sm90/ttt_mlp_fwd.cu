@@ -408,25 +408,23 @@ __device__ __forceinline__ void output_worker(const FwdParams& p, char* sm, int 
       wg_ss<1, 0, 1, false>(z1, desc_sw128(q), desc_sw128(w1 + (c0 + 1) * D * 64));
       wgmma_commit();
       uint32_t fr[4][4];
+      // gelu(z + b1 of chunk c) as bf16 A fragments
+      auto activate = [&](float (&z)[NF][4], int c) {
+        fence_acc(z);
+        add_b1(z, b1 + 64 * c, 0, lane);
+#pragma unroll
+        for (int jn = 0; jn < NF; ++jn)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) z[jn][e] = gelu<FAST_OUT>(z[jn][e]);
+        to_frags(z, fr);
+      };
       wgmma_wait<1>();
-      fence_acc(z0);
-      add_b1(z0, b1 + 64 * c0, 0, lane);
-#pragma unroll
-      for (int jn = 0; jn < NF; ++jn)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) z0[jn][e] = gelu<FAST_OUT>(z0[jn][e]);
-      to_frags(z0, fr);
+      activate(z0, c0);
       wgmma_fence();
       wg_rs<1, 1, false>(o, fr, desc_sw128(w2 + c0 * 64 * D));
       wgmma_commit();
       wgmma_wait<1>();  // Q W1 of the second chunk
-      fence_acc(z1);
-      add_b1(z1, b1 + 64 * (c0 + 1), 0, lane);
-#pragma unroll
-      for (int jn = 0; jn < NF; ++jn)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) z1[jn][e] = gelu<FAST_OUT>(z1[jn][e]);
-      to_frags(z1, fr);
+      activate(z1, c0 + 1);
       wgmma_fence();
       wg_rs<1, 1, true>(o, fr, desc_sw128(w2 + (c0 + 1) * 64 * D));
       wgmma_commit();

@@ -105,6 +105,25 @@ __device__ __forceinline__ void wg_rs(float (&d)[8][4], const uint32_t (&fr)[KS]
   for (int kk = 0; kk < KS; ++kk) wgmma_rs<SCALE_A, TB>(d, fr[kk], b + (TB ? 128 : 2) * kk, ACC || kk > 0);
 }
 
+// The bf16 A fragments of a 16 x 64 fp32 register tile (an accumulator) for wg_rs.
+__device__ __forceinline__ void to_frags(const float (&x)[8][4], uint32_t (&fr)[4][4]) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) acc_to_a(x, kk, fr[kk]);
+}
+
+// d = SCALE_A x B, issued and waited: x this warp's 16 x 64 fp32 tile, as bf16 A fragments from
+// registers; b the descriptor of B's first k slice (TB: MN-major).
+template <int SCALE_A, int TB>
+__device__ __forceinline__ void wg_product_rs(float (&d)[8][4], const float (&x)[8][4], uint64_t b) {
+  uint32_t fr[4][4];
+  to_frags(x, fr);
+  wgmma_fence();
+  wg_rs<SCALE_A, TB, false>(d, fr, b);
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_acc(d);
+}
+
 // Store A fragments fr (this warp's rows r0.. x 64 columns, bf16) into a swizzled [rows][64] tile.
 __device__ __forceinline__ void store_frags_bf16(bf16* tile, const uint32_t (&fr)[4][4], int r0, int lane) {
   const int g = lane >> 2, t = lane & 3;
@@ -118,10 +137,5 @@ __device__ __forceinline__ void store_frags_bf16(bf16* tile, const uint32_t (&fr
   }
 }
 
-// The bf16 A fragments of a 16 x 64 fp32 register tile (an accumulator) for wg_rs.
-__device__ __forceinline__ void to_frags(const float (&x)[8][4], uint32_t (&fr)[4][4]) {
-#pragma unroll
-  for (int kk = 0; kk < 4; ++kk) acc_to_a(x, kk, fr[kk]);
-}
 
 }  // namespace tttgraph
