@@ -15,6 +15,10 @@ forward with VARIANT (default ``--baseline-variant``) and, with ``--backward``, 
 within one process and card. Each baseline row says whether its output (gradients) is bitwise equal
 to the current build's.
 
+``--fused`` also times the current build with the output computed by the scan (the v8 kernel;
+``DECOUPLED_OUTPUT`` off), ``--output-workers N ...`` with at most N output-worker clusters: if
+fewer workers do not slow the forward down, the workers are not what limits it.
+
 The build timed first runs slow (forward ~1%, backward up to 11% at T = 351,168, even for identical
 code; kernels/ttt_mlp/cuda_sm90/README.md, "Backward timing noise"): ``--rounds N`` times every
 cuda_sm90 build N times per T, the order rotated by one each round, so each build is timed first
@@ -43,24 +47,38 @@ VARIANT_NAMES = {0: "plain bf16", 1: "split", 3: "split, fast tanh out", 7: "spl
 
 
 FUSED = "(fused output)"  # a pseudo baseline: the current build with the output computed by the scan (v8)
+WORKERS = "(output workers {})"  # a pseudo baseline: the current build with at most that many worker clusters
+
+
+def _backend_settings(source_dir):
+    """The cuda_sm90 settings a pseudo baseline stands for (None: a real source directory)."""
+    if source_dir == FUSED:
+        return {"DECOUPLED_OUTPUT": False}
+    if source_dir.startswith(WORKERS.split("{")[0]):
+        return {"MAX_OUTPUT_WORKERS": int(source_dir[len(WORKERS.split("{")[0]):-1])}
+    return None
 
 
 @contextlib.contextmanager
 def using_extension(build, source_dir):
     """Run the cuda_sm90 backend on the extension built from ``source_dir`` (None: the current one;
-    FUSED: the current one with ``DECOUPLED_OUTPUT`` off)."""
+    FUSED: the current one with ``DECOUPLED_OUTPUT`` off; WORKERS.format(n): the current one with at
+    most n output-worker clusters)."""
     if source_dir is None:
         yield
         return
-    if source_dir == FUSED:
+    settings = _backend_settings(source_dir)
+    if settings is not None:
         from tttgraph.kernels.ttt_mlp import cuda_sm90
 
-        saved = cuda_sm90.DECOUPLED_OUTPUT
-        cuda_sm90.DECOUPLED_OUTPUT = False
+        saved = {k: getattr(cuda_sm90, k) for k in settings}
+        for k, v in settings.items():
+            setattr(cuda_sm90, k, v)
         try:
             yield
         finally:
-            cuda_sm90.DECOUPLED_OUTPUT = saved
+            for k, v in saved.items():
+                setattr(cuda_sm90, k, v)
         return
     ext = build.extension(source_dir)
     saved = build.extension
@@ -159,10 +177,15 @@ def main(argv=None):
                    help="also time the kernels built from these copies of the sources (forward variant VARIANT)")
     p.add_argument("--fused", action="store_true",
                    help="also time the current build with the output computed by the scan (DECOUPLED_OUTPUT off)")
+    p.add_argument("--output-workers", nargs="+", type=int, metavar="N",
+                   help="also time the current build with at most N output-worker clusters (MAX_OUTPUT_WORKERS): "
+                        "whether the workers keep up with the scan")
     p.add_argument("--baseline-variant", type=int, default=7, help="forward variant of a baseline without one")
     args = p.parse_args(argv)
     if args.rounds < 1:
         p.error(f"--rounds must be at least 1, got {args.rounds}")
+    if any(n < 1 for n in args.output_workers or ()):
+        p.error(f"--output-workers needs counts of at least 1, got {args.output_workers}")
 
     from tttgraph.kernels.ttt_mlp import cuda_sm90, reference
     from tttgraph.kernels.ttt_mlp import triton as triton_backend
@@ -201,6 +224,8 @@ def main(argv=None):
         builds += [(f"cuda_sm90 v{v} from {src}", v, src) for src, v in baselines]
         if args.fused:
             builds.append((f"cuda_sm90 v{default_variant} fused output", default_variant, FUSED))
+        builds += [(f"cuda_sm90 v{default_variant} <= {n} output workers", default_variant, WORKERS.format(n))
+                   for n in args.output_workers or ()]
         cases = []
         for rnd in range(args.rounds):
             tag = f" [round {rnd + 1}]" if args.rounds > 1 else ""

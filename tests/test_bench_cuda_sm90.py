@@ -127,3 +127,24 @@ def test_fused_switches_the_backend_to_the_scan_output_and_back():
     with bench.using_extension(build, bench.FUSED):
         assert not cuda_sm90.DECOUPLED_OUTPUT
     assert cuda_sm90.DECOUPLED_OUTPUT
+
+
+def test_output_workers_cap_the_worker_clusters_of_the_current_build(stub_kernels, capsys):
+    bench.main(["--seq-lens", "70", "--heads", "2", "--no-triton", "--ref-up-to", "0", "--output-workers", "9", "3"])
+    assert [r.split("|")[1].strip() for r in _rows(capsys.readouterr().out)] == [
+        "cuda_sm90 v7 (split, fast tanh)", "cuda_sm90 v7 <= 9 output workers", "cuda_sm90 v7 <= 3 output workers"]
+    srcs = [src for kind, src in stub_kernels if kind == "fwd"]
+    assert bench.WORKERS.format(9) in srcs and bench.WORKERS.format(3) in srcs
+
+
+def test_output_workers_set_and_restore_the_backend_cap():
+    assert cuda_sm90.MAX_OUTPUT_WORKERS is None
+    with bench.using_extension(build, bench.WORKERS.format(5)):
+        assert cuda_sm90.MAX_OUTPUT_WORKERS == 5 and cuda_sm90.DECOUPLED_OUTPUT
+    assert cuda_sm90.MAX_OUTPUT_WORKERS is None
+
+
+def test_output_workers_below_one_are_refused_with_the_value(stub_kernels, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--output-workers", "0"])
+    assert "--output-workers needs counts of at least 1, got [0]" in capsys.readouterr().err
