@@ -274,7 +274,7 @@ __device__ __forceinline__ void twin_reduce_push(const float (&acc)[ND][4], floa
 // and the output of mini-batch j needs nothing from the scan but the state S_{j+1}. So with a ring
 // the scan clusters only publish each state's bf16 copies (hi parts, which the fused output used)
 // and biases into a ring in global memory (L2-resident: R slots per head), and the SMs the scan
-// leaves idle (132 - 2 B*H on an H100) run output workers: each warpgroup takes output tiles
+// leaves idle (132 - 2 B*H on an H100) run output workers: each worker CTA takes output tiles
 // (j, bh) in order from a ticket counter, waits for both CTAs' halves of S_{j+1}, copies them in,
 // frees the slot and computes out = Q + gamma LN(gelu(Q W1 + b1) W2 + b2) + beta.
 //
