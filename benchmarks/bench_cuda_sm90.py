@@ -48,14 +48,15 @@ VARIANT_NAMES = {0: "plain bf16", 1: "split", 3: "split, fast tanh out", 7: "spl
 
 FUSED = "(fused output)"  # a pseudo baseline: the current build with the output computed by the scan (v8)
 WORKERS = "(output workers {})"  # a pseudo baseline: the current build with at most that many worker clusters
+_WORKERS_PREFIX, _WORKERS_SUFFIX = WORKERS.split("{}")
 
 
 def _backend_settings(source_dir):
     """The cuda_sm90 settings a pseudo baseline stands for (None: a real source directory)."""
     if source_dir == FUSED:
         return {"DECOUPLED_OUTPUT": False}
-    if source_dir.startswith(WORKERS.split("{")[0]):
-        return {"MAX_OUTPUT_WORKERS": int(source_dir[len(WORKERS.split("{")[0]):-1])}
+    if source_dir.startswith(_WORKERS_PREFIX) and source_dir.endswith(_WORKERS_SUFFIX):
+        return {"MAX_OUTPUT_WORKERS": int(source_dir[len(_WORKERS_PREFIX):-len(_WORKERS_SUFFIX)])}
     return None
 
 

@@ -15,6 +15,14 @@ void check(const torch::Tensor& t, const char* name, torch::ScalarType dtype) {
   TORCH_CHECK(t.scalar_type() == dtype, name, " has dtype ", t.scalar_type(), ", expected ", dtype);
 }
 
+// Output-worker clusters the decoupled forward would launch beside batch_heads scan clusters (0: the
+// fused kernel runs).
+int64_t forward_workers(int64_t batch_heads, int64_t variant) {
+  const int w = tttgraph_ttt_mlp_fwd_sm90_workers(static_cast<int>(batch_heads), static_cast<int>(variant));
+  TORCH_CHECK(w >= 0, "ttt_mlp cuda_sm90: occupancy query failed: ", cudaGetErrorString(static_cast<cudaError_t>(-w)));
+  return w;
+}
+
 void forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor eta, torch::Tensor ln_w,
              torch::Tensor ln_b, torch::Tensor w1, torch::Tensor b1, torch::Tensor w2, torch::Tensor b2,
              torch::Tensor out, torch::Tensor ck_w1, torch::Tensor ck_b1, torch::Tensor ck_w2, torch::Tensor ck_b2,
@@ -62,9 +70,7 @@ void forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor et
   torch::Tensor ring_w, ring_b, flags;
   // max_workers: 0 = the fused kernel; < 0 = as many worker clusters as fit; n > 0 = at most n (tests).
   if (with_out && max_workers != 0) {
-    workers = tttgraph_ttt_mlp_fwd_sm90_workers(static_cast<int>(batch_heads), static_cast<int>(variant));
-    TORCH_CHECK(workers >= 0, "ttt_mlp cuda_sm90: occupancy query failed: ",
-                cudaGetErrorString(static_cast<cudaError_t>(-workers)));
+    workers = static_cast<int>(forward_workers(batch_heads, variant));
     if (max_workers > 0) workers = std::min<int>(workers, static_cast<int>(max_workers));
   }
   if (workers > 0) {
@@ -150,14 +156,6 @@ void backward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor d
 }
 
 }  // namespace
-
-// Output-worker clusters the decoupled forward would launch beside batch_heads scan clusters (0: the
-// fused kernel runs).
-int64_t forward_workers(int64_t batch_heads, int64_t variant) {
-  const int w = tttgraph_ttt_mlp_fwd_sm90_workers(static_cast<int>(batch_heads), static_cast<int>(variant));
-  TORCH_CHECK(w >= 0, "ttt_mlp cuda_sm90: occupancy query failed: ", cudaGetErrorString(static_cast<cudaError_t>(-w)));
-  return w;
-}
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "TTT-MLP forward scan (sm_90a)");

@@ -283,11 +283,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
       float gq1[NF][4];
       {
         float zq[NF][4];
-        wgmma_fence();
-        wg_ss<1, 0, 1, false>(zq, desc_sw128(sQ), desc_sw128(half_of(A.w1, D, wc)));  // Q W1'
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_acc(zq);
+        wg_product_ss<1, 0, 1>(zq, desc_sw128(sQ), desc_sw128(half_of(A.w1, D, wc)));  // Q W1'
         add_b1(zq, A.b1, wc, lane);
 #pragma unroll
         for (int jn = 0; jn < NF; ++jn)
@@ -300,11 +296,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
       }
       {
         float at_[NF][4];  // Z1 = K W1 + b1, then A = gelu(Z1)
-        wgmma_fence();
-        wg_ss<1, 0, 1, false>(at_, desc_sw128(sK), desc_sw128(half_of(B.w1, D, wc)));
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_acc(at_);
+        wg_product_ss<1, 0, 1>(at_, desc_sw128(sK), desc_sw128(half_of(B.w1, D, wc)));
         add_b1(at_, B.b1, wc, lane);
 #pragma unroll
         for (int jn = 0; jn < NF; ++jn)
@@ -457,11 +449,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
         }
         {  // G_a = G_z2 W2^T: dz1 := dG_z1 G_a g''; G_z1 = G_a g'
           float ga[NF][4];
-          wgmma_fence();
-          wg_ss<1, 0, 0, false>(ga, desc_sw128(U1), desc_sw128(B.w2 + wc * FH * D));
-          wgmma_commit();
-          wgmma_wait<0>();
-          fence_acc(ga);
+          wg_product_ss<1, 0, 0>(ga, desc_sw128(U1), desc_sw128(B.w2 + wc * FH * D));
 #pragma unroll
           for (int jn = 0; jn < NF; ++jn)
 #pragma unroll
@@ -473,11 +461,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
         }
         {  // G_z2 dW2'^T = -dA: the partial dZ1 = dG_z1 G_a g'' + dA g'
           float dan[NF][4];
-          wgmma_fence();
-          wg_ss<1, 0, 0, false>(dan, desc_sw128(U1), desc_sw128(DW2 + wc * FH * D));
-          wgmma_commit();
-          wgmma_wait<0>();
-          fence_acc(dan);
+          wg_product_ss<1, 0, 0>(dan, desc_sw128(U1), desc_sw128(DW2 + wc * FH * D));
 #pragma unroll
           for (int jn = 0; jn < NF; ++jn)
 #pragma unroll
@@ -486,11 +470,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
         store_frags_bf16(half_of(T1, M, wc), fd, 16 * wr, lane);  // dG_a for dW2 += dG_a^T G_z2
         {  // dK partial (a) = -G_z1 dW1'^T
           float dk[ND][4];
-          wgmma_fence();
-          wg_rs<-1, 0, false>(dk, fg, desc_sw128(half_of(DW1, D, wc)));
-          wgmma_commit();
-          wgmma_wait<0>();
-          fence_acc(dk);
+          wg_product_rf<-1, 0>(dk, fg, desc_sw128(half_of(DW1, D, wc)));
           store_rows_f32(part + (P_DKA + rank * 2 + wc) * M * D, dk, wr, lane);
         }
         // dG_z2 partial = dG_a W2 - A dW2' (a row sum over the hidden layer)

@@ -82,7 +82,8 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[8][4], const uint32_t (&a)[4
 #undef TTT_WGMMA_D32_STR
 #undef TTT_WGMMA_D32
 
-// ---- whole products (the backward's): d (64 x 64 per warpgroup) over k = 16 KS, issued, not waited.
+// ---- whole products (the backward's and the output workers'): d (64 x 64 per warpgroup) over
+// k = 16 KS, issued, not waited.
 // Descriptors point at the first k slice; the next starts 32 bytes (K-major) or 2048 bytes (MN-major)
 // further, i.e. 2 or 128 in the descriptor's 16-byte units. ACC false: d = SCALE_A A B (d's old
 // contents ignored). The caller brackets them with wgmma_fence / commit / wait.
@@ -111,17 +112,33 @@ __device__ __forceinline__ void to_frags(const float (&x)[8][4], uint32_t (&fr)[
   for (int kk = 0; kk < 4; ++kk) acc_to_a(x, kk, fr[kk]);
 }
 
-// d = SCALE_A x B, issued and waited: x this warp's 16 x 64 fp32 tile, as bf16 A fragments from
-// registers; b the descriptor of B's first k slice (TB: MN-major).
+// Whole products, issued and waited (accumulators fenced): d = SCALE_A A B with A and B from shared
+// memory (descriptors of their first k slices; TA / TB: MN-major) ...
+template <int SCALE_A, int TA, int TB>
+__device__ __forceinline__ void wg_product_ss(float (&d)[8][4], uint64_t a, uint64_t b) {
+  wgmma_fence();
+  wg_ss<SCALE_A, TA, TB, false>(d, a, b);
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_acc(d);
+}
+
+// ... with A as this warp's bf16 A fragments fr (16 rows x 64 k) ...
 template <int SCALE_A, int TB>
-__device__ __forceinline__ void wg_product_rs(float (&d)[8][4], const float (&x)[8][4], uint64_t b) {
-  uint32_t fr[4][4];
-  to_frags(x, fr);
+__device__ __forceinline__ void wg_product_rf(float (&d)[8][4], const uint32_t (&fr)[4][4], uint64_t b) {
   wgmma_fence();
   wg_rs<SCALE_A, TB, false>(d, fr, b);
   wgmma_commit();
   wgmma_wait<0>();
   fence_acc(d);
+}
+
+// ... or with A as this warp's 16 x 64 fp32 tile x (converted to bf16 fragments).
+template <int SCALE_A, int TB>
+__device__ __forceinline__ void wg_product_rs(float (&d)[8][4], const float (&x)[8][4], uint64_t b) {
+  uint32_t fr[4][4];
+  to_frags(x, fr);
+  wg_product_rf<SCALE_A, TB>(d, fr, b);
 }
 
 // Store A fragments fr (this warp's rows r0.. x 64 columns, bf16) into a swizzled [rows][64] tile.
