@@ -15,9 +15,9 @@ Importing this module builds nothing and does not initialise CUDA.
 The forward (``ttt_mlp_fwd.cu``) runs its products on wgmma and exchanges one pair of partial row
 sums per mini-batch between the two CTAs (st.async into the peer, mbarrier wait); the output is
 computed by worker CTAs on the SMs the scan leaves idle (``DECOUPLED_OUTPUT``). The backward
-(``ttt_mlp_bwd.cu``) recomputes each checkpoint chunk's states with the forward's step on mma.sync
-and walks the chunk in reverse (products on wgmma) in the same 2-CTA layout, the state gradient on
-chip.
+(``ttt_mlp_bwd.cu``) has the forward's scan recompute each checkpoint chunk's states (one launch
+per chunk, last first) and walks the chunk in reverse (products on wgmma) in the same 2-CTA layout,
+the state gradient on chip.
 """
 
 from __future__ import annotations
@@ -149,21 +149,22 @@ def backward(grad_out, q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, states,
     states = tuple(s.to(torch.float32).contiguous() for s in states)
     dq, dk, dv = (torch.empty_like(q) for _ in range(3))
     deta = torch.empty(bsz, heads, seq_len, **f32)
-    dgamma, dbeta = torch.empty(bsz, heads, dim, **f32), torch.empty(bsz, heads, dim, **f32)
-    dw1, db1 = torch.empty(bsz, heads, dim, hidden, **f32), torch.empty(bsz, heads, hidden, **f32)
-    dw2, db2 = torch.empty(bsz, heads, hidden, dim, **f32), torch.empty(bsz, heads, dim, **f32)
+    # The chunks (launched last first) accumulate into these: zeros.
+    dgamma, dbeta = torch.zeros(bsz, heads, dim, **f32), torch.zeros(bsz, heads, dim, **f32)
+    dw1, db1 = torch.zeros(bsz, heads, dim, hidden, **f32), torch.zeros(bsz, heads, hidden, **f32)
+    dw2, db2 = torch.zeros(bsz, heads, hidden, dim, **f32), torch.zeros(bsz, heads, dim, **f32)
+    # A chunk's states, written by the forward's scan: per CTA its W1 and W2 hi tiles and its biases.
+    fl = hidden // 2
     scratch = (
-        torch.empty(bsz * heads, slots, dim, hidden, device=dev, dtype=bf),
-        torch.empty(bsz * heads, slots, hidden, dim, device=dev, dtype=bf),
-        torch.empty(bsz * heads, slots, hidden, **f32),
-        torch.empty(bsz * heads, 2, slots, dim, **f32),
+        torch.empty(bsz * heads, slots, 2, 2, fl * dim, device=dev, dtype=bf),
+        torch.empty(bsz * heads, slots, 2, fl + dim, **f32),
         torch.empty(bsz * heads, 13, MINI_BATCH_BUILT, dim, **f32),
     )
     if POISON_BUFFERS:
-        for t in (dq, dk, dv, deta, dgamma, dbeta, dw1, db1, dw2, db2, *scratch):
+        for t in (dq, dk, dv, deta, *scratch):
             t.fill_(float("nan"))
     ext.backward(q, k, v, dout, eta32, lnw, lnb, *states, dq, dk, dv, deta, dgamma, dbeta, dw1, db1, dw2, db2,
-                 *scratch, checkpoint_every, float(eps), BACKWARD_VARIANT)
+                 *scratch, checkpoint_every, float(eps), BACKWARD_VARIANT, VARIANT)
     # The initial state and the LayerNorm parameters are shared by the batch: sum their gradients.
     return (
         dq,

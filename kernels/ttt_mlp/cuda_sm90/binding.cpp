@@ -64,6 +64,9 @@ void forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor et
   p.with_out = with_out ? 1 : 0;
   p.eps = static_cast<float>(eps);
   p.batch_heads = static_cast<int>(batch_heads);
+  p.mb0 = 0;
+  p.n_mb = static_cast<int>((q.size(2) + 63) / 64);
+  p.from_ck = -1;
   // The decoupled output (ttt_mlp_fwd.cu, v9): a ring of kRing states per (b, h) in global memory
   // (12.7 MB at B*H = 48) and zeroed flags; they live until the kernel is done (stream order).
   int workers = 0;
@@ -93,20 +96,23 @@ void forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor et
 const __nv_bfloat16* bf(const torch::Tensor& t) { return reinterpret_cast<const __nv_bfloat16*>(t.data_ptr()); }
 __nv_bfloat16* bf_mut(torch::Tensor& t) { return reinterpret_cast<__nv_bfloat16*>(t.data_ptr()); }
 
-// Gradients into the given tensors (allocated by the caller, see cuda_sm90/__init__.py::backward).
+// Gradients into the given tensors (allocated by the caller, see cuda_sm90/__init__.py::backward;
+// dw1 .. dbeta zeroed: the chunks accumulate into them). Per checkpoint chunk, last first: the
+// forward's scan recomputes the chunk's states from its checkpoint into the scratch (st_w, st_b),
+// then the backward kernel walks the chunk in reverse.
 void backward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor dout, torch::Tensor eta,
               torch::Tensor ln_w, torch::Tensor ln_b, torch::Tensor ck_w1, torch::Tensor ck_b1, torch::Tensor ck_w2,
               torch::Tensor ck_b2, torch::Tensor dq, torch::Tensor dk, torch::Tensor dv, torch::Tensor deta,
               torch::Tensor dgamma, torch::Tensor dbeta, torch::Tensor dw1, torch::Tensor db1, torch::Tensor dw2,
-              torch::Tensor db2, torch::Tensor st_w1, torch::Tensor st_w2, torch::Tensor st_b1, torch::Tensor st_b2,
-              torch::Tensor part, int64_t checkpoint_every, double eps, int64_t variant) {
+              torch::Tensor db2, torch::Tensor st_w, torch::Tensor st_b, torch::Tensor part, int64_t checkpoint_every,
+              double eps, int64_t variant, int64_t forward_variant) {
   for (auto [t, name] : {std::pair{&q, "q"}, {&k, "k"}, {&v, "v"}, {&dout, "dout"}, {&dq, "dq"}, {&dk, "dk"},
-                         {&dv, "dv"}, {&st_w1, "st_w1"}, {&st_w2, "st_w2"}})
+                         {&dv, "dv"}, {&st_w, "st_w"}})
     check(*t, name, torch::kBFloat16);
   for (auto [t, name] : {std::pair{&eta, "eta"}, {&ln_w, "ln_w"}, {&ln_b, "ln_b"}, {&ck_w1, "ck_w1"},
                          {&ck_b1, "ck_b1"}, {&ck_w2, "ck_w2"}, {&ck_b2, "ck_b2"}, {&deta, "deta"},
                          {&dgamma, "dgamma"}, {&dbeta, "dbeta"}, {&dw1, "dw1"}, {&db1, "db1"}, {&dw2, "dw2"},
-                         {&db2, "db2"}, {&st_b1, "st_b1"}, {&st_b2, "st_b2"}, {&part, "part"}})
+                         {&db2, "db2"}, {&st_b, "st_b"}, {&part, "part"}})
     check(*t, name, torch::kFloat32);
   TORCH_CHECK(q.dim() == 4 && q.size(3) == 64 && ck_w1.dim() == 5 && ck_w1.size(4) == 256, "built for D = 64, F = 256");
   const int64_t batch_heads = q.size(0) * q.size(1);
@@ -114,9 +120,36 @@ void backward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor d
   const int64_t n_ck = ck_w1.size(2);
   TORCH_CHECK(n_ck == (n_mb + checkpoint_every - 1) / checkpoint_every, "checkpoints do not match checkpoint_every");
   const int64_t slots = std::min(checkpoint_every, n_mb) + 1;
-  TORCH_CHECK(st_w1.numel() == batch_heads * slots * 64 * 256, "st_w1 must hold (min(G, n_mb) + 1) states per (b, h)");
+  TORCH_CHECK(st_w.numel() == batch_heads * slots * 2 * 2 * 128 * 64,
+              "st_w must hold (min(G, n_mb) + 1) x 2 CTAs x (W1, W2) tiles per (b, h)");
+  TORCH_CHECK(st_b.numel() == batch_heads * slots * 2 * (128 + 64), "st_b must be [B*H, slots, 2, 192]");
   TORCH_CHECK(part.numel() == batch_heads * 13 * 64 * 64, "part must be [B*H, 13, 64, 64]");
   const at::cuda::CUDAGuard guard(q.device());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+
+  // The recomputation: the forward's scan over one chunk, no output, states into the scratch.
+  tttgraph::FwdParams f{};
+  f.q = bf(q);
+  f.k = bf(k);
+  f.v = bf(v);
+  f.eta = eta.data_ptr<float>();
+  f.ln_w = ln_w.data_ptr<float>();
+  f.ln_b = ln_b.data_ptr<float>();
+  f.ck_w1 = ck_w1.data_ptr<float>();
+  f.ck_b1 = ck_b1.data_ptr<float>();
+  f.ck_w2 = ck_w2.data_ptr<float>();
+  f.ck_b2 = ck_b2.data_ptr<float>();
+  f.T = static_cast<int>(q.size(2));
+  f.H = static_cast<int>(q.size(1));
+  f.G = static_cast<int>(checkpoint_every);
+  f.n_ck = static_cast<int>(n_ck);
+  f.save = 0;
+  f.with_out = 0;
+  f.eps = static_cast<float>(eps);
+  f.batch_heads = static_cast<int>(batch_heads);
+  f.st_w = bf_mut(st_w);
+  f.st_b = st_b.data_ptr<float>();
+
   tttgraph::BwdParams p{};
   p.q = bf(q);
   p.k = bf(k);
@@ -139,10 +172,8 @@ void backward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor d
   p.db1 = db1.data_ptr<float>();
   p.dw2 = dw2.data_ptr<float>();
   p.db2 = db2.data_ptr<float>();
-  p.st_w1 = bf_mut(st_w1);
-  p.st_w2 = bf_mut(st_w2);
-  p.st_b1 = st_b1.data_ptr<float>();
-  p.st_b2 = st_b2.data_ptr<float>();
+  p.st_w = bf_mut(st_w);
+  p.st_b = st_b.data_ptr<float>();
   p.part = part.data_ptr<float>();
   p.T = static_cast<int>(q.size(2));
   p.H = static_cast<int>(q.size(1));
@@ -150,9 +181,18 @@ void backward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor d
   p.n_ck = static_cast<int>(n_ck);
   p.slots = static_cast<int>(slots);
   p.eps = static_cast<float>(eps);
-  const int err = tttgraph_ttt_mlp_bwd_sm90(&p, static_cast<int>(batch_heads), static_cast<int>(variant),
-                                            at::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == 0, "ttt_mlp cuda_sm90 backward launch failed: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
+  for (int64_t c = n_ck - 1; c >= 0; --c) {
+    f.from_ck = static_cast<int>(c);
+    f.mb0 = static_cast<int>(c * checkpoint_every);
+    f.n_mb = static_cast<int>(std::min(n_mb, (c + 1) * checkpoint_every) - c * checkpoint_every);
+    int err = tttgraph_ttt_mlp_fwd_sm90(&f, static_cast<int>(batch_heads), static_cast<int>(forward_variant), 0,
+                                        stream);
+    TORCH_CHECK(err == 0, "ttt_mlp cuda_sm90 backward: the recomputation's launch failed: ",
+                cudaGetErrorString(static_cast<cudaError_t>(err)));
+    p.chunk = static_cast<int>(c);
+    err = tttgraph_ttt_mlp_bwd_sm90(&p, static_cast<int>(batch_heads), static_cast<int>(variant), stream);
+    TORCH_CHECK(err == 0, "ttt_mlp cuda_sm90 backward launch failed: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
+  }
 }
 
 }  // namespace

@@ -1,8 +1,10 @@
-// Building blocks of the sm_90a TTT-MLP kernels: warp-level bf16 tensor-core products (mma.sync
-// m16n8k16), ldmatrix loads from swizzled shared memory, cluster barriers and distributed shared
-// memory, and the elementwise maths (GELU-tanh, LayerNorm rows) in the accumulator layout.
+// Building blocks of the sm_90a TTT-MLP kernels: bf16 packing and fragment layouts, swizzled shared
+// memory tiles, asynchronous copies, cluster barriers and distributed shared memory, mbarriers,
+// global flags, and the elementwise maths (GELU-tanh and its derivatives, warp sums).
 //
-// Fragment layouts of mma.sync.m16n8k16 (g = lane / 4, t = lane % 4), as in the PTX ISA:
+// The products run on wgmma (wgmma.cuh), whose m64n64 accumulators hold, per warp, the same
+// registers as eight mma.sync.m16n8k16 accumulators; the fragment layouts of that instruction
+// (g = lane / 4, t = lane % 4), as in the PTX ISA, are therefore the kernels' register layouts:
 //   A 16x16 bf16: a0 (row g, cols 2t..2t+1), a1 (row g+8, 2t..), a2 (row g, 2t+8..), a3 (row g+8, 2t+8..)
 //   B 16x8  bf16: b0 (k 2t..2t+1, col g), b1 (k 2t+8.., col g)
 //   C 16x8  fp32: c0, c1 (row g, cols 2t, 2t+1), c2, c3 (row g+8, cols 2t, 2t+1)
@@ -35,80 +37,17 @@ __device__ __forceinline__ void split_bf16(float x0, float x1, uint32_t& hi, uin
   lo = pack_bf16(x0 - hf.x, x1 - hf.y);
 }
 
-__device__ __forceinline__ uint32_t neg_bf16x2(uint32_t x) { return x ^ 0x80008000u; }
-
-// d += a * b on the tensor cores: bf16 operands, fp32 accumulation.
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
-__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
 // Element offset of (row, col) in a row-major bf16 tile of COLS columns (COLS a multiple of 64),
-// with the 16-byte chunks of each row XOR-swizzled by (row % 8): the 8 rows an ldmatrix reads
-// (and the rows a fragment store writes) then fall in 8 different bank groups.
+// with the 16-byte chunks of each row XOR-swizzled by (row % 8): the rows a fragment store writes
+// fall in 8 different bank groups, and for COLS = 64 it is wgmma's 128-byte swizzle (wgmma.cuh).
 template <int COLS>
 __device__ __forceinline__ int swz(int row, int col) {
   static_assert(COLS % 64 == 0, "swizzled tiles need rows of >= 8 chunks of 16 bytes");
   return row * COLS + ((((col >> 3) ^ (row & 7))) << 3) + (col & 7);
-}
-
-// ---- ldmatrix addressing ------------------------------------------------------------------------
-// Each returns the shared address this lane passes to ldmatrix.x4 so that the four registers come
-// back as the operand fragments named in the comment.
-
-// A fragment (16 rows x 16 k) of a row-major [rows][k] tile: rows r0.., k k0...
-template <int COLS>
-__device__ __forceinline__ uint32_t addr_a(const bf16* tile, int r0, int k0, int lane) {
-  int row = r0 + (lane & 7) + ((lane >> 3) & 1) * 8;
-  int col = k0 + (lane >> 4) * 8;
-  return smem_u32(tile + swz<COLS>(row, col));
-}
-
-// A fragment (16 m x 16 k) of the transpose of a row-major [k][m] tile (use with ldsm_x4_t).
-template <int COLS>
-__device__ __forceinline__ uint32_t addr_a_t(const bf16* tile, int m0, int k0, int lane) {
-  int mat = lane >> 3;  // matrices a0..a3: (m 0-7, k 0-7), (m 8-15, k 0-7), (m 0-7, k 8-15), (m 8-15, k 8-15)
-  int row = k0 + (mat >> 1) * 8 + (lane & 7);
-  int col = m0 + (mat & 1) * 8;
-  return smem_u32(tile + swz<COLS>(row, col));
-}
-
-// B fragments of two n-tiles (n0..n0+15) x 16 k from a row-major [n][k] tile (k contiguous):
-// r0, r1 = b0, b1 of n-tile n0; r2, r3 = b0, b1 of n-tile n0 + 8 (use with ldsm_x4).
-template <int COLS>
-__device__ __forceinline__ uint32_t addr_b_nk(const bf16* tile, int n0, int k0, int lane) {
-  int mat = lane >> 3;
-  int row = n0 + (mat >> 1) * 8 + (lane & 7);
-  int col = k0 + (mat & 1) * 8;
-  return smem_u32(tile + swz<COLS>(row, col));
-}
-
-// The same two n-tiles from a row-major [k][n] tile (n contiguous; use with ldsm_x4_t).
-template <int COLS>
-__device__ __forceinline__ uint32_t addr_b_kn(const bf16* tile, int n0, int k0, int lane) {
-  int mat = lane >> 3;
-  int row = k0 + (mat & 1) * 8 + (lane & 7);
-  int col = n0 + (mat >> 1) * 8;
-  return smem_u32(tile + swz<COLS>(row, col));
 }
 
 // The A fragment of the 16x16 block (n-tiles 2j, 2j+1) of a 16 x 8n fp32 accumulator.

@@ -40,6 +40,18 @@ struct FwdParams {
   unsigned* ticket;       // [1] zeroed: next output tile (j * B*H + bh) to take
   int ring;               // slots per (b, h)
   int batch_heads;
+  // The mini-batches this launch scans: mb0 .. mb0 + n_mb - 1 (the whole sequence: 0 and all). The
+  // backward's recomputation scans one checkpoint chunk per launch, from checkpoint from_ck (>= 0:
+  // the initial state is ck_*[b, h, from_ck], read-only; -1: w1 / b1 / w2 / b2), and with st_w set
+  // writes the state before each of its mini-batches and after the last (slots 0 .. n_mb of
+  // slots = min(G, all mini-batches) + 1 per (b, h)) in the backward's scratch layout: st_w
+  // [B*H][slots][CS][2][FL * D] bf16 (each CTA's W1 then W2 hi tile, as in shared memory), st_b
+  // [B*H][slots][CS][FL + D] (its b1 slice, then b2).
+  int mb0;
+  int n_mb;
+  int from_ck;
+  __nv_bfloat16* st_w;
+  float* st_b;
 };
 
 struct BwdParams {
@@ -64,16 +76,16 @@ struct BwdParams {
   float* db1;                 // [B, H, F]
   float* dw2;                 // [B, H, F, D]
   float* db2;                 // [B, H, D]
-  __nv_bfloat16* st_w1;       // scratch [B*H][G+1][D][F]: the recomputed states of one checkpoint chunk
-  __nv_bfloat16* st_w2;       // scratch [B*H][G+1][F][D]
-  float* st_b1;               // scratch [B*H][G+1][F]
-  float* st_b2;               // scratch [B*H][2][G+1][D] (one copy per CTA)
+  // The states of the chunk, written by the forward's scan (FwdParams::st_w / st_b, same layout):
+  __nv_bfloat16* st_w;        // scratch [B*H][slots][CS][2][FL * D]
+  float* st_b;                // scratch [B*H][slots][CS][FL + D]
   float* part;                // scratch [B*H][13][64][64]: partial sums of dq and dk
   int T;
   int H;
   int G;      // mini-batches between checkpoints
   int n_ck;   // C
   int slots;  // G + 1 state slots in the scratch (G capped at the number of mini-batches)
+  int chunk;  // the checkpoint chunk this launch walks (dw1 .. dbeta hold dS and the sums so far)
   float eps;
 };
 
@@ -92,7 +104,8 @@ extern "C" int tttgraph_ttt_mlp_fwd_sm90(const tttgraph::FwdParams* params, int 
 // device, every cluster resident at once (0: use the fused kernel). Negative: a cudaError_t.
 extern "C" int tttgraph_ttt_mlp_fwd_sm90_workers(int batch_heads, int variant);
 
-// The backward: all gradients from the checkpoints. Returns a cudaError_t. variant bit 2: tanh.approx
-// in the GELU derivatives (built: 0 and 4).
+// The backward of one checkpoint chunk (params->chunk), from the states the forward's scan wrote
+// for it; chunks are launched last first, dw1 .. dbeta accumulating (zeroed before the last chunk).
+// Returns a cudaError_t. variant bit 2: tanh.approx in the GELU derivatives (built: 0 and 4).
 extern "C" int tttgraph_ttt_mlp_bwd_sm90(const tttgraph::BwdParams* params, int batch_heads, int variant,
                                           cudaStream_t stream);

@@ -126,38 +126,24 @@ __device__ __forceinline__ void load_eta(float* dst, const float* eta, size_t bh
   if (tid < M) cp_async4(dst + tid, eta + bh * T + min(t0 + tid, T - 1), t0 + tid < T);
 }
 
-// cp.async state slot `slot` of the scratch (this CTA's half) into a state buffer (the reverse pass's
-// layout).
+// cp.async state slot `slot` of the scratch (this CTA's half, written by the forward's scan in the
+// state buffers' own layout: W1 as two [D][64] halves, W2 [FL][D], both swizzled) into a state buffer.
 __device__ __forceinline__ void load_state_slot(const BwdParams& p, const StateBuf& sb, size_t bh, int slot, int rank,
                                                 int tid) {
-  const int f_base = rank * FL;
-  const size_t s = bh * p.slots + slot;
-  const bf16* w1 = p.st_w1 + s * D * F;
-  const bf16* w2 = p.st_w2 + s * F * D + static_cast<size_t>(f_base) * D;
-  for (int i = tid; i < D * FL / 8; i += THREADS) {  // W1 as two [D][64] halves (wgmma operands)
-    const int row = i / (FL / 8), col = (i % (FL / 8)) * 8;
-    cp_async16(half_of(sb.w1, D, col >> 6) + swz<D>(row, col & 63), w1 + row * F + f_base + col, true);
+  const size_t base = (bh * p.slots + slot) * CS + rank;
+  const bf16* w = p.st_w + base * 2 * FL * D;
+  constexpr int CHUNKS = FL * D / 8;  // 16-byte chunks per tile
+  for (int i = tid; i < CHUNKS; i += THREADS) {
+    cp_async16(sb.w1 + 8 * i, w + 8 * i, true);
+    cp_async16(sb.w2 + 8 * i, w + FL * D + 8 * i, true);
   }
-  for (int i = tid; i < FL * D / 8; i += THREADS) {
-    const int row = i / (D / 8), col = (i % (D / 8)) * 8;
-    cp_async16(sb.w2 + swz<D>(row, col), w2 + row * D + col, true);
-  }
+  const float* b = p.st_b + base * (FL + D);
   if (tid < FL / 4) {
-    cp_async16(sb.b1 + 4 * tid, p.st_b1 + s * F + f_base + 4 * tid, true);
+    cp_async16(sb.b1 + 4 * tid, b + 4 * tid, true);
   } else if (tid < FL / 4 + D / 4) {
     const int i = tid - FL / 4;
-    cp_async16(sb.b2 + 4 * i, p.st_b2 + ((bh * CS + rank) * p.slots + slot) * D + 4 * i, true);
+    cp_async16(sb.b2 + 4 * i, b + FL + 4 * i, true);
   }
-}
-
-// Write the register state and the shared biases as scratch slot `slot`.
-__device__ __forceinline__ void save_state_slot(const BwdParams& p, const float (&w1s)[NF][4], const float (&w2s)[ND][4],
-                                                const float* b1, const float* b2, size_t bh, int slot, int rank, int tid) {
-  const int f_base = rank * FL;
-  const size_t s = bh * p.slots + slot;
-  store_state_bf16(p.st_w1 + s * D * F, p.st_w2 + s * F * D, w1s, w2s, f_base, tid >> 5, tid & 31);
-  if (tid < FL) p.st_b1[s * F + f_base + tid] = b1[tid];
-  if (tid < D) p.st_b2[((bh * CS + rank) * p.slots + slot) * D + tid] = b2[tid];
 }
 
 template <bool FAST>
@@ -196,70 +182,22 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
   float* dbet = at<float>(sm, OFF_DBET);
   float* part = p.part + bh * NPART * M * D;
 
+  // dS so far (the gradient of the state after this chunk; zero before the last chunk) from the
+  // outputs, where the launch of the next chunk left it.
   for (int i = tid; i < D; i += THREADS) {
     gamma[i] = p.ln_w[h * D + i];
     beta[i] = p.ln_b[h * D + i];
-    sdb2[i] = 0.f;
+    sdb2[i] = p.db2[bh * D + i];
   }
-  for (int i = tid; i < FL; i += THREADS) sdb1[i] = 0.f;
+  for (int i = tid; i < FL; i += THREADS) sdb1[i] = p.db1[bh * F + f_base + i];
   for (int i = tid; i < 8 * D; i += THREADS) dgam[i] = dbet[i] = 0.f;
   float dw1s[NF][4], dw2s[ND][4];  // dS: gradient of the state after the current step
-#pragma unroll
-  for (int j = 0; j < NF; ++j) dw1s[j][0] = dw1s[j][1] = dw1s[j][2] = dw1s[j][3] = 0.f;
-#pragma unroll
-  for (int j = 0; j < ND; ++j) dw2s[j][0] = dw2s[j][1] = dw2s[j][2] = dw2s[j][3] = 0.f;
+  load_state(dw1s, dw2s, p.dw1 + bh * D * F, p.dw2 + bh * F * D, f_base, warp, lane);
   cluster_sync();
 
-  for (int c = p.n_ck - 1; c >= 0; --c) {
+  {
+    const int c = p.chunk;
     const int j0 = c * p.G, j1 = min(j0 + p.G, n_mb);
-    // dS is parked in the dw1/dw2 outputs while the recomputation needs the registers.
-    store_state(p.dw1 + bh * D * F, p.dw2 + bh * F * D, dw1s, dw2s, f_base, warp, lane);
-
-    // ---- 1. recompute the chunk's states from its checkpoint (the forward's step on mma.sync) ----
-    {
-      const StateBuf hi = state_buf(sm, 0), lo = state_buf(sm, 1);
-      StepBufs s;
-      s.k = sK;
-      s.v = sQ;
-      s.eta = seta;
-      s.w1h = hi.w1;
-      s.w1l = lo.w1;
-      s.w2h = hi.w2;
-      s.w2l = lo.w2;
-      s.a = sA;
-      s.gz1 = T2;
-      s.gz2 = U1;
-      s.x = X;
-      s.b1 = hi.b1;
-      s.b2 = hi.b2;
-      s.gamma = gamma;
-      s.beta = beta;
-      s.red1 = red1;
-      s.red2 = red2;
-      float w1s[NF][4], w2s[ND][4];
-      const size_t ck = bh * p.n_ck + c;
-      load_state(w1s, w2s, p.ck_w1 + ck * D * F, p.ck_w2 + ck * F * D, f_base, warp, lane);
-      for (int i = tid; i < FL; i += THREADS) s.b1[i] = p.ck_b1[ck * F + f_base + i];
-      for (int i = tid; i < D; i += THREADS) s.b2[i] = p.ck_b2[ck * D + i];
-      store_state_copies<true>(s, w1s, w2s, warp, lane);
-      for (int j = j0; j < j1; ++j) {
-        __syncthreads();  // biases of the state before step j are visible
-        save_state_slot(p, w1s, w2s, s.b1, s.b2, bh, j - j0, rank, tid);
-        load_rows(sK, p.k, bh, p.T, j * M, tid);
-        load_rows(sQ, p.v, bh, p.T, j * M, tid);
-        load_eta(seta, p.eta, bh, p.T, j * M, tid);
-        cp_async_commit();
-        cp_async_wait<0>();
-        __syncthreads();
-        inner_step<true, FAST, true>(w1s, w2s, s, min(M, p.T - j * M), (j - j0) & 1, rank, tid, p.eps);
-      }
-      save_state_slot(p, w1s, w2s, s.b1, s.b2, bh, j1 - j0, rank, tid);
-    }
-    load_state(dw1s, dw2s, p.dw1 + bh * D * F, p.dw2 + bh * F * D, f_base, warp, lane);
-    // The scratch written above is read back by other threads, and the peer may still be reading
-    // the exchange slots of the last recomputed step.
-    __syncthreads();
-    cluster_sync();
 
     // ---- 2. reverse over the chunk ----
     int after = 0;
@@ -695,7 +633,8 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
     }
   }
 
-  // dS is now the gradient of the initial state (per batch element).
+  // dS is now the gradient of the state before this chunk (after chunk 0: of the initial state, per
+  // batch element); the LayerNorm parameters' gradients add this chunk's sums in a fixed order.
   store_state(p.dw1 + bh * D * F, p.dw2 + bh * F * D, dw1s, dw2s, f_base, warp, lane);
   __syncthreads();
   for (int i = tid; i < FL; i += THREADS) p.db1[bh * F + f_base + i] = sdb1[i];
@@ -707,8 +646,8 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
         sgm += dgam[w * D + i];
         sbt += dbet[w * D + i];
       }
-      p.dgamma[bh * D + i] = sgm;
-      p.dbeta[bh * D + i] = sbt;
+      p.dgamma[bh * D + i] += sgm;
+      p.dbeta[bh * D + i] += sbt;
     }
   }
   cluster_sync();

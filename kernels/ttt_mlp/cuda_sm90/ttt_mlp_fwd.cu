@@ -316,6 +316,30 @@ __device__ __forceinline__ void ring_store(const FwdParams& p, const StepBufs& s
   }
 }
 
+// The backward's recomputation: write this CTA's copies of the current state (s.w1h / s.w2h hi tiles,
+// b1 slice, b2) as slot `slot` of head bh's scratch (all threads; the caller made the copies
+// visible with a CTA barrier). Layout: FwdParams::st_w / st_b.
+__device__ __forceinline__ void dump_state(const FwdParams& p, const StepBufs& s, size_t bh, int slot, int rank,
+                                           int tid) {
+  const int slots = min(p.G, (p.T + M - 1) / M) + 1;  // per (b, h): a whole chunk's, BwdParams::slots
+  const size_t base = (bh * slots + slot) * CS + rank;
+  uint4* dst = reinterpret_cast<uint4*>(p.st_w + base * 2 * RING_TILE);
+  const uint4* w1 = reinterpret_cast<const uint4*>(s.w1h);
+  const uint4* w2 = reinterpret_cast<const uint4*>(s.w2h);
+  constexpr int CHUNKS = RING_TILE * 2 / 16;
+#pragma unroll
+  for (int i = tid; i < CHUNKS; i += THREADS) {
+    dst[i] = w1[i];
+    dst[CHUNKS + i] = w2[i];
+  }
+  float* b = p.st_b + base * (FL + D);
+  if (tid < FL / 4) {
+    reinterpret_cast<float4*>(b)[tid] = reinterpret_cast<const float4*>(s.b1)[tid];
+  } else if (tid < FL / 4 + D / 4) {
+    reinterpret_cast<float4*>(b + FL)[tid - FL / 4] = reinterpret_cast<const float4*>(s.b2)[tid - FL / 4];
+  }
+}
+
 // Take the next output tile from the ticket counter (thread 0), wait until both CTAs of its head
 // published its state, and start copying the tile's inputs into buffer `b` (all threads, one
 // cp.async group; empty if there is no tile). Returns the tile (>= n_tiles: none left).
@@ -541,17 +565,26 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
   bf16* gz2lo = reinterpret_cast<bf16*>(zq_stage + (rank ^ 1) * HALF * D);
 
   float w1s[NF][4], w2s[ND][4];
-  load_state(w1s, w2s, p.w1 + static_cast<size_t>(h) * D * F, p.w2 + static_cast<size_t>(h) * F * D, f_base, warp,
-             lane);
-  for (int i = tid; i < FL; i += THREADS) s.b1[i] = p.b1[static_cast<size_t>(h) * F + f_base + i];
+  if (p.from_ck >= 0) {  // the backward's recomputation of one chunk: from its checkpoint
+    const size_t c = bh * p.n_ck + p.from_ck;
+    load_state(w1s, w2s, p.ck_w1 + c * D * F, p.ck_w2 + c * F * D, f_base, warp, lane);
+    for (int i = tid; i < FL; i += THREADS) s.b1[i] = p.ck_b1[c * F + f_base + i];
+    for (int i = tid; i < D; i += THREADS) s.b2[i] = p.ck_b2[c * D + i];
+  } else {
+    load_state(w1s, w2s, p.w1 + static_cast<size_t>(h) * D * F, p.w2 + static_cast<size_t>(h) * F * D, f_base, warp,
+               lane);
+    for (int i = tid; i < FL; i += THREADS) s.b1[i] = p.b1[static_cast<size_t>(h) * F + f_base + i];
+    for (int i = tid; i < D; i += THREADS) s.b2[i] = p.b2[h * D + i];
+  }
   for (int i = tid; i < D; i += THREADS) {
-    s.b2[i] = p.b2[h * D + i];
     gamma[i] = p.ln_w[h * D + i];
     beta[i] = p.ln_b[h * D + i];
   }
   store_copies_halves<SPLIT>(s, w1s, w2s, warp, lane);
 
-  const int n_mb = (p.T + M - 1) / M;
+  // Steps (and exchanges) count from 0 within this launch; mini-batch mb0 + step is scanned.
+  const int n_mb = p.n_mb;
+  const int mb0 = p.mb0;
   // Bytes the peer pushes per exchange: its Z2 partial (all rows) and its Zq2 partial of my rows.
   // The output is computed (and exchanged) even without p.with_out, which only skips its store: no
   // runtime branch around the wgmma calls (see the peeled iteration below).
@@ -566,8 +599,8 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
       if (n_mb > 1) mbar_arm(full_q, ZQ_BYTES);     // exchange 2
     }
   }
-  load_tiles<!DECOUPLED>(p, sm, bh, 0, 0, tid);
-  if (n_mb > 1) load_tiles<!DECOUPLED>(p, sm, bh, M, 1, tid);
+  load_tiles<!DECOUPLED>(p, sm, bh, mb0 * M, 0, tid);
+  if (n_mb > 1) load_tiles<!DECOUPLED>(p, sm, bh, (mb0 + 1) * M, 1, tid);
   cp_async_wait<0>();
   fence_proxy_async();
   __syncthreads();
@@ -618,13 +651,14 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
   auto iteration = [&](const int step, auto next_tag) {
     constexpr bool next = decltype(next_tag)::value;
     const int buf = step & 1;
-    const int t0 = step * M;
+    const int t0 = (mb0 + step) * M;
     const int n = min(M, p.T - t0);
     s.k = at<bf16>(sm, OFF_K) + buf * M * D;
     s.v = at<bf16>(sm, OFF_V) + buf * M * D;
     s.eta = at<float>(sm, OFF_ETA) + buf * M;
     const bf16* sq = at<bf16>(sm, OFF_Q) + buf * M * D;
 
+    if (p.st_w != nullptr) dump_state(p, s, bh, step, rank, tid);  // the backward's recomputation
     if (p.save && step % p.G == 0) {  // checkpoint: the state before this mini-batch
       const size_t c = bh * p.n_ck + step / p.G;
       store_state(p.ck_w1 + c * D * F, p.ck_w2 + c * F * D, w1s, w2s, f_base, warp, lane);
@@ -726,6 +760,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
   };
   for (int step = 0; step + 1 < n_mb; ++step) iteration(step, std::true_type{});
   iteration(n_mb - 1, std::false_type{});
+  if (p.st_w != nullptr) dump_state(p, s, bh, n_mb, rank, tid);  // the state after the last step
   if (DECOUPLED && tid == 0 && p.ring_w != nullptr) flag_release(p.ready + bh * CS + rank, n_mb);
   // Both CTAs stay resident until every push has landed: each received its last exchange before
   // arriving here.
@@ -769,6 +804,9 @@ extern "C" int tttgraph_ttt_mlp_fwd_sm90(const tttgraph::FwdParams* params, int 
   using tttgraph::sm90::CS;
   const bool decoupled = params->ring_w != nullptr || !params->with_out;
   if (params->ring_w != nullptr && workers < 1) return static_cast<int>(cudaErrorInvalidValue);
+  // A part of the sequence (the backward's recomputation) is scanned without output or checkpoints.
+  if (params->n_mb < 1 || (params->mb0 != 0 && (params->with_out || params->save)))
+    return static_cast<int>(cudaErrorInvalidValue);
   FwdKernel kernel = fwd_kernel(variant, decoupled);
   if (kernel == nullptr) return static_cast<int>(cudaErrorInvalidValue);
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_LAUNCH);
