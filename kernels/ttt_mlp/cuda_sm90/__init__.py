@@ -160,11 +160,21 @@ def backward(grad_out, q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, states,
         torch.empty(bsz * heads, slots, 2, fl + dim, **f32),
         torch.empty(bsz * heads, 13, MINI_BATCH_BUILT, dim, **f32),
     )
+    extra = (VARIANT,)
+    if getattr(ext, "BACKWARD_ABI", 1) < 2:  # a build of sources before b3 (an A/B baseline)
+        scratch = (
+            torch.empty(bsz * heads, slots, dim, hidden, device=dev, dtype=bf),
+            torch.empty(bsz * heads, slots, hidden, dim, device=dev, dtype=bf),
+            torch.empty(bsz * heads, slots, hidden, **f32),
+            torch.empty(bsz * heads, 2, slots, dim, **f32),
+            torch.empty(bsz * heads, 13, MINI_BATCH_BUILT, dim, **f32),
+        )
+        extra = ()
     if POISON_BUFFERS:
         for t in (dq, dk, dv, deta, *scratch):
             t.fill_(float("nan"))
     ext.backward(q, k, v, dout, eta32, lnw, lnb, *states, dq, dk, dv, deta, dgamma, dbeta, dw1, db1, dw2, db2,
-                 *scratch, checkpoint_every, float(eps), BACKWARD_VARIANT, VARIANT)
+                 *scratch, checkpoint_every, float(eps), BACKWARD_VARIANT, *extra)
     # The initial state and the LayerNorm parameters are shared by the batch: sum their gradients.
     return (
         dq,

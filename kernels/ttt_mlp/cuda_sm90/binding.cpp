@@ -201,4 +201,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "TTT-MLP forward scan (sm_90a)");
   m.def("forward_workers", &forward_workers, "output-worker clusters of the decoupled forward (0: fused)");
   m.def("backward", &backward, "TTT-MLP backward (sm_90a)");
+  // 2: backward() takes the chunk scratch st_w / st_b and the forward's variant (b3: the recomputation
+  // on the forward's scan). __init__.py still drives 1 (builds of older sources, for A/B timing).
+  m.attr("BACKWARD_ABI") = 2;
 }
