@@ -293,6 +293,9 @@ constexpr int WK_BYTES = (WK_B1 + (F + 3 * D) * 4 + 1023) / 1024 * 1024;
 constexpr int WK_STAGE = 2 * WK_BYTES;             // [M][D] fp32 (xidx): warpgroup 1's Zq2 partial
 constexpr int WK_TICKET = WK_STAGE + M * D * 4;    // [2] int: the tile of each buffer
 static_assert(WK_TICKET + 8 <= SMEM, "the worker's buffers must fit the scan's shared memory");
+// The scan thread that publishes states and checks ring slots: lane 0 of warp (0, 1), which pushes
+// nothing to the peer (twin_reduce_push: warps (wr, 0) push).
+constexpr int RING_THREAD = 128;
 
 // Publish this CTA's copies of the state just computed (in s.w1h / s.w2h, b1 / b2) into ring slot
 // `slot` of head bh (all threads; the caller made the copies visible with a CTA barrier).
@@ -636,8 +639,15 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
     // ---- back of step `step`: Z2 = my partial + the peer's (exchange `step`, buffer step & 1); the
     // CTA barrier after G_z2 separates the last z2_mine read from the G_z1 stores over it ----
     // The state for output tile step - 1 went into the ring during the previous iteration, before its
-    // closing CTA barrier: publish it (a step late, so the release rarely waits for those stores).
-    if (DECOUPLED && tid == 0 && p.ring_w != nullptr && step >= 1) flag_release(p.ready + bh * CS + rank, step);
+    // closing CTA barrier: publish it (a step late, so the release rarely waits for those stores), and
+    // read the flag of the ring slot this step fills (waited for, if need be, before the fill). Thread
+    // RING_THREAD does both while its warp waits for the exchange: the release is a MEMBAR.ALL.GPU,
+    // which on a warp that pushed partials to the peer would wait for those remote stores.
+    unsigned slot_seen = 0;
+    if (DECOUPLED && tid == RING_THREAD && p.ring_w != nullptr) {
+      if (step >= 1) flag_release(p.ready + bh * CS + rank, step);
+      if (step >= p.ring) slot_seen = flag_acquire(p.done + bh * p.ring + step % p.ring);
+    }
     mbar_wait(full_z + 8 * buf, (step >> 1) & 1);  // the Z2 part of exchange `step` has landed
     if (tid == 0 && step + 2 < n_mb) mbar_arm(full_z + 8 * buf, Z2_BYTES);
     back_wg<SPLIT>(
@@ -652,7 +662,8 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
           if (!DECOUPLED && step >= 1 && my_rows) finish_output(step - 1);
         });
     // Ring slot step % R is free once the workers have read the state of tile step - R.
-    if (DECOUPLED && tid == 0 && p.ring_w != nullptr && step >= p.ring)
+    if (DECOUPLED && tid == RING_THREAD && p.ring_w != nullptr && step >= p.ring &&
+        slot_seen < static_cast<unsigned>(step - p.ring + 1))
       flag_wait_geq(p.done + bh * p.ring + step % p.ring, step - p.ring + 1);
     cp_async_wait<0>();  // the next mini-batch's tiles
     fence_proxy_async();
@@ -726,7 +737,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
   };
   for (int step = 0; step + 1 < n_mb; ++step) iteration(step, std::true_type{});
   iteration(n_mb - 1, std::false_type{});
-  if (DECOUPLED && tid == 0 && p.ring_w != nullptr) flag_release(p.ready + bh * CS + rank, n_mb);
+  if (DECOUPLED && tid == RING_THREAD && p.ring_w != nullptr) flag_release(p.ready + bh * CS + rank, n_mb);
   // Both CTAs stay resident until every push has landed: each received its last exchange before
   // arriving here.
   cluster_sync();
