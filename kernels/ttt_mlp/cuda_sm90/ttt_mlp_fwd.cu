@@ -16,6 +16,7 @@
 // Instantiated for D = 64, F = 256, M = 64 (CogVideoX-5B); README.md beside this file has the design.
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <type_traits>
 
 #include "scan_common.cuh"
@@ -799,15 +800,25 @@ extern "C" int tttgraph_ttt_mlp_fwd_sm90_workers(int batch_heads, int variant) {
   using tttgraph::sm90::CS;
   FwdKernel kernel = fwd_kernel(variant, true);
   if (kernel == nullptr) return -static_cast<int>(cudaErrorInvalidValue);
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_LAUNCH);
+  // The resident clusters depend on the device and the kernel only: asked once per (device, variant)
+  // (the query and the attribute call cost tens of microseconds per forward otherwise).
+  constexpr int kDevices = 64, kVariants = 8;
+  static std::atomic<int> cache[kDevices][kVariants];  // 0: not asked yet, else resident + 1
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return -static_cast<int>(err);
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(CS, batch_heads + 1);
-  cfg.blockDim = dim3(THREADS);
-  cfg.dynamicSmemBytes = SMEM_LAUNCH;
-  int resident = 0;
-  err = cudaOccupancyMaxActiveClusters(&resident, kernel, &cfg);
-  if (err != cudaSuccess) return -static_cast<int>(err);
+  int resident = device < kDevices ? cache[device][variant].load() - 1 : -1;
+  if (resident < 0) {
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_LAUNCH);
+    if (err != cudaSuccess) return -static_cast<int>(err);
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(CS, batch_heads + 1);
+    cfg.blockDim = dim3(THREADS);
+    cfg.dynamicSmemBytes = SMEM_LAUNCH;
+    err = cudaOccupancyMaxActiveClusters(&resident, kernel, &cfg);
+    if (err != cudaSuccess) return -static_cast<int>(err);
+    if (device < kDevices) cache[device][variant].store(resident + 1);
+  }
   const int workers = resident - batch_heads;
   constexpr int MIN_WORKER_WARPGROUPS_PER_HEAD = 1;
   if (workers * CS * 2 < MIN_WORKER_WARPGROUPS_PER_HEAD * batch_heads) return 0;
