@@ -16,6 +16,7 @@
 // Instantiated for D = 64, F = 256, M = 64 (CogVideoX-5B); README.md beside this file has the design.
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <type_traits>
 
 #include "scan_common.cuh"
@@ -293,6 +294,9 @@ constexpr int WK_BYTES = (WK_B1 + (F + 3 * D) * 4 + 1023) / 1024 * 1024;
 constexpr int WK_STAGE = 2 * WK_BYTES;             // [M][D] fp32 (xidx): warpgroup 1's Zq2 partial
 constexpr int WK_TICKET = WK_STAGE + M * D * 4;    // [2] int: the tile of each buffer
 static_assert(WK_TICKET + 8 <= SMEM, "the worker's buffers must fit the scan's shared memory");
+// The scan thread that publishes states and checks ring slots: lane 0 of warp (0, 1), which pushes
+// nothing to the peer (twin_reduce_push: warps (wr, 0) push).
+constexpr int RING_THREAD = 128;
 
 // Publish this CTA's copies of the state just computed (in s.w1h / s.w2h, b1 / b2) into ring slot
 // `slot` of head bh (all threads; the caller made the copies visible with a CTA barrier).
@@ -670,8 +674,15 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
     // ---- back of step `step`: Z2 = my partial + the peer's (exchange `step`, buffer step & 1); the
     // CTA barrier after G_z2 separates the last z2_mine read from the G_z1 stores over it ----
     // The state for output tile step - 1 went into the ring during the previous iteration, before its
-    // closing CTA barrier: publish it (a step late, so the release rarely waits for those stores).
-    if (DECOUPLED && tid == 0 && p.ring_w != nullptr && step >= 1) flag_release(p.ready + bh * CS + rank, step);
+    // closing CTA barrier: publish it (a step late, so the release rarely waits for those stores), and
+    // read the flag of the ring slot this step fills (waited for, if need be, before the fill). Thread
+    // RING_THREAD does both while its warp waits for the exchange: the release is a MEMBAR.ALL.GPU,
+    // which on a warp that pushed partials to the peer would wait for those remote stores.
+    unsigned slot_seen = 0;
+    if (DECOUPLED && tid == RING_THREAD && p.ring_w != nullptr) {
+      if (step >= 1) flag_release(p.ready + bh * CS + rank, step);
+      if (step >= p.ring) slot_seen = flag_acquire(p.done + bh * p.ring + step % p.ring);
+    }
     mbar_wait(full_z + 8 * buf, (step >> 1) & 1);  // the Z2 part of exchange `step` has landed
     if (tid == 0 && step + 2 < n_mb) mbar_arm(full_z + 8 * buf, Z2_BYTES);
     back_wg<SPLIT>(
@@ -686,7 +697,8 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
           if (!DECOUPLED && step >= 1 && my_rows) finish_output(step - 1);
         });
     // Ring slot step % R is free once the workers have read the state of tile step - R.
-    if (DECOUPLED && tid == 0 && p.ring_w != nullptr && step >= p.ring)
+    if (DECOUPLED && tid == RING_THREAD && p.ring_w != nullptr && step >= p.ring &&
+        slot_seen < static_cast<unsigned>(step - p.ring + 1))
       flag_wait_geq(p.done + bh * p.ring + step % p.ring, step - p.ring + 1);
     cp_async_wait<0>();  // the next mini-batch's tiles
     fence_proxy_async();
@@ -761,7 +773,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
   for (int step = 0; step + 1 < n_mb; ++step) iteration(step, std::true_type{});
   iteration(n_mb - 1, std::false_type{});
   if (p.st_w != nullptr) dump_state(p, s, bh, n_mb, rank, tid);  // the state after the last step
-  if (DECOUPLED && tid == 0 && p.ring_w != nullptr) flag_release(p.ready + bh * CS + rank, n_mb);
+  if (DECOUPLED && tid == RING_THREAD && p.ring_w != nullptr) flag_release(p.ready + bh * CS + rank, n_mb);
   // Both CTAs stay resident until every push has landed: each received its last exchange before
   // arriving here.
   cluster_sync();
@@ -826,15 +838,25 @@ extern "C" int tttgraph_ttt_mlp_fwd_sm90_workers(int batch_heads, int variant) {
   using tttgraph::sm90::CS;
   FwdKernel kernel = fwd_kernel(variant, true);
   if (kernel == nullptr) return -static_cast<int>(cudaErrorInvalidValue);
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_LAUNCH);
+  // The resident clusters depend on the device and the kernel only: asked once per (device, variant)
+  // (the query and the attribute call cost tens of microseconds per forward otherwise).
+  constexpr int kDevices = 64, kVariants = 8;
+  static std::atomic<int> cache[kDevices][kVariants];  // 0: not asked yet, else resident + 1
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return -static_cast<int>(err);
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(CS, batch_heads + 1);
-  cfg.blockDim = dim3(THREADS);
-  cfg.dynamicSmemBytes = SMEM_LAUNCH;
-  int resident = 0;
-  err = cudaOccupancyMaxActiveClusters(&resident, kernel, &cfg);
-  if (err != cudaSuccess) return -static_cast<int>(err);
+  int resident = device < kDevices ? cache[device][variant].load() - 1 : -1;
+  if (resident < 0) {
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_LAUNCH);
+    if (err != cudaSuccess) return -static_cast<int>(err);
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(CS, batch_heads + 1);
+    cfg.blockDim = dim3(THREADS);
+    cfg.dynamicSmemBytes = SMEM_LAUNCH;
+    err = cudaOccupancyMaxActiveClusters(&resident, kernel, &cfg);
+    if (err != cudaSuccess) return -static_cast<int>(err);
+    if (device < kDevices) cache[device][variant].store(resident + 1);
+  }
   const int workers = resident - batch_heads;
   constexpr int MIN_WORKER_WARPGROUPS_PER_HEAD = 1;
   if (workers * CS * 2 < MIN_WORKER_WARPGROUPS_PER_HEAD * batch_heads) return 0;
