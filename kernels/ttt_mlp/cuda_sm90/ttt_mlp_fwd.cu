@@ -284,19 +284,67 @@ __device__ __forceinline__ void twin_reduce_push(const float (&acc)[ND][4], floa
 // before, so the earliest unfinished tile always has its state published and its worker free to
 // read it. Every worker cluster the host launches is resident with the scan clusters
 // (cudaOccupancyMaxActiveClusters), and even one resident worker finishes every tile.
+//
+// v10, the worker's signalling off its critical path. v9's worker spent ~4.4 us per tile (H100,
+// T = 351,168, B*H = 48, workers capped to 18 CTAs) for ~1.5 us of tensor and GELU work: at the top
+// of each tile, with all 256 threads held at a CTA barrier, thread 0 released the slot (a MEMBAR
+// behind its warp's output stores), took a ticket (an L2 round trip) and polled the two ready flags
+// one after the other (two more), then every thread issued its share of 18 x 16-byte cp.async per
+// tile. Now (output_worker):
+// - tickets are taken a tile ahead: the atomic for the tile after next is issued at the top of a
+//   tile and its result is needed only before the tile's closing barrier;
+// - the inputs that do not depend on the scan (the Q tile, gamma, beta) are copied by every thread
+//   (cp.async) as soon as the next tile is known, without waiting for its state;
+// - the ring part (W1 / W2 hi tiles of both CTAs, 4 x 16 KB, and b1 / b2, 1280 B) is one thread's
+//   1-D bulk copies (TMA) completing on the buffer's mbarrier. That thread (FETCH_THREAD) reads the
+//   next tile's two ready flags together (relaxed loads: one round trip) while warpgroup 0 finishes
+//   the previous tile, checks them at the top of the tile (the usual case in a worker-bound run:
+//   the copy then overlaps the whole tile), else rereads and checks again when its warpgroup's
+//   products are done, and blocks only after the middle barrier, while its warpgroup is idle;
+// - the slot is released by another thread (DONE_THREAD) after the middle barrier: warpgroup 1 is
+//   idle there (warpgroup 0 runs the LayerNorm epilogue) and has no global stores outstanding that
+//   the release's MEMBAR would wait for.
+// Progress as in v9: FETCH_THREAD never blocks before the middle barrier, so DONE_THREAD's release
+// of the current tile never waits for the next tile's state (checking a flag without blocking is
+// no wait), and a held but unwaited ticket blocks nobody (a worker waits only for its smallest
+// unreleased tile). tests/kernels/test_output_ring_protocol.py models this order. The products and
+// their order are v9's: the outputs are bitwise the same.
 constexpr int RING_TILE = FL * D;                // bf16 elements of one CTA's W1 (or W2) hi tile
+constexpr int RING_TILE_BYTES = RING_TILE * 2;
+constexpr int RING_B_BYTES = (F + D) * 4;        // one slot's biases: b1 [F], then b2 [D] (fp32)
+// Bytes of one tile's ring copy (its mbarrier's transaction count: under the 2^20 - 1 limit).
+constexpr uint32_t RING_COPY_BYTES = 2 * CS * RING_TILE_BYTES + RING_B_BYTES;
 // A worker's tile buffer (two of them: the next tile loads while this one is computed).
-constexpr int WK_W1 = 0;                         // [CS][2 halves][D][64] = W1 [D][F] by 64-column chunks
-constexpr int WK_W2 = WK_W1 + CS * RING_TILE * 2;  // [CS][FL][D] = W2 [F][D]
-constexpr int WK_Q = WK_W2 + CS * RING_TILE * 2;   // [M][D]
-constexpr int WK_B1 = WK_Q + kTileMD;              // [F] fp32, then b2 [D], gamma [D], beta [D]
-constexpr int WK_BYTES = (WK_B1 + (F + 3 * D) * 4 + 1023) / 1024 * 1024;
-constexpr int WK_STAGE = 2 * WK_BYTES;             // [M][D] fp32 (xidx): warpgroup 1's Zq2 partial
-constexpr int WK_TICKET = WK_STAGE + M * D * 4;    // [2] int: the tile of each buffer
-static_assert(WK_TICKET + 8 <= SMEM, "the worker's buffers must fit the scan's shared memory");
+constexpr int WK_W1 = 0;                              // [CS][2 halves][D][64] = W1 [D][F] by 64-column chunks
+constexpr int WK_W2 = WK_W1 + CS * RING_TILE_BYTES;   // [CS][FL][D] = W2 [F][D]
+constexpr int WK_Q = WK_W2 + CS * RING_TILE_BYTES;    // [M][D]
+constexpr int WK_B1 = WK_Q + kTileMD;                 // [F] fp32, then b2 [D] (the ring's bias part)
+constexpr int WK_GAMMA = WK_B1 + RING_B_BYTES;        // [D] fp32, then beta [D]
+constexpr int WK_BETA = WK_GAMMA + D * 4;
+constexpr int WK_BYTES = (WK_BETA + D * 4 + 1023) / 1024 * 1024;
+constexpr int WK_STAGE = 2 * WK_BYTES;                // [M][D] fp32 (xidx): warpgroup 1's Zq2 partial
+constexpr int WK_TICKET = WK_STAGE + M * D * 4;       // [2] int: the tile of each buffer
+constexpr int WK_FULL = (WK_TICKET + 2 * 4 + 7) / 8 * 8;  // [2] mbarriers: buffer b's ring copy landed
+constexpr int WK_END = WK_FULL + 2 * 8;
+static_assert(WK_W1 % 1024 == 0 && WK_W2 % 1024 == 0 && WK_Q % 1024 == 0 && WK_BYTES % 1024 == 0,
+              "the worker's wgmma operand tiles must be 1024-byte aligned in both buffers");
+static_assert(RING_TILE_BYTES % 16 == 0 && RING_B_BYTES % 16 == 0 && WK_B1 % 16 == 0 && WK_W2 % 16 == 0,
+              "1-D bulk copies move multiples of 16 bytes between 16-byte-aligned addresses");
+static_assert(WK_GAMMA % 16 == 0 && WK_BETA % 16 == 0, "gamma / beta are copied in 16-byte chunks");
+static_assert(WK_BETA + D * 4 <= WK_BYTES && WK_STAGE % 16 == 0, "the worker's buffers overlap");
+static_assert(RING_COPY_BYTES < (1u << 20), "an mbarrier's transaction count is below 2^20");
+static_assert(WK_FULL % 8 == 0, "mbarriers are 8-byte aligned");
+static_assert(WK_END <= SMEM, "the worker's buffers must fit the scan's shared memory");
+static_assert(CS == 2, "a tile's state is published by two ready flags (poll_ready)");
+static_assert(D / 2 <= THREADS, "gamma and beta are one 16-byte cp.async per thread");
 // The scan thread that publishes states and checks ring slots: lane 0 of warp (0, 1), which pushes
 // nothing to the peer (twin_reduce_push: warps (wr, 0) push).
 constexpr int RING_THREAD = 128;
+// The worker's signalling threads, both in warpgroup 1 (warpgroup 0 runs the LayerNorm epilogue and
+// stores the output; it never waits for signalling): FETCH_THREAD (warp (0, 1)) takes tickets, reads
+// ready flags and issues the ring's bulk copies; DONE_THREAD (warp (1, 1)) releases ring slots.
+constexpr int FETCH_THREAD = 128;
+constexpr int DONE_THREAD = 160;
 
 // Publish this CTA's copies of the state just computed (in s.w1h / s.w2h, b1 / b2) into ring slot
 // `slot` of head bh (all threads; the caller made the copies visible with a CTA barrier).
@@ -344,62 +392,129 @@ __device__ __forceinline__ void dump_state(const FwdParams& p, const StepBufs& s
   }
 }
 
-// Take the next output tile from the ticket counter (thread 0), wait until both CTAs of its head
-// published its state, and start copying the tile's inputs into buffer `b` (all threads, one
-// cp.async group; empty if there is no tile). Returns the tile (>= n_tiles: none left).
-__device__ __forceinline__ int worker_fetch(const FwdParams& p, char* sm, int b, long long n_tiles, int tid) {
-  volatile int* ticket = at<int>(sm, WK_TICKET);
-  if (tid == 0) {
-    const int i = static_cast<int>(atomicAdd(p.ticket, 1u));
-    ticket[b] = i;
-    if (i < n_tiles) {
-      const size_t bh = static_cast<size_t>(i % p.batch_heads);
-      const unsigned need = static_cast<unsigned>(i / p.batch_heads) + 1;
-      flag_wait_geq(p.ready + bh * CS, need);
-      flag_wait_geq(p.ready + bh * CS + 1, need);
-    }
+// ---- the worker's signalling and copies (v10) ----
+
+// A strong read of a ring flag (relaxed, GPU scope), unordered: FETCH_THREAD issues a tile's two
+// flag reads back to back, one L2 round trip for the pair (two ld.acquire cost two: each is followed
+// by an L1 invalidation that waits for its load), and orders what follows with fence_acquire_gpu
+// once they show the state. The loads are not waited for until their values are used.
+__device__ __forceinline__ unsigned flag_relaxed(const unsigned* flag) {
+  unsigned v;
+  asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(flag) : "memory");
+  return v;
+}
+
+// After a strong read that observed a release, an acquire pattern (PTX memory model): every write
+// the releasing thread published is visible to this thread's later operations. On sm_90a it is an
+// L1 invalidation (CCTL.IVALL), no MEMBAR. fence.acquire needs PTX ISA 8.6 (CUDA 12.8); older
+// compilers get fence.acq_rel, a MEMBAR: as correct, slower.
+__device__ __forceinline__ void fence_acquire_gpu() {
+#if (__CUDACC_VER_MAJOR__ > 12) || (__CUDACC_VER_MAJOR__ == 12 && __CUDACC_VER_MINOR__ >= 8)
+  asm volatile("fence.acquire.gpu;\n" ::: "memory");
+#else
+  asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
+#endif
+}
+
+// Orders this thread's generic-proxy accesses of global memory with its async-proxy ones (bulk
+// copies) across the fence, both ways.
+__device__ __forceinline__ void fence_proxy_async_global() {
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");
+}
+
+// 1-D bulk copy (TMA, async proxy) of `bytes` from global `src` to this CTA's shared memory at `dst`
+// (a shared::cta address, which is also this CTA's shared::cluster address); `bytes` a multiple of
+// 16, both addresses 16-byte aligned. Completes `bytes` of the transaction count of mbarrier `bar`.
+__device__ __forceinline__ void bulk_g2s(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+}
+
+// FETCH_THREAD: read the two ready flags of tile i's head into f0 / f1 (relaxed; not waited for
+// here). The tile's state is there once both are >= its mini-batch + 1 (ready_for).
+__device__ __forceinline__ void poll_ready(const FwdParams& p, int i, unsigned& f0, unsigned& f1) {
+  const unsigned* ready = p.ready + static_cast<size_t>(i % p.batch_heads) * CS;
+  f0 = flag_relaxed(ready);
+  f1 = flag_relaxed(ready + 1);
+}
+__device__ __forceinline__ bool ready_for(const FwdParams& p, int i, unsigned f0, unsigned f1) {
+  const unsigned need = static_cast<unsigned>(i / p.batch_heads) + 1;
+  return f0 >= need && f1 >= need;
+}
+// FETCH_THREAD: spin until the flags show tile i's state (f0 / f1: the last reads, reread here).
+__device__ __forceinline__ void wait_ready(const FwdParams& p, int i, unsigned& f0, unsigned& f1) {
+  while (!ready_for(p, i, f0, f1)) {
+    __nanosleep(64);
+    poll_ready(p, i, f0, f1);
   }
-  __syncthreads();  // the ticket is visible; the acquire above orders every thread's copies below
-  const int i = ticket[b];
-  if (i < n_tiles) {
-    const int j = i / p.batch_heads;
-    const size_t bh = static_cast<size_t>(i % p.batch_heads);
-    const int h = static_cast<int>(bh % p.H);
-    const int slot = j % p.ring;
-    char* buf = sm + b * WK_BYTES;
-    const bf16* src = p.ring_w + (bh * p.ring + slot) * CS * 2 * RING_TILE;
-    constexpr int CH = RING_TILE * 2 / 16;  // 16-byte chunks of one CTA tile
-    for (int c = tid; c < CH * CS; c += THREADS) {
-      const int r = c / CH, o = (c % CH) * 8;
-      cp_async16(at<bf16>(buf, WK_W1) + r * RING_TILE + o, src + r * 2 * RING_TILE + o, true);
-      cp_async16(at<bf16>(buf, WK_W2) + r * RING_TILE + o, src + r * 2 * RING_TILE + RING_TILE + o, true);
-    }
-    float* b1 = at<float>(buf, WK_B1);
-    const float* bs = p.ring_b + (bh * p.ring + slot) * (F + D);
-    if (tid < (F + D) / 4) {
-      cp_async16(b1 + 4 * tid, bs + 4 * tid, true);
-    } else if (tid < (F + D) / 4 + D / 4) {
-      const int u = tid - (F + D) / 4;
-      cp_async16(b1 + F + D + 4 * u, p.ln_w + h * D + 4 * u, true);
-    } else if (tid < (F + D) / 4 + D / 2) {
-      const int u = tid - (F + D) / 4 - D / 4;
-      cp_async16(b1 + F + 2 * D + 4 * u, p.ln_b + h * D + 4 * u, true);
-    }
-    const size_t t0 = static_cast<size_t>(j) * M;
-    for (int c = tid; c < M * D / 8; c += THREADS) {
-      const int row = c / (D / 8), col = (c % (D / 8)) * 8;
-      const bool valid = t0 + row < static_cast<size_t>(p.T);
-      cp_async16(at<bf16>(buf, WK_Q) + swz<D>(row, col), p.q + (valid ? (bh * p.T + t0 + row) * D + col : 0), valid);
-    }
+}
+
+// FETCH_THREAD, once its relaxed reads of both ready flags showed tile i's state: copy the tile's
+// ring slot (both CTAs' W1 and W2 hi tiles, b1 and b2) into buffer `b` with bulk copies that
+// complete on the buffer's mbarrier `bar`.
+// Memory ordering: the scan's generic stores of the slot precede its flag_release (cumulative);
+// the relaxed reads that saw the flags plus fence.acquire synchronise with those releases, and the
+// proxy fence then orders the stores (now visible to this thread's generic proxy) before the bulk
+// copies' async-proxy reads. Shared memory: buffer b was last read (generic loads of the epilogue,
+// wgmma) in the tile before last; every thread's fence.proxy.async.shared::cta at the top of this
+// tile and the CTA barrier after it order those reads before the copies' writes. The consumers wait
+// on the mbarrier (complete_tx releases the copied bytes, try_wait acquires them), then read them
+// with wgmma (async proxy, as the writes) or generic loads (b2).
+__device__ __forceinline__ void ring_copy(const FwdParams& p, char* sm, int b, uint32_t bar, int i) {
+  fence_acquire_gpu();
+  fence_proxy_async_global();
+  mbar_arm(bar, RING_COPY_BYTES);
+  const int slot = (i / p.batch_heads) % p.ring;
+  const size_t bh = static_cast<size_t>(i % p.batch_heads);
+  // A slot is [CS][W1, W2] (ring_store) = 4 contiguous 16 KB tiles; the buffer keeps W1 [CS] then W2 [CS].
+  const bf16* src = p.ring_w + (bh * p.ring + slot) * CS * 2 * RING_TILE;
+  const uint32_t buf = smem_u32(sm + b * WK_BYTES);
+#pragma unroll
+  for (int r = 0; r < CS; ++r) {
+    bulk_g2s(buf + WK_W1 + r * RING_TILE_BYTES, src + r * 2 * RING_TILE, RING_TILE_BYTES, bar);
+    bulk_g2s(buf + WK_W2 + r * RING_TILE_BYTES, src + r * 2 * RING_TILE + RING_TILE, RING_TILE_BYTES, bar);
   }
-  cp_async_commit();
-  return i;
+  bulk_g2s(buf + WK_B1, p.ring_b + (bh * p.ring + slot) * (F + D), RING_B_BYTES, bar);
+}
+
+// Start copying the inputs of tile i that do not depend on the scan into buffer `b` (all threads,
+// cp.async, generic proxy; the caller commits the group): the Q tile, its rows past T zero-filled,
+// and gamma / beta of the tile's head.
+__device__ __forceinline__ void worker_load_q(const FwdParams& p, char* sm, int b, int i, int tid) {
+  const int j = i / p.batch_heads;
+  const size_t bh = static_cast<size_t>(i % p.batch_heads);
+  const int h = static_cast<int>(bh % p.H);
+  char* buf = sm + b * WK_BYTES;
+  if (tid < D / 4) {
+    cp_async16(at<float>(buf, WK_GAMMA) + 4 * tid, p.ln_w + h * D + 4 * tid, true);
+  } else if (tid < D / 2) {
+    const int u = tid - D / 4;
+    cp_async16(at<float>(buf, WK_BETA) + 4 * u, p.ln_b + h * D + 4 * u, true);
+  }
+  const size_t t0 = static_cast<size_t>(j) * M;
+  for (int c = tid; c < M * D / 8; c += THREADS) {
+    const int row = c / (D / 8), col = (c % (D / 8)) * 8;
+    const bool valid = t0 + row < static_cast<size_t>(p.T);
+    cp_async16(at<bf16>(buf, WK_Q) + swz<D>(row, col), p.q + (valid ? (bh * p.T + t0 + row) * D + col : 0), valid);
+  }
 }
 
 // One output worker CTA: tiles from the ticket counter, the next one loading while this one is
-// computed. Warpgroup wc takes the hidden chunks 2 wc, 2 wc + 1 (of 64 columns) of
-// Zq2 = sum_c gelu(Q W1[:, c] + b1[c]) W2[c, :]; warpgroup 0 adds warpgroup 1's partial and finishes
-// out = Q + gamma LN(Zq2 + b2) + beta.
+// computed (tile k of this CTA in buffer k & 1). Warpgroup wc takes the hidden chunks 2 wc, 2 wc + 1
+// (of 64 columns) of Zq2 = sum_c gelu(Q W1[:, c] + b1[c]) W2[c, :]; warpgroup 0 adds warpgroup 1's
+// partial and finishes out = Q + gamma LN(Zq2 + b2) + beta. Per tile (current i in buffer b, next i1,
+// its ring copy and Q tile going to buffer b ^ 1, freed by the last tile's closing barrier):
+//   top      all: wait for this tile's Q (own cp.async) and ring copy (mbarrier); CTA barrier.
+//            FETCH_THREAD: if the flags it read during the last tile show i1's state, issue i1's
+//            ring copy (else reread them); take the ticket of the tile after next (i2).
+//            all: cp.async of i1's Q, gamma, beta.
+//   compute  both warpgroups; FETCH_THREAD, its warpgroup's products done: issue i1's ring copy
+//            if the flags now show its state (else reread them).
+//   middle   CTA barrier (warpgroup 1's partial is staged). DONE_THREAD: release i's slot.
+//            FETCH_THREAD: if still not issued, wait for i1's state and issue its copy; publish i2
+//            (tickets[b]) and read its flags. Warpgroup 0: the epilogue.
+//   closing  CTA barrier: buffer b, the staging and i2 are free / visible.
 template <bool FAST_OUT>
 __device__ __forceinline__ void output_worker(const FwdParams& p, char* sm, int tid) {
   const int wc = tid >> 7, lane = tid & 31, wr = (tid >> 5) & 3;
@@ -407,24 +522,60 @@ __device__ __forceinline__ void output_worker(const FwdParams& p, char* sm, int 
   const int n_mb = (p.T + M - 1) / M;
   const long long n_tiles = static_cast<long long>(n_mb) * p.batch_heads;
   float* stage = at<float>(sm, WK_STAGE);
+  volatile int* tickets = at<int>(sm, WK_TICKET);
+  const uint32_t full = smem_u32(sm + WK_FULL);  // full[b] at full + 8 b: buffer b's ring copy landed
+  const bool fetcher = tid == FETCH_THREAD;
+  unsigned f0 = 0, f1 = 0;  // FETCH_THREAD: the ready flags of the tile it fetches next, as last read
+  bool copied = false;      // FETCH_THREAD: the next tile's ring copy has been issued
+
+  // The first two tiles (one atomic: still in ticket order) and the first one's inputs. Nothing is
+  // held yet, so the first tile's state is waited for here.
+  if (fetcher) {
+    mbar_init(full, 1);  // one arrival per phase: ring_copy's arm, with the copy's bytes
+    mbar_init(full + 8, 1);
+    fence_proxy_async();  // the initialised barriers are visible to the async proxy (complete_tx)
+    const int i0 = static_cast<int>(atomicAdd(p.ticket, 2u));
+    tickets[0] = i0;
+    tickets[1] = i0 + 1;
+  }
+  __syncthreads();
+  int i = tickets[0], i1 = tickets[1];
+  if (i < n_tiles) worker_load_q(p, sm, 0, i, tid);
+  cp_async_commit();
+  if (fetcher && i < n_tiles) {
+    poll_ready(p, i, f0, f1);
+    wait_ready(p, i, f0, f1);
+    ring_copy(p, sm, 0, full, i);
+    if (i1 < n_tiles) poll_ready(p, i1, f0, f1);  // checked at the top of the first tile
+  }
   int b = 0;
-  int i = worker_fetch(p, sm, b, n_tiles, tid);
-  while (i < n_tiles) {
-    cp_async_wait<0>();  // this tile's inputs
-    fence_proxy_async();
+  for (unsigned k = 0; i < n_tiles; ++k) {
+    cp_async_wait<0>();  // this thread's copies of the tile's Q, gamma, beta
+    fence_proxy_async();  // ... visible to wgmma after the barrier; this thread's reads of buffer b ^ 1
+                          // (last tile) ordered before the bulk copies that refill it
+    mbar_wait(full + 8 * b, (k >> 1) & 1);  // the ring copy of this tile (fill k >> 1 of buffer b)
     __syncthreads();
     const int j = i / p.batch_heads;
     const size_t bh = static_cast<size_t>(i % p.batch_heads);
-    if (tid == 0) flag_release(p.done + bh * p.ring + j % p.ring, j + 1);  // the slot has been read
-    // Only now wait for the next tile's state (its copy then runs under this tile's work): a worker
-    // never waits while it holds a slot the scan may be waiting for.
-    const int next = worker_fetch(p, sm, b ^ 1, n_tiles, tid);  // buffer b ^ 1 was freed by the last barrier
+    const bool more = i1 < n_tiles;
+    int i2 = i1;  // FETCH_THREAD: the tile after next
+    if (fetcher && more) {
+      copied = ready_for(p, i1, f0, f1);
+      if (copied) {
+        ring_copy(p, sm, b ^ 1, full + 8 * (b ^ 1), i1);
+      } else {
+        poll_ready(p, i1, f0, f1);  // fresh reads for the check after the products
+      }
+      i2 = static_cast<int>(atomicAdd(p.ticket, 1u));  // used before the closing barrier
+    }
+    if (more) worker_load_q(p, sm, b ^ 1, i1, tid);  // buffer b ^ 1 was freed by the last barrier
+    cp_async_commit();
     char* buf = sm + b * WK_BYTES;
     const bf16* w1 = at<bf16>(buf, WK_W1);
     const bf16* w2 = at<bf16>(buf, WK_W2);
     const bf16* q = at<bf16>(buf, WK_Q);
     const float* b1 = at<float>(buf, WK_B1);
-    const float *b2 = b1 + F, *gamma = b2 + D, *beta = gamma + D;
+    const float *b2 = b1 + F, *gamma = at<float>(buf, WK_GAMMA), *beta = at<float>(buf, WK_BETA);
 
     float o[ND][4];
     {
@@ -459,6 +610,15 @@ __device__ __forceinline__ void output_worker(const FwdParams& p, char* sm, int 
       wgmma_wait<0>();
       fence_acc(o);
     }
+    // Second look (no product in flight here): the reads issued at the top have long returned.
+    if (fetcher && more && !copied) {
+      copied = ready_for(p, i1, f0, f1);
+      if (copied) {
+        ring_copy(p, sm, b ^ 1, full + 8 * (b ^ 1), i1);
+      } else {
+        poll_ready(p, i1, f0, f1);
+      }
+    }
     if (wc == 1) {
 #pragma unroll
       for (int jn = 0; jn < ND; ++jn) {
@@ -468,6 +628,25 @@ __device__ __forceinline__ void output_worker(const FwdParams& p, char* sm, int 
       }
     }
     __syncthreads();
+    // Warpgroup 1 is idle until the closing barrier: its two threads signal while warpgroup 0 runs
+    // the epilogue. The release of tile i's slot does not depend on FETCH_THREAD (no barrier between
+    // them), which may now block on tile i1's state.
+    if (tid == DONE_THREAD) {
+      // Every thread waited on buffer b's mbarrier before the top barrier: the copy's reads of the
+      // slot are complete. The proxy fence orders them (async proxy) before the release, after which
+      // the scan overwrites the slot with generic stores.
+      fence_proxy_async_global();
+      flag_release(p.done + bh * p.ring + j % p.ring, j + 1);
+    } else if (fetcher) {
+      if (more) {
+        if (!copied) {
+          wait_ready(p, i1, f0, f1);
+          ring_copy(p, sm, b ^ 1, full + 8 * (b ^ 1), i1);
+        }
+        if (i2 < n_tiles) poll_ready(p, i2, f0, f1);  // checked at the top of the next tile
+      }
+      tickets[b] = i2;  // buffer b takes tile i2 after next; i2 = i1 (none left) if !more
+    }
     if (wc == 0) {  // out = Q + gamma LN(Zq2 + b2) + beta, rows 16 wr + g and + 8 of this warp
 #pragma unroll
       for (int jn = 0; jn < ND; ++jn) {
@@ -496,8 +675,9 @@ __device__ __forceinline__ void output_worker(const FwdParams& p, char* sm, int 
         }
       }
     }
-    __syncthreads();  // buffer b and the staging are free for the fetch after next
-    i = next;
+    __syncthreads();  // buffer b and the staging are free for the tile after next; tickets[b] is set
+    i = i1;
+    i1 = tickets[b];
     b ^= 1;
   }
   cp_async_wait<0>();
