@@ -62,13 +62,17 @@ def test_kernels_compile_for_sm90a_with_nvcc(tmp_path):
     # injects warpgroup arrives. The forward's code triggers neither.
     fwd_log = objects[0].with_suffix(".ptxas.log").read_text()
     assert "ttt_mlp_fwd_kernel" in fwd_log and "(C75" not in fwd_log
+    for obj in objects[1:]:  # the backward's kernels neither
+        assert "(C75" not in obj.with_suffix(".ptxas.log").read_text()
     cuobjdump = shutil.which("cuobjdump")
     if cuobjdump:  # the tensor-core and cluster instructions the design relies on are there
-        fwd, bwd = (subprocess.run([cuobjdump, "--dump-sass", str(o)], capture_output=True, text=True).stdout
-                    for o in objects)
-        # forward: wgmma, st.async pushes into the peer and mbarrier waits; backward: mma.sync, ldmatrix
+        fwd, bwd, bwd_out = (subprocess.run([cuobjdump, "--dump-sass", str(o)], capture_output=True,
+                                            text=True).stdout for o in objects)
+        # forward: wgmma, st.async pushes into the peer and mbarrier waits; backward: wgmma and cluster
+        # barriers; the output's backward: wgmma
         assert "HGMMA" in fwd and "STAS" in fwd and "SYNCS.PHASECHK" in fwd
-        assert "HMMA" in bwd and "LDSM" in bwd
+        assert "HGMMA" in bwd and "UCGABAR" in bwd
+        assert "HGMMA" in bwd_out
 
 
 def test_build_digest_covers_each_source_tree(tmp_path):

@@ -16,8 +16,9 @@ The forward (``ttt_mlp_fwd.cu``) runs its products on wgmma and exchanges one pa
 sums per mini-batch between the two CTAs (st.async into the peer, mbarrier wait); the output is
 computed by worker CTAs on the SMs the scan leaves idle (``DECOUPLED_OUTPUT``). The backward
 (``ttt_mlp_bwd.cu``) has the forward's scan recompute each checkpoint chunk's states (one launch
-per chunk, last first) and walks the chunk in reverse (products on wgmma) in the same 2-CTA layout,
-the state gradient on chip.
+per chunk, last first), runs the output's backward for every tile of the chunk at once
+(``ttt_mlp_bwd_out.cu``: dQ and the output's share of the state gradient) and walks the chunk in
+reverse (products on wgmma) in the same 2-CTA layout, the state gradient on chip.
 """
 
 from __future__ import annotations
@@ -155,13 +156,20 @@ def backward(grad_out, q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, states,
     dw2, db2 = torch.zeros(bsz, heads, hidden, dim, **f32), torch.zeros(bsz, heads, dim, **f32)
     # A chunk's states, written by the forward's scan: per CTA its W1 and W2 hi tiles and its biases.
     fl = hidden // 2
+    # The output's backward of a chunk (b4), per (b, h) and mini-batch of the chunk: the bf16 operands
+    # Aq, dZq1 (4 hidden chunks each) and dZq2 as [64][64] tiles, and the sums db1, db2, dgamma, dbeta.
+    abi = getattr(ext, "BACKWARD_ABI", 1)
     scratch = (
         torch.empty(bsz * heads, slots, 2, 2, fl * dim, device=dev, dtype=bf),
         torch.empty(bsz * heads, slots, 2, fl + dim, **f32),
-        torch.empty(bsz * heads, 13, MINI_BATCH_BUILT, dim, **f32),
+        torch.empty(bsz * heads, 9, MINI_BATCH_BUILT, dim, **f32),
+        torch.empty(bsz * heads, slots - 1, 2 * hidden // 64 + 1, MINI_BATCH_BUILT, 64, device=dev, dtype=bf),
+        torch.empty(bsz * heads, slots - 1, hidden + 3 * dim, **f32),
     )
     extra = (VARIANT,)
-    if getattr(ext, "BACKWARD_ABI", 1) < 2:  # a build of sources before b3 (an A/B baseline)
+    if abi == 2:  # a build of b3's sources (an A/B baseline): no output's-backward scratch
+        scratch = (*scratch[:2], torch.empty(bsz * heads, 13, MINI_BATCH_BUILT, dim, **f32))
+    if abi < 2:  # a build of sources before b3 (an A/B baseline)
         scratch = (
             torch.empty(bsz * heads, slots, dim, hidden, device=dev, dtype=bf),
             torch.empty(bsz * heads, slots, hidden, dim, device=dev, dtype=bf),

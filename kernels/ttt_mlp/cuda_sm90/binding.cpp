@@ -99,20 +99,21 @@ __nv_bfloat16* bf_mut(torch::Tensor& t) { return reinterpret_cast<__nv_bfloat16*
 // Gradients into the given tensors (allocated by the caller, see cuda_sm90/__init__.py::backward;
 // dw1 .. dbeta zeroed: the chunks accumulate into them). Per checkpoint chunk, last first: the
 // forward's scan recomputes the chunk's states from its checkpoint into the scratch (st_w, st_b),
-// then the backward kernel walks the chunk in reverse.
+// the output's backward runs every tile of the chunk at once (dq, and the output's share of dS into
+// obt / obf), then the backward kernel walks the chunk in reverse.
 void backward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor dout, torch::Tensor eta,
               torch::Tensor ln_w, torch::Tensor ln_b, torch::Tensor ck_w1, torch::Tensor ck_b1, torch::Tensor ck_w2,
               torch::Tensor ck_b2, torch::Tensor dq, torch::Tensor dk, torch::Tensor dv, torch::Tensor deta,
               torch::Tensor dgamma, torch::Tensor dbeta, torch::Tensor dw1, torch::Tensor db1, torch::Tensor dw2,
-              torch::Tensor db2, torch::Tensor st_w, torch::Tensor st_b, torch::Tensor part, int64_t checkpoint_every,
-              double eps, int64_t variant, int64_t forward_variant) {
+              torch::Tensor db2, torch::Tensor st_w, torch::Tensor st_b, torch::Tensor part, torch::Tensor obt,
+              torch::Tensor obf, int64_t checkpoint_every, double eps, int64_t variant, int64_t forward_variant) {
   for (auto [t, name] : {std::pair{&q, "q"}, {&k, "k"}, {&v, "v"}, {&dout, "dout"}, {&dq, "dq"}, {&dk, "dk"},
-                         {&dv, "dv"}, {&st_w, "st_w"}})
+                         {&dv, "dv"}, {&st_w, "st_w"}, {&obt, "obt"}})
     check(*t, name, torch::kBFloat16);
   for (auto [t, name] : {std::pair{&eta, "eta"}, {&ln_w, "ln_w"}, {&ln_b, "ln_b"}, {&ck_w1, "ck_w1"},
                          {&ck_b1, "ck_b1"}, {&ck_w2, "ck_w2"}, {&ck_b2, "ck_b2"}, {&deta, "deta"},
                          {&dgamma, "dgamma"}, {&dbeta, "dbeta"}, {&dw1, "dw1"}, {&db1, "db1"}, {&dw2, "dw2"},
-                         {&db2, "db2"}, {&st_b, "st_b"}, {&part, "part"}})
+                         {&db2, "db2"}, {&st_b, "st_b"}, {&part, "part"}, {&obf, "obf"}})
     check(*t, name, torch::kFloat32);
   TORCH_CHECK(q.dim() == 4 && q.size(3) == 64 && ck_w1.dim() == 5 && ck_w1.size(4) == 256, "built for D = 64, F = 256");
   const int64_t batch_heads = q.size(0) * q.size(1);
@@ -123,7 +124,9 @@ void backward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor d
   TORCH_CHECK(st_w.numel() == batch_heads * slots * 2 * 2 * 128 * 64,
               "st_w must hold (min(G, n_mb) + 1) x 2 CTAs x (W1, W2) tiles per (b, h)");
   TORCH_CHECK(st_b.numel() == batch_heads * slots * 2 * (128 + 64), "st_b must be [B*H, slots, 2, 192]");
-  TORCH_CHECK(part.numel() == batch_heads * 13 * 64 * 64, "part must be [B*H, 13, 64, 64]");
+  TORCH_CHECK(obt.numel() == batch_heads * (slots - 1) * 9 * 64 * 64, "obt must be [B*H, min(G, n_mb), 9, 64, 64]");
+  TORCH_CHECK(obf.numel() == batch_heads * (slots - 1) * (256 + 3 * 64), "obf must be [B*H, min(G, n_mb), 448]");
+  TORCH_CHECK(part.numel() == batch_heads * 9 * 64 * 64, "part must be [B*H, 9, 64, 64]");
   const at::cuda::CUDAGuard guard(q.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
@@ -175,6 +178,9 @@ void backward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor d
   p.st_w = bf_mut(st_w);
   p.st_b = st_b.data_ptr<float>();
   p.part = part.data_ptr<float>();
+  p.obt = bf_mut(obt);
+  p.obf = obf.data_ptr<float>();
+  p.batch_heads = static_cast<int>(batch_heads);
   p.T = static_cast<int>(q.size(2));
   p.H = static_cast<int>(q.size(1));
   p.G = static_cast<int>(checkpoint_every);
@@ -190,6 +196,9 @@ void backward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor d
     TORCH_CHECK(err == 0, "ttt_mlp cuda_sm90 backward: the recomputation's launch failed: ",
                 cudaGetErrorString(static_cast<cudaError_t>(err)));
     p.chunk = static_cast<int>(c);
+    err = tttgraph_ttt_mlp_bwd_out_sm90(&p, static_cast<int>(variant), stream);
+    TORCH_CHECK(err == 0, "ttt_mlp cuda_sm90 backward: the output's backward launch failed: ",
+                cudaGetErrorString(static_cast<cudaError_t>(err)));
     err = tttgraph_ttt_mlp_bwd_sm90(&p, static_cast<int>(batch_heads), static_cast<int>(variant), stream);
     TORCH_CHECK(err == 0, "ttt_mlp cuda_sm90 backward launch failed: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
   }
@@ -201,7 +210,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "TTT-MLP forward scan (sm_90a)");
   m.def("forward_workers", &forward_workers, "output-worker clusters of the decoupled forward (0: fused)");
   m.def("backward", &backward, "TTT-MLP backward (sm_90a)");
-  // 2: backward() takes the chunk scratch st_w / st_b and the forward's variant (b3: the recomputation
-  // on the forward's scan). __init__.py still drives 1 (builds of older sources, for A/B timing).
-  m.attr("BACKWARD_ABI") = 2;
+  // 3: backward() takes the output's-backward scratch obt / obf after part (b4), and part is [B*H, 9,
+  // 64, 64]; 2: the chunk scratch st_w / st_b and the forward's variant (b3: the recomputation on the
+  // forward's scan). __init__.py still drives 1 and 2 (builds of older sources, for A/B timing).
+  m.attr("BACKWARD_ABI") = 3;
 }

@@ -21,7 +21,9 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-KERNEL_SOURCES = ("ttt_mlp_fwd.cu", "ttt_mlp_bwd.cu")
+KERNEL_SOURCES = ("ttt_mlp_fwd.cu", "ttt_mlp_bwd.cu", "ttt_mlp_bwd_out.cu")
+# Older copies of the sources (A/B baselines) may lack the kernels added since; these they must have.
+REQUIRED_SOURCES = ("binding.cpp", "ttt_mlp_fwd.cu", "ttt_mlp_bwd.cu")
 SOURCES = ("binding.cpp", *KERNEL_SOURCES)
 HEADERS = ("common.cuh", "scan_common.cuh", "ttt_mlp.h", "wgmma.cuh")
 ARCH_FLAGS = ("-gencode=arch=compute_90a,code=sm_90a",)
@@ -37,7 +39,7 @@ def _digest(src: Path = HERE) -> str:
 
     h = hashlib.sha256()
     for name in (*SOURCES, *HEADERS):
-        if name in HEADERS and not (src / name).exists():  # an older copy may lack a newer header
+        if name not in REQUIRED_SOURCES and not (src / name).exists():  # an older copy may lack a newer file
             continue
         h.update(name.encode())
         h.update((src / name).read_bytes())
@@ -56,16 +58,17 @@ def extension(source_dir: str | None = None):
     from torch.utils import cpp_extension
 
     src = Path(source_dir).resolve() if source_dir else HERE
-    missing = [name for name in SOURCES if not (src / name).is_file()]
+    missing = [name for name in (SOURCES if src == HERE else REQUIRED_SOURCES) if not (src / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{src} lacks {', '.join(missing)}: copy every file of {', '.join(SOURCES)} "
                                 f"(and the headers) from the version to build")
+    sources = [name for name in SOURCES if (src / name).is_file()]
     digest = _digest(src)
     build_dir = cache_root() / f"cuda_sm90-{digest}"
     build_dir.mkdir(parents=True, exist_ok=True)
     return cpp_extension.load(
         name=f"tttgraph_cuda_sm90_{digest}",
-        sources=[str(src / s) for s in SOURCES],
+        sources=[str(src / name) for name in sources],
         extra_cflags=["-O3", "-std=c++17"],
         extra_cuda_cflags=list(CUDA_FLAGS),
         extra_include_paths=[str(src)],

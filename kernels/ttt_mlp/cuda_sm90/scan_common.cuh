@@ -27,6 +27,13 @@ constexpr int ND = D / 8;   // n-tiles over D
 constexpr int kTileMD = M * D * 2;    // bytes of a bf16 [M][D] tile
 constexpr int kTileMF = M * FL * 2;   // bytes of a bf16 [M][FL] tile
 constexpr int kXSlot = CS * M * D * 4;  // bytes of one exchange slot: [CS source ranks][M][D] fp32
+constexpr int kStateTile = FL * D;  // bf16 elements of one CTA's W1 (or W2) tile of a stored state
+// The output's backward (ttt_mlp_bwd_out.cu) hands the reverse pass, per (b, h) and mini-batch:
+// bf16 [M][64] tiles (swz<64>) Aq by hidden chunk (F / 64 of them), dZq1 by hidden chunk, dZq2;
+// and fp32 sums db1 [F], db2 [D], dgamma [D], dbeta [D].
+constexpr int kObTile = M * 64;
+constexpr int kObTiles = 2 * (F / 64) + 1;
+constexpr int kObFloats = F + 3 * D;
 
 // Index of (row, col) in an fp32 [M][D] tile; columns XOR-swizzled by 8 (row % 8) so the float2
 // fragment stores of a half-warp hit distinct banks.

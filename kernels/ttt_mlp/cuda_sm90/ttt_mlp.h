@@ -79,7 +79,12 @@ struct BwdParams {
   // The states of the chunk, written by the forward's scan (FwdParams::st_w / st_b, same layout):
   __nv_bfloat16* st_w;        // scratch [B*H][slots][CS][2][FL * D]
   float* st_b;                // scratch [B*H][slots][CS][FL + D]
-  float* part;                // scratch [B*H][13][64][64]: partial sums of dq and dk
+  float* part;                // scratch [B*H][13][64][64]: partial sums of dk
+  // The output's backward of the chunk (ttt_mlp_bwd_out.cu, b4), per (b, h) and step of the chunk
+  // (slots - 1 of them): bf16 operands of the output's share of dS (Aq, dZq1, dZq2) and its sums.
+  __nv_bfloat16* obt;         // scratch [B*H][slots - 1][9][64][64] bf16
+  float* obf;                 // scratch [B*H][slots - 1][F + 3 D]: db1, db2, dgamma, dbeta shares
+  int batch_heads;
   int T;
   int H;
   int G;      // mini-batches between checkpoints
@@ -109,3 +114,8 @@ extern "C" int tttgraph_ttt_mlp_fwd_sm90_workers(int batch_heads, int variant);
 // Returns a cudaError_t. variant bit 2: tanh.approx in the GELU derivatives (built: 0 and 4).
 extern "C" int tttgraph_ttt_mlp_bwd_sm90(const tttgraph::BwdParams* params, int batch_heads, int variant,
                                           cudaStream_t stream);
+
+// The output's backward of one checkpoint chunk (params->chunk), every (mini-batch, b, h) tile at
+// once: writes dq and the output's share of dS (obt / obf) for the reverse launch of that chunk,
+// from the states the forward's scan wrote. Returns a cudaError_t; variant as the backward's.
+extern "C" int tttgraph_ttt_mlp_bwd_out_sm90(const tttgraph::BwdParams* params, int variant, cudaStream_t stream);

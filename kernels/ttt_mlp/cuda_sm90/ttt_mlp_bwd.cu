@@ -2,28 +2,30 @@
 //
 // One cluster of 2 CTAs per (batch, head), each owning half of the hidden layer (scan_common.cuh).
 // The gradient of the inner state, dS = (dW1, db1, dW2, db2), stays on chip like the forward's
-// state: dW1/dW2 in registers (mma accumulators of the warps that own those tiles), db1/db2 in
-// shared memory. Checkpoint chunks are walked last first:
-//   1. recompute: from the chunk's fp32 checkpoint, run the inner step (scan_common.cuh: the forward's
-//      numerics, on mma.sync) over the chunk's G mini-batches, writing every state as bf16 W1/W2 + fp32 b1/b2
-//      into a per-(b, h) scratch (L2-resident at real sizes; dS is parked in the dw1/dw2 outputs);
-//   2. reverse: for each mini-batch of the chunk, last first, with S (before) and S' (after) loaded
-//      from the scratch into shared memory:
-//      phase 1  recompute Zq1 = Q W1' + b1', Aq, Zq2 and Z1 = K W1 + b1, A, Z2; one exchange E1 of
-//               the two row sums (Z2 in slot 0, kept until phase 3; Zq2 in slot 1);
-//      phase 2  output backward: dZq2 = rq P_q(gamma dO), dZq1 = (dZq2 W2'^T) gelu'(Zq1),
-//               dQ partial = dZq1 W1'^T, dW2' += Aq^T dZq2, dW1' += Q^T dZq1, db'; then bf16
-//               copies of dW1', dW2' replace S' in shared memory;
+// state: dW1/dW2 in registers (wgmma accumulators of the warps that own those tiles), db1/db2 in
+// shared memory. Checkpoint chunks are walked last first, three launches per chunk (binding.cpp):
+//   1. recompute (b3): the forward's scan (ttt_mlp_fwd.cu) from the chunk's fp32 checkpoint, writing
+//      every state of the chunk as bf16 W1/W2 tiles + fp32 b1/b2 into a per-(b, h) scratch;
+//   2. the output's backward (b4, ttt_mlp_bwd_out.cu): every (mini-batch, b, h) tile of the chunk at
+//      once on all SMs, from the state after its step: dQ, and the output's share of dS' (the bf16
+//      operands Aq, dZq1, dZq2 and the sums db1', db2', dgamma, dbeta);
+//   3. reverse (this kernel; dS enters and leaves through the dw1 .. db2 outputs): for each
+//      mini-batch of the chunk, last first, with S = S_j loaded from the scratch:
+//      share    dW2' += Aq^T dZq2, dW1' += Q^T dZq1, db1' / db2' / dgamma / dbeta += the sums; then
+//               bf16 copies of dW1', dW2' in shared memory;
+//      phase 1  recompute Z1 = K W1 + b1, A, Z2; exchange E1 of the Z2 row sum (slot 0, kept until
+//               phase 3);
 //      phase 3  through the update W' = W - grad: G_z2, G_a, dG_z1 = -(K dW1' + db1'),
 //               dK partial -G_z1 dW1'^T, dA, dG_a, partial dZ1, and the row sum
 //               dG_z2 = -db2' - A dW2' + dG_a W2 (exchange E2, slot 1); then, one row per lane
 //               group, the LayerNorm backward: dG_xh, dXh, drstd, dgamma, dbeta, deta, dV, dZ2;
 //      phase 4  dZ1 = partial + (dZ2 W2^T) gelu'(Z1), dK partial dZ1 W1^T, dW2 += dG_a^T G_z2 +
-//               A^T dZ2, dW1 += K^T dZ1, db1 += sum dZ1, db2 += sum dZ2; a cluster barrier, then CTA 0
-//               writes dQ = dO + (sum of the 4 partials) and CTA 1 dK = dresid + (sum of 8 partials),
-//               in a fixed order: deterministic, no atomics.
+//               A^T dZ2, dW1 += K^T dZ1, db1 += sum dZ1, db2 += sum dZ2; a cluster barrier, then
+//               each CTA writes half of the rows of dK = dresid + (sum of 8 partials), in a fixed
+//               order: deterministic, no atomics.
+//      (Phase 2, the output's backward, ran here on the serial chain until b4.)
 // The derivation is kernels/ttt_mlp/README.md ("Backward of one step"); the products use bf16
-// operands and fp32 accumulation; the recomputation of step 1 uses the forward's split products.
+// operands and fp32 accumulation.
 #include <cuda_runtime.h>
 
 #include "scan_common.cuh"
@@ -34,27 +36,25 @@ namespace tttgraph {
 namespace sm90 {
 namespace bwd {
 
-// Shared memory (bytes from the 1024-aligned base). SB0/SB1: two state buffers (W1 [D][FL], W2
-// [FL][D] bf16, b1 [FL], b2 [D] fp32) whose roles (before / after the step) alternate; during
-// recomputation they hold the hi and lo copies. T1, T2 [M][FL] and U1, U2 [M][D] are bf16 scratch
-// tiles reused across phases. The reverse pass's products run on wgmma (wgmma.cuh), so its tiles start
-// at multiples of 1024 bytes and its [rows][FL] tiles (W1, A, T1, T2) are stored as two [rows][64]
-// halves, one per warpgroup; the recomputation (scan_common.cuh's mma.sync step) uses the same
-// buffers in its own [rows][FL] layout.
+// Shared memory (bytes from the 1024-aligned base). SB0: the state S_j (W1 [D][FL], W2 [FL][D] bf16,
+// b1 [FL], b2 [D] fp32); SB1: the bf16 copies of dW1', dW2' (its bias slots unused). T1, T2 [M][FL]
+// and U1, U2 [M][D] are bf16 scratch tiles reused across phases. The products run on wgmma
+// (wgmma.cuh), so the tiles start at multiples of 1024 bytes and the [rows][FL] tiles (W1, A, T1,
+// T2) are stored as two [rows][64] halves, one per warpgroup.
 constexpr int kW = D * FL * 2;
 constexpr int OFF_SB_W1_0 = 0;
 constexpr int OFF_SB_W2_0 = OFF_SB_W1_0 + kW;
 constexpr int OFF_SB_W1_1 = OFF_SB_W2_0 + kW;
 constexpr int OFF_SB_W2_1 = OFF_SB_W1_1 + kW;
 constexpr int OFF_K = OFF_SB_W2_1 + kW;      // [M][D] bf16
-constexpr int OFF_Q = OFF_K + kTileMD;       // [M][D] bf16 (V during recomputation; dZ2 in phases 3-4)
+constexpr int OFF_Q = OFF_K + kTileMD;       // [M][D] bf16 (dZ2 in phases 3-4)
 constexpr int OFF_V = OFF_Q + kTileMD;       // [M][D] bf16
 constexpr int OFF_A = OFF_V + kTileMD;       // [M][FL] gelu(Z1)
-constexpr int OFF_T1 = OFF_A + kTileMF;      // Aq (phase 1-2), dG_a (phase 3-4)
-constexpr int OFF_T2 = OFF_T1 + kTileMF;     // G_z1 (recompute), dZq1 (phase 2), dZ1 (phase 4)
-constexpr int OFF_U1 = OFF_T2 + kTileMF;     // G_z2 (recompute), dZq2 (phase 2), G_z2 (phase 3-4)
-// dZ2 (phases 3-4) takes Q's tile: Q is last read by phase 2's update product, before a CTA barrier,
-// and refilled only after the step's closing cluster barrier (this keeps the 1 KB alignment slack
+constexpr int OFF_T1 = OFF_A + kTileMF;      // Aq (the share), dG_a (phase 3-4)
+constexpr int OFF_T2 = OFF_T1 + kTileMF;     // dZq1 (the share), dZ1 (phase 4)
+constexpr int OFF_U1 = OFF_T2 + kTileMF;     // dZq2 (the share), G_z2 (phase 3-4)
+// dZ2 (phases 3-4) takes Q's tile: Q is last read by the share's update product, waited before the
+// cluster barrier E1, and refilled only after the step's closing cluster barrier (this keeps the 1 KB alignment slack
 // within the 227 KB limit).
 constexpr int OFF_U2 = OFF_Q;
 constexpr int OFF_X = OFF_U1 + kTileMD;      // exchange, 2 slots
@@ -80,7 +80,7 @@ constexpr int SMEM_LAUNCH = SMEM + 1024;  // room to align the base to 1024 byte
 static_assert(SMEM_LAUNCH <= 227 * 1024, "shared memory over the sm_90 per-block limit");
 
 // Partial-sum buffers of the scratch `part` ([B*H][NPART][M][D] fp32), per (rank, wc).
-constexpr int P_DQ = 0, P_DKA = 4, P_DKB = 8, P_DRES = 12, NPART = 13;
+constexpr int P_DKA = 0, P_DKB = 4, P_DRES = 8, NPART = 9;
 
 template <typename T>
 __device__ __forceinline__ T* at(char* base, int off) {
@@ -146,6 +146,25 @@ __device__ __forceinline__ void load_state_slot(const BwdParams& p, const StateB
   }
 }
 
+// cp.async this CTA's part of mini-batch s's output operands (ttt_mlp_bwd_out.cu): Aq of its hidden
+// chunks 2 rank, 2 rank + 1 into T1, dZq1 of them into T2 (both [M][FL] as two [M][64] halves, as
+// stored), dZq2 into U1.
+__device__ __forceinline__ void load_output_share(const BwdParams& p, char* sm, size_t bh, int s, int rank,
+                                                  int tid) {
+  const bf16* src = p.obt + (bh * (p.slots - 1) + s) * kObTiles * kObTile;
+  bf16* t1 = at<bf16>(sm, OFF_T1);
+  bf16* t2 = at<bf16>(sm, OFF_T2);
+  bf16* u1 = at<bf16>(sm, OFF_U1);
+  const bf16* aq = src + 2 * rank * kObTile;
+  const bf16* dzq1 = src + (F / 64 + 2 * rank) * kObTile;
+  for (int i = tid; i < 2 * kObTile / 8; i += THREADS) {
+    cp_async16(t1 + 8 * i, aq + 8 * i, true);
+    cp_async16(t2 + 8 * i, dzq1 + 8 * i, true);
+  }
+  const bf16* dzq2 = src + 2 * (F / 64) * kObTile;
+  for (int i = tid; i < kObTile / 8; i += THREADS) cp_async16(u1 + 8 * i, dzq2 + 8 * i, true);
+}
+
 template <bool FAST>
 __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp_bwd_kernel(const BwdParams p) {
   extern __shared__ __align__(128) char sm_raw[];
@@ -199,41 +218,46 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
     const int c = p.chunk;
     const int j0 = c * p.G, j1 = min(j0 + p.G, n_mb);
 
-    // ---- 2. reverse over the chunk ----
-    int after = 0;
-    load_state_slot(p, state_buf(sm, after), bh, j1 - j0, rank, tid);
+    // ---- reverse over the chunk: state S_j in buffer 0, the bf16 copies of dS' in buffer 1 ----
+    const StateBuf B = state_buf(sm, 0), A = state_buf(sm, 1);
     for (int j = j1 - 1; j >= j0; --j) {
-      const int before = after ^ 1;
-      const StateBuf B = state_buf(sm, before), A = state_buf(sm, after);
       const int t0 = j * M, n = min(M, p.T - t0);
       load_state_slot(p, B, bh, j - j0, rank, tid);
       load_rows(sK, p.k, bh, p.T, t0, tid);
       load_rows(sQ, p.q, bh, p.T, t0, tid);
       load_rows(sV, p.v, bh, p.T, t0, tid);
       load_eta(seta, p.eta, bh, p.T, t0, tid);
+      load_output_share(p, sm, bh, j - j0, rank, tid);  // Aq -> T1, dZq1 -> T2, dZq2 -> U1
       cp_async_commit();
       cp_async_wait<0>();
       fence_proxy_async();  // cp.async writes (generic proxy) -> wgmma operand reads (async proxy)
       __syncthreads();
 
-      // ---- phase 1: recompute Zq (with S') and Z (with S); exchange E1 ----
-      // Products on wgmma, warpgroup wc = this CTA's hidden columns 64 wc.. (the mma.sync layout).
-      float gq1[NF][4];
+      // ---- the output's share of dS' (ttt_mlp_bwd_out.cu computed its operands and sums):
+      // dW2' += Aq^T dZq2, dW1' += Q^T dZq1 (A operands MN-major), db1' / db2' and dgamma / dbeta sums
+      wgmma_fence();
+      wg_ss<1, 1, 1, true>(dw2s, desc_sw128(half_of(T1, M, wc)), desc_sw128(U1));
+      wg_ss<1, 1, 1, true>(dw1s, desc_sw128(sQ), desc_sw128(half_of(T2, M, wc)));
+      wgmma_commit();
       {
-        float zq[NF][4];
-        wg_product_ss<1, 0, 1>(zq, desc_sw128(sQ), desc_sw128(half_of(A.w1, D, wc)));  // Q W1'
-        add_b1(zq, A.b1, wc, lane);
-#pragma unroll
-        for (int jn = 0; jn < NF; ++jn)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) gelu_d1<FAST>(zq[jn][e], zq[jn][e], gq1[jn][e]);
-        store_acc_bf16<D>(half_of(T1, M, wc), zq, 16 * wr, 0, lane);  // Aq
-        float o[ND][4];
-        wg_product_rs<1, 1>(o, zq, desc_sw128(A.w2 + wc * FH * D));  // Aq W2' (this warpgroup's half)
-        push_row_sum(o, X1, rank, wr, wc, lane);
+        const float* obf = p.obf + (bh * (p.slots - 1) + (j - j0)) * kObFloats;
+        if (tid < FL) sdb1[tid] += obf[f_base + tid];
+        if (tid < D) {
+          sdb2[tid] += obf[F + tid];
+          dgam[tid] += obf[F + D + tid];
+          dbet[tid] += obf[F + 2 * D + tid];
+        }
       }
+      wgmma_wait<0>();
+      fence_acc(dw1s);
+      fence_acc(dw2s);
+      // bf16 copies of dW1', dW2' (W1 by halves), the operands of phase 3
+      store_acc_bf16<D>(half_of(A.w1, D, wc), dw1s, 16 * wr, 0, lane);
+      store_acc_bf16<D>(A.w2, dw2s, 16 * warp, 0, lane);
+
+      // ---- phase 1: Z1 = K W1 + b1, A = gelu(Z1), Z2 partial = A W2; exchange E1 (slot 0) ----
       {
-        float at_[NF][4];  // Z1 = K W1 + b1, then A = gelu(Z1)
+        float at_[NF][4];
         wg_product_ss<1, 0, 1>(at_, desc_sw128(sK), desc_sw128(half_of(B.w1, D, wc)));
         add_b1(at_, B.b1, wc, lane);
 #pragma unroll
@@ -245,96 +269,9 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
         wg_product_rs<1, 1>(z2, at_, desc_sw128(B.w2 + wc * FH * D));  // A W2
         push_row_sum(z2, X0, rank, wr, wc, lane);
       }
-      cluster_arrive();  // E1
+      fence_proxy_async();  // A, the dS' copies (generic writes) -> phase 3's wgmma reads
+      cluster_arrive();     // E1 (also this CTA's barrier for the shared-memory writes above)
       cluster_wait();
-
-      // ---- phase 2: output backward ----
-      {
-        float xq[ND][4];
-        read_row_sum(xq, X1, wr, lane, A.b2);
-        const float2 rq = layer_norm_rows(xq, p.eps);
-        float dz[ND][4];
-        const int r0 = 16 * wr + g;
-        const bf16* dout = p.dout + (bh * p.T + t0) * D;
-        float m0 = 0.f, m1 = 0.f, x0 = 0.f, x1 = 0.f;
-#pragma unroll
-        for (int jn = 0; jn < ND; ++jn) {
-          const int cc = 8 * jn + 2 * t;
-          float2 d0 = make_float2(0.f, 0.f), d1 = make_float2(0.f, 0.f);
-          if (r0 < n) d0 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(dout + r0 * D + cc));
-          if (r0 + 8 < n) d1 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(dout + (r0 + 8) * D + cc));
-          if (wc == 0) {  // dbeta += sum dO, dgamma += sum dO Xq (the twin holds the same rows)
-            const float sb0 = col_sum(d0.x + d1.x), sb1 = col_sum(d0.y + d1.y);
-            const float sg0 = col_sum(d0.x * xq[jn][0] + d1.x * xq[jn][2]);
-            const float sg1 = col_sum(d0.y * xq[jn][1] + d1.y * xq[jn][3]);
-            if (g == 0) {
-              dbet[warp * D + cc] += sb0;
-              dbet[warp * D + cc + 1] += sb1;
-              dgam[warp * D + cc] += sg0;
-              dgam[warp * D + cc + 1] += sg1;
-            }
-          }
-          dz[jn][0] = gamma[cc] * d0.x;
-          dz[jn][1] = gamma[cc + 1] * d0.y;
-          dz[jn][2] = gamma[cc] * d1.x;
-          dz[jn][3] = gamma[cc + 1] * d1.y;
-          m0 += dz[jn][0] + dz[jn][1];
-          m1 += dz[jn][2] + dz[jn][3];
-          x0 += dz[jn][0] * xq[jn][0] + dz[jn][1] * xq[jn][1];
-          x1 += dz[jn][2] * xq[jn][2] + dz[jn][3] * xq[jn][3];
-        }
-        m0 = quad_sum(m0) * (1.f / D), m1 = quad_sum(m1) * (1.f / D);
-        x0 = quad_sum(x0) * (1.f / D), x1 = quad_sum(x1) * (1.f / D);
-        const float s0 = r0 < n ? rq.x : 0.f, s1 = r0 + 8 < n ? rq.y : 0.f;
-#pragma unroll
-        for (int jn = 0; jn < ND; ++jn) {  // dZq2 = rq P_q(gamma dO)
-          dz[jn][0] = s0 * (dz[jn][0] - m0 - xq[jn][0] * x0);
-          dz[jn][1] = s0 * (dz[jn][1] - m0 - xq[jn][1] * x0);
-          dz[jn][2] = s1 * (dz[jn][2] - m1 - xq[jn][2] * x1);
-          dz[jn][3] = s1 * (dz[jn][3] - m1 - xq[jn][3] * x1);
-        }
-        if (wc == 0) {
-          store_acc_bf16<D>(U1, dz, 16 * wr, 0, lane);
-          store_col_sums(red2 + wr * D, dz, lane);
-        }
-        cluster_arrive();  // B: this CTA is done reading slot 1 (the peer may push E2 into it)
-
-        // dZq1 = (dZq2 W2'^T) * gelu'(Zq1), on this warpgroup's hidden columns (B = W2' rows, K-major)
-        float dq1[NF][4];
-        wg_product_rs<1, 0>(dq1, dz, desc_sw128(A.w2 + wc * FH * D));
-#pragma unroll
-        for (int jn = 0; jn < NF; ++jn)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) dq1[jn][e] *= gq1[jn][e];
-        store_acc_bf16<D>(half_of(T2, M, wc), dq1, 16 * wr, 0, lane);
-        store_col_sums(red1 + wr * FL + wc * FH, dq1, lane);
-        // dQ partial = dZq1 W1'^T (a row sum over the hidden layer: one partial per warpgroup and CTA)
-        float dqp[ND][4];
-        wg_product_rs<1, 0>(dqp, dq1, desc_sw128(half_of(A.w1, D, wc)));
-        store_rows_f32(part + (P_DQ + rank * 2 + wc) * M * D, dqp, wr, lane);
-      }
-      fence_proxy_async();
-      __syncthreads();  // Aq, dZq2, dZq1 and column sums in shared memory; S' no longer read
-
-      // dW2' += Aq^T dZq2, dW1' += Q^T dZq1 (A operands MN-major), db1' += sum dZq1, db2' += sum dZq2
-      wgmma_fence();
-      wg_ss<1, 1, 1, true>(dw2s, desc_sw128(half_of(T1, M, wc)), desc_sw128(U1));
-      wg_ss<1, 1, 1, true>(dw1s, desc_sw128(sQ), desc_sw128(half_of(T2, M, wc)));
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_acc(dw1s);
-      fence_acc(dw2s);
-      if (tid < FL) {
-        sdb1[tid] += (red1[tid] + red1[FL + tid]) + (red1[2 * FL + tid] + red1[3 * FL + tid]);
-      } else if (tid < FL + D) {
-        const int i = tid - FL;
-        sdb2[i] += (red2[i] + red2[D + i]) + (red2[2 * D + i] + red2[3 * D + i]);
-      }
-      // bf16 copies of dW1', dW2' take the place of S' in shared memory (W1 by halves)
-      store_acc_bf16<D>(half_of(A.w1, D, wc), dw1s, 16 * wr, 0, lane);
-      store_acc_bf16<D>(A.w2, dw2s, 16 * warp, 0, lane);
-      fence_proxy_async();
-      __syncthreads();
       const bf16* DW1 = A.w1;
       const bf16* DW2 = A.w2;
 
@@ -419,7 +356,8 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
         wgmma_commit();
         wgmma_wait<0>();
         fence_acc(dg2);
-        cluster_wait();  // B: the peer is done reading its slot 1
+        // Slot 1 is free: the peer last read it in the previous step's LayerNorm backward, before
+        // that step's closing cluster barrier.
         push_row_sum(dg2, X1, rank, wr, wc, lane);
         cluster_arrive();  // E2
         cluster_wait();
@@ -589,47 +527,31 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
         sdb2[i] += s8;
       }
 
-      // END: every partial of dQ and dK of this step is written (both CTAs), then CTA 0 finishes dQ
-      // and CTA 1 dK, summing in a fixed order.
+      // END: every partial of dK of this step is written (both CTAs); then each CTA finishes half of
+      // the rows (CTA r: rows 32 r..), summing in a fixed order. (dQ is the output's backward's.)
       cluster_arrive();
       cluster_wait();
-      for (int i = tid; i < M * D / 4; i += THREADS) {
-        const int row = i / (D / 4), cc = (i % (D / 4)) * 4;
+      for (int i = tid; i < M * D / 8; i += THREADS) {
+        const int row = 32 * rank + i / (D / 4), cc = (i % (D / 4)) * 4;
         if (row >= n) continue;
         const int o = row * D + cc;
-        float4 acc;
-        if (rank == 0) {
-          const uint2 dr = *reinterpret_cast<const uint2*>(p.dout + (bh * p.T + t0 + row) * D + cc);
-          const float2 d01 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&dr.x));
-          const float2 d23 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&dr.y));
-          const float4 a0 = *reinterpret_cast<const float4*>(part + (P_DQ + 0) * M * D + o);
-          const float4 a1 = *reinterpret_cast<const float4*>(part + (P_DQ + 1) * M * D + o);
-          const float4 a2 = *reinterpret_cast<const float4*>(part + (P_DQ + 2) * M * D + o);
-          const float4 a3 = *reinterpret_cast<const float4*>(part + (P_DQ + 3) * M * D + o);
-          acc.x = d01.x + ((a0.x + a1.x) + (a2.x + a3.x));
-          acc.y = d01.y + ((a0.y + a1.y) + (a2.y + a3.y));
-          acc.z = d23.x + ((a0.z + a1.z) + (a2.z + a3.z));
-          acc.w = d23.y + ((a0.w + a1.w) + (a2.w + a3.w));
-        } else {
-          acc = *reinterpret_cast<const float4*>(part + P_DRES * M * D + o);
+        float4 acc = *reinterpret_cast<const float4*>(part + P_DRES * M * D + o);
 #pragma unroll
-          for (int base = P_DKA; base <= P_DKB; base += 4) {
-            const float4 a0 = *reinterpret_cast<const float4*>(part + (base + 0) * M * D + o);
-            const float4 a1 = *reinterpret_cast<const float4*>(part + (base + 1) * M * D + o);
-            const float4 a2 = *reinterpret_cast<const float4*>(part + (base + 2) * M * D + o);
-            const float4 a3 = *reinterpret_cast<const float4*>(part + (base + 3) * M * D + o);
-            acc.x += (a0.x + a1.x) + (a2.x + a3.x);
-            acc.y += (a0.y + a1.y) + (a2.y + a3.y);
-            acc.z += (a0.z + a1.z) + (a2.z + a3.z);
-            acc.w += (a0.w + a1.w) + (a2.w + a3.w);
-          }
+        for (int base = P_DKA; base <= P_DKB; base += 4) {
+          const float4 a0 = *reinterpret_cast<const float4*>(part + (base + 0) * M * D + o);
+          const float4 a1 = *reinterpret_cast<const float4*>(part + (base + 1) * M * D + o);
+          const float4 a2 = *reinterpret_cast<const float4*>(part + (base + 2) * M * D + o);
+          const float4 a3 = *reinterpret_cast<const float4*>(part + (base + 3) * M * D + o);
+          acc.x += (a0.x + a1.x) + (a2.x + a3.x);
+          acc.y += (a0.y + a1.y) + (a2.y + a3.y);
+          acc.z += (a0.z + a1.z) + (a2.z + a3.z);
+          acc.w += (a0.w + a1.w) + (a2.w + a3.w);
         }
         uint2 pk;
         pk.x = pack_bf16(acc.x, acc.y);
         pk.y = pack_bf16(acc.z, acc.w);
-        *reinterpret_cast<uint2*>((rank == 0 ? p.dq : p.dk) + (bh * p.T + t0 + row) * D + cc) = pk;
+        *reinterpret_cast<uint2*>(p.dk + (bh * p.T + t0 + row) * D + cc) = pk;
       }
-      after = before;
     }
   }
 
