@@ -59,6 +59,7 @@ def stub_kernels(monkeypatch):
     monkeypatch.setattr(build, "extension", lambda src=None: object())
     monkeypatch.setattr(cuda_sm90, "forward", forward)
     monkeypatch.setattr(cuda_sm90, "backward", backward)
+    monkeypatch.setattr(cuda_sm90, "_run", lambda q, *args: calls.append(("scan", active["src"], args[-2:])))
     monkeypatch.setattr(cuda_sm90, "output_workers", lambda batch_heads: 18)
     monkeypatch.setattr(triton_backend, "forward", lambda q, *a: (q.float(), None))
     monkeypatch.setattr(triton_backend, "backward", lambda *a: [torch.ones(3)] * 10)
@@ -148,3 +149,13 @@ def test_output_workers_below_one_are_refused_with_the_value(stub_kernels, capsy
     with pytest.raises(SystemExit):
         bench.main(["--output-workers", "0"])
     assert "--output-workers needs counts of at least 1, got [0]" in capsys.readouterr().err
+
+
+def test_scan_alone_times_the_checkpoint_only_pass_of_the_current_build(stub_kernels, capsys):
+    bench.main(["--seq-lens", "70", "--heads", "2", "--no-triton", "--ref-up-to", "0", "--scan-alone",
+                "--rounds", "2"])
+    rows = [r.split("|")[1].strip() for r in _rows(capsys.readouterr().out)]
+    assert rows[-2:] == ["cuda_sm90 v7 scan alone (checkpoint-only pass) [round 1]",
+                         "cuda_sm90 v7 scan alone (checkpoint-only pass) [round 2]"]
+    # checkpoints saved, no output, on the current build
+    assert [c for c in stub_kernels if c[0] == "scan"] == [("scan", None, (True, False))] * 2

@@ -188,7 +188,8 @@ def test_waiting_for_the_next_state_while_holding_a_slot_deadlocks():
     assert "deadlock" in outcomes
 
 
-@pytest.mark.parametrize("heads, n_mb, workers", [(1, 40, 9), (3, 25, 2), (5, 12, 1), (4, 30, 13), (2, 1, 4), (1, 60, 65)])
+@pytest.mark.parametrize("heads, n_mb, workers",
+                         [(1, 40, 9), (3, 25, 2), (5, 12, 1), (4, 30, 13), (2, 1, 4), (1, 60, 65)])
 @pytest.mark.parametrize("seed", range(6))
 def test_v10_worker_computes_every_tile_from_its_own_state(heads, n_mb, workers, seed):
     outputs = _run(heads, n_mb, ring=4, workers=workers, seed=seed, v10=True)
