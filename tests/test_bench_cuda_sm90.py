@@ -151,11 +151,12 @@ def test_output_workers_below_one_are_refused_with_the_value(stub_kernels, capsy
     assert "--output-workers needs counts of at least 1, got [0]" in capsys.readouterr().err
 
 
-def test_scan_alone_times_the_checkpoint_only_pass_of_the_current_build(stub_kernels, capsys):
+def test_scan_alone_times_the_scan_of_the_current_build_without_and_with_checkpoints(stub_kernels, capsys):
     bench.main(["--seq-lens", "70", "--heads", "2", "--no-triton", "--ref-up-to", "0", "--scan-alone",
                 "--rounds", "2"])
     rows = [r.split("|")[1].strip() for r in _rows(capsys.readouterr().out)]
-    assert rows[-2:] == ["cuda_sm90 v7 scan alone (checkpoint-only pass) [round 1]",
-                         "cuda_sm90 v7 scan alone (checkpoint-only pass) [round 2]"]
-    # checkpoints saved, no output, on the current build
-    assert [c for c in stub_kernels if c[0] == "scan"] == [("scan", None, (True, False))] * 2
+    assert rows[-4:] == ["cuda_sm90 v7 scan alone [round 1]", "cuda_sm90 v7 scan alone + checkpoints [round 1]",
+                         "cuda_sm90 v7 scan alone [round 2]", "cuda_sm90 v7 scan alone + checkpoints [round 2]"]
+    # (save_state, with_out) of each timed call: no output, on the current build
+    assert [c for c in stub_kernels if c[0] == "scan"] == [("scan", None, (False, False)),
+                                                          ("scan", None, (True, False))] * 2
