@@ -262,6 +262,34 @@ __device__ __forceinline__ void store_col_sums(float* dst, const float (&acc)[N]
     }
 }
 
+// The two warpgroups' partial row sums of one [M][D] accumulator tile (the output workers and the
+// output's backward: each warpgroup summed over its half of the hidden layer): warpgroup 1 stages its
+// partial (rows 16 wr + g and + 8 of the lane) in an fp32 [M][D] tile (xidx) ...
+__device__ __forceinline__ void stage_rows(float* stage, const float (&acc)[ND][4], int wr, int lane) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int jn = 0; jn < ND; ++jn) {
+    const int c = 8 * jn + 2 * t, r = 16 * wr + g;
+    *reinterpret_cast<float2*>(stage + xidx(r, c)) = make_float2(acc[jn][0], acc[jn][1]);
+    *reinterpret_cast<float2*>(stage + xidx(r + 8, c)) = make_float2(acc[jn][2], acc[jn][3]);
+  }
+}
+// ... and warpgroup 0, after a CTA barrier, adds it and the bias: acc += staged + bias.
+__device__ __forceinline__ void add_staged_rows(float (&acc)[ND][4], const float* stage, const float* bias, int wr,
+                                                int lane) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int jn = 0; jn < ND; ++jn) {
+    const int c = 8 * jn + 2 * t, r = 16 * wr + g;
+    const float2 u0 = *reinterpret_cast<const float2*>(stage + xidx(r, c));
+    const float2 u1 = *reinterpret_cast<const float2*>(stage + xidx(r + 8, c));
+    acc[jn][0] += u0.x + bias[c];
+    acc[jn][1] += u0.y + bias[c + 1];
+    acc[jn][2] += u1.x + bias[c];
+    acc[jn][3] += u1.y + bias[c + 1];
+  }
+}
+
 // ---- the state in registers <-> global memory ---------------------------------------------------
 
 // w1s <- W1[:, f_base + cols], w2s <- W2[f_base + rows, :] of fp32 [D][F] / [F][D] matrices.

@@ -181,29 +181,13 @@ __global__ void __launch_bounds__(THREADS, 1) ttt_mlp_bwd_out_kernel(const BwdPa
       wgmma_wait<0>();
       fence_acc(o);
     }
-    if (wc == 1) {
-#pragma unroll
-      for (int jn = 0; jn < ND; ++jn) {
-        const int c = 8 * jn + 2 * t, r = 16 * wr + g;
-        *reinterpret_cast<float2*>(stage + xidx(r, c)) = make_float2(o[jn][0], o[jn][1]);
-        *reinterpret_cast<float2*>(stage + xidx(r + 8, c)) = make_float2(o[jn][2], o[jn][3]);
-      }
-    }
+    if (wc == 1) stage_rows(stage, o, wr, lane);
     __syncthreads();
 
     // ---- warpgroup 0: Zq2, its LayerNorm, dgamma / dbeta sums, dZq2 = rq P(gamma dO) ----
     if (wc == 0) {
       const int r0 = 16 * wr + g;
-#pragma unroll
-      for (int jn = 0; jn < ND; ++jn) {
-        const int c = 8 * jn + 2 * t;
-        const float2 u0 = *reinterpret_cast<const float2*>(stage + xidx(r0, c));
-        const float2 u1 = *reinterpret_cast<const float2*>(stage + xidx(r0 + 8, c));
-        o[jn][0] += u0.x + b2[c];
-        o[jn][1] += u0.y + b2[c + 1];
-        o[jn][2] += u1.x + b2[c];
-        o[jn][3] += u1.y + b2[c + 1];
-      }
+      add_staged_rows(o, stage, b2, wr, lane);
       const float2 rq = layer_norm_rows(o, p.eps);  // o := xq
       float dz[ND][4];
       float m0 = 0.f, m1 = 0.f, x0 = 0.f, x1 = 0.f;
@@ -273,14 +257,7 @@ __global__ void __launch_bounds__(THREADS, 1) ttt_mlp_bwd_out_kernel(const BwdPa
       wgmma_wait<0>();
       fence_acc(dqp);
     }
-    if (wc == 1) {
-#pragma unroll
-      for (int jn = 0; jn < ND; ++jn) {
-        const int c = 8 * jn + 2 * t, r = 16 * wr + g;
-        *reinterpret_cast<float2*>(stage + xidx(r, c)) = make_float2(dqp[jn][0], dqp[jn][1]);
-        *reinterpret_cast<float2*>(stage + xidx(r + 8, c)) = make_float2(dqp[jn][2], dqp[jn][3]);
-      }
-    }
+    if (wc == 1) stage_rows(stage, dqp, wr, lane);
     __syncthreads();  // the dQ partial and every column sum are in shared memory
 
     // ---- dQ = dO + dZq1 W1'^T (warpgroup 0); the column sums (all threads), in a fixed order ----

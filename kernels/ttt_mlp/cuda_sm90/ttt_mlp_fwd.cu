@@ -630,14 +630,7 @@ __device__ __forceinline__ void output_worker(const FwdParams& p, char* sm, int 
         poll_ready(p, i1, f0, f1);
       }
     }
-    if (wc == 1) {
-#pragma unroll
-      for (int jn = 0; jn < ND; ++jn) {
-        const int c = 8 * jn + 2 * t, r = 16 * wr + g;
-        *reinterpret_cast<float2*>(stage + xidx(r, c)) = make_float2(o[jn][0], o[jn][1]);
-        *reinterpret_cast<float2*>(stage + xidx(r + 8, c)) = make_float2(o[jn][2], o[jn][3]);
-      }
-    }
+    if (wc == 1) stage_rows(stage, o, wr, lane);
     __syncthreads();
     // Warpgroup 1 is idle until the closing barrier: its two threads signal while warpgroup 0 runs
     // the epilogue. The release of tile i's slot does not depend on FETCH_THREAD (no barrier between
@@ -659,16 +652,7 @@ __device__ __forceinline__ void output_worker(const FwdParams& p, char* sm, int 
       tickets[b] = i2;  // buffer b takes tile i2 after next; i2 = i1 (none left) if !more
     }
     if (wc == 0) {  // out = Q + gamma LN(Zq2 + b2) + beta, rows 16 wr + g and + 8 of this warp
-#pragma unroll
-      for (int jn = 0; jn < ND; ++jn) {
-        const int c = 8 * jn + 2 * t, r = 16 * wr + g;
-        const float2 u0 = *reinterpret_cast<const float2*>(stage + xidx(r, c));
-        const float2 u1 = *reinterpret_cast<const float2*>(stage + xidx(r + 8, c));
-        o[jn][0] += u0.x + b2[c];
-        o[jn][1] += u0.y + b2[c + 1];
-        o[jn][2] += u1.x + b2[c];
-        o[jn][3] += u1.y + b2[c + 1];
-      }
+      add_staged_rows(o, stage, b2, wr, lane);
       layer_norm_rows(o, p.eps);
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
