@@ -77,7 +77,7 @@ def test_kernels_compile_for_sm90a_with_nvcc(tmp_path):
 
 def test_build_digest_covers_each_source_tree(tmp_path):
     """extension(source_dir) builds an older copy of the sources under its own cache key: the digest
-    changes with any source, and a copy that lacks a newer header still gets one."""
+    changes with any source, and a copy that lacks a newer header or kernel still gets one."""
     from tttgraph.kernels.ttt_mlp.cuda_sm90 import build
 
     for name in (*build.SOURCES, *build.HEADERS):
@@ -87,7 +87,11 @@ def test_build_digest_covers_each_source_tree(tmp_path):
     edited = build._digest(tmp_path)
     assert edited != build._digest()
     (tmp_path / "wgmma.cuh").unlink()
-    assert build._digest(tmp_path) not in (edited, build._digest())
+    no_header = build._digest(tmp_path)
+    assert no_header not in (edited, build._digest())
+    # a copy from before b4 lacks the output's backward kernel: still its own key, not an error
+    (tmp_path / "ttt_mlp_bwd_out.cu").unlink()
+    assert build._digest(tmp_path) not in (no_header, edited, build._digest())
     (tmp_path / "binding.cpp").unlink()
     with pytest.raises(FileNotFoundError, match="binding.cpp"):
         build.extension(str(tmp_path))
