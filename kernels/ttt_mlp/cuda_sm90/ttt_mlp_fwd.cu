@@ -850,16 +850,19 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
     // CTA barrier after G_z2 separates the last z2_mine read from the G_z1 stores over it ----
     // The state for output tile step - 1 went into the ring during the previous iteration (RING_THREAD's
     // bulk copies): publish it once they are complete (a step late, so this rarely waits), and
-    // read the flag of the ring slot this step fills (waited for, if need be, before the fill). Thread
-    // RING_THREAD does both while its warp waits for the exchange: the release is a MEMBAR.ALL.GPU,
-    // which on a warp that pushed partials to the peer would wait for those remote stores.
+    // read the flag of the ring slot this step fills. Thread RING_THREAD does both while its warp
+    // waits for the exchange: the release is a MEMBAR.ALL.GPU, which on a warp that pushed partials to
+    // the peer would wait for those remote stores. The flag read is relaxed, its acquire fence comes
+    // after the back (v10e): an ld.acquire here made the warp wait for the load's round trip before
+    // the back (1 ms of 34 at T = 351,168, H100); a relaxed load is waited for only where its value
+    // is used.
     unsigned slot_seen = 0;
     if (DECOUPLED && tid == RING_THREAD && p.ring_w != nullptr) {
       if (step >= 1) {
         bulk_wait_all();  // the last step's ring store has landed (and is done reading the copies)
         flag_release(p.ready + bh * CS + rank, step);
       }
-      if (step >= p.ring) slot_seen = flag_acquire(p.done + bh * p.ring + step % p.ring);
+      if (step >= p.ring) slot_seen = flag_relaxed(p.done + bh * p.ring + step % p.ring);
     }
     mbar_wait(full_z + 8 * buf, (step >> 1) & 1);  // the Z2 part of exchange `step` has landed
     if (tid == 0 && step + 2 < n_mb) mbar_arm(full_z + 8 * buf, Z2_BYTES);
@@ -874,10 +877,17 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
         [&] {
           if (!DECOUPLED && step >= 1 && my_rows) finish_output(step - 1);
         });
-    // Ring slot step % R is free once the workers have read the state of tile step - R.
-    if (DECOUPLED && tid == RING_THREAD && p.ring_w != nullptr && step >= p.ring &&
-        slot_seen < static_cast<unsigned>(step - p.ring + 1))
-      flag_wait_geq(p.done + bh * p.ring + step % p.ring, step - p.ring + 1);
+    // Ring slot step % R is free once the workers have read the state of tile step - R: the relaxed
+    // read showed it (then the acquire fence orders the ring store after the workers' reads), or wait.
+    // The proxy fence orders that acquire before the ring store's bulk (async-proxy) writes.
+    if (DECOUPLED && tid == RING_THREAD && p.ring_w != nullptr && step >= p.ring) {
+      if (slot_seen < static_cast<unsigned>(step - p.ring + 1)) {
+        flag_wait_geq(p.done + bh * p.ring + step % p.ring, step - p.ring + 1);
+      } else {
+        fence_acquire_gpu();
+      }
+      fence_proxy_async_global();
+    }
     cp_async_wait<0>();  // the next mini-batch's tiles
     fence_proxy_async();
     __syncthreads();     // new state copies, biases and those tiles are visible to every warp
