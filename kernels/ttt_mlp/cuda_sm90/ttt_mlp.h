@@ -79,7 +79,7 @@ struct BwdParams {
   // The states of the chunk, written by the forward's scan (FwdParams::st_w / st_b, same layout):
   __nv_bfloat16* st_w;        // scratch [B*H][slots][CS][2][FL * D]
   float* st_b;                // scratch [B*H][slots][CS][FL + D]
-  float* part;                // scratch [B*H][13][64][64]: partial sums of dk
+  float* part;                // scratch [B*H][9][64][64]: partial sums of dk
   // The output's backward of the chunk (ttt_mlp_bwd_out.cu, b4), per (b, h) and step of the chunk
   // (slots - 1 of them): bf16 operands of the output's share of dS (Aq, dZq1, dZq2) and its sums.
   __nv_bfloat16* obt;         // scratch [B*H][slots - 1][9][64][64] bf16
