@@ -39,6 +39,18 @@ constexpr int kObFloats = F + 3 * D;
 // fragment stores of a half-warp hit distinct banks.
 __device__ __forceinline__ int xidx(int row, int col) { return row * D + (col ^ ((row & 7) << 3)); }
 
+// A typed pointer `off` bytes into shared memory.
+template <typename T>
+__device__ __forceinline__ T* at(char* base, int off) {
+  return reinterpret_cast<T*>(base + off);
+}
+
+// The dynamic shared memory's base rounded up to 1024 bytes: wgmma's 128B-swizzle atoms need
+// 1024-byte-aligned tiles (each kernel's launch asks for its SMEM + 1024 bytes).
+__device__ __forceinline__ char* align_1024(char* sm_raw) {
+  return sm_raw + ((1024 - (smem_u32(sm_raw) & 1023)) & 1023);
+}
+
 // Shared-memory buffers of one inner step (forward of a mini-batch and its state update).
 struct StepBufs {
   const bf16* k;    // [M][D] keys of the mini-batch

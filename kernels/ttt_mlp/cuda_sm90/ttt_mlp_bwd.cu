@@ -82,11 +82,6 @@ static_assert(SMEM_LAUNCH <= 227 * 1024, "shared memory over the sm_90 per-block
 // Partial-sum buffers of the scratch `part` ([B*H][NPART][M][D] fp32), per (rank, wc).
 constexpr int P_DKA = 0, P_DKB = 4, P_DRES = 8, NPART = 9;
 
-template <typename T>
-__device__ __forceinline__ T* at(char* base, int off) {
-  return reinterpret_cast<T*>(base + off);
-}
-
 struct StateBuf {
   bf16* w1;
   bf16* w2;
@@ -168,8 +163,7 @@ __device__ __forceinline__ void load_output_share(const BwdParams& p, char* sm, 
 template <bool FAST>
 __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp_bwd_kernel(const BwdParams p) {
   extern __shared__ __align__(128) char sm_raw[];
-  // wgmma's swizzle atoms need 1024-byte-aligned tiles (the launch asks for SMEM + 1024 bytes).
-  char* sm = sm_raw + ((1024 - (smem_u32(sm_raw) & 1023)) & 1023);
+  char* sm = align_1024(sm_raw);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wr = warp & 3, wc = warp >> 2;
   const int g = lane >> 2, t = lane & 3;

@@ -59,11 +59,6 @@ static_assert(B_Q % 1024 == 0 && B_W2 % 1024 == 0 && B_BYTES % 1024 == 0 && OFF_
               "wgmma operand tiles must be 1024-byte aligned");
 static_assert(SMEM_LAUNCH <= 227 * 1024, "shared memory over the sm_90 per-block limit");
 
-template <typename T>
-__device__ __forceinline__ T* at(char* base, int off) {
-  return reinterpret_cast<T*>(base + off);
-}
-
 // Start copying tile i's inputs into buffer `buf` (all threads; the caller commits the group).
 __device__ __forceinline__ void fetch(const BwdParams& p, char* buf, long long i, int tid) {
   const int s = static_cast<int>(i / p.batch_heads);
@@ -102,8 +97,7 @@ __device__ __forceinline__ void fetch(const BwdParams& p, char* buf, long long i
 template <bool FAST>
 __global__ void __launch_bounds__(THREADS, 1) ttt_mlp_bwd_out_kernel(const BwdParams p) {
   extern __shared__ __align__(128) char sm_raw[];
-  // wgmma's swizzle atoms need 1024-byte-aligned tiles (the launch asks for SMEM + 1024 bytes).
-  char* sm = sm_raw + ((1024 - (smem_u32(sm_raw) & 1023)) & 1023);
+  char* sm = align_1024(sm_raw);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wr = warp & 3, wc = warp >> 2;
   const int g = lane >> 2, t = lane & 3;

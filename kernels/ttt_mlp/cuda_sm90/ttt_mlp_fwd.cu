@@ -69,11 +69,6 @@ constexpr int SMEM_LAUNCH = SMEM + 1024;  // room to align the base to 1024 byte
 static_assert(SMEM_LAUNCH <= 227 * 1024, "shared memory over the sm_90 per-block limit");
 static_assert(kTileMF == M * D * 4, "the Z2 partial fits the G_z1 tile");
 
-template <typename T>
-__device__ __forceinline__ T* at(char* base, int off) {
-  return reinterpret_cast<T*>(base + off);
-}
-
 // Prefetch the K, Q, V tiles and eta of the mini-batch starting at token t0 into buffer `buf`.
 template <bool WITH_Q = true>
 __device__ __forceinline__ void load_tiles(const FwdParams& p, char* sm, size_t bh, int t0, int buf, int tid) {
@@ -309,7 +304,7 @@ __device__ __forceinline__ void twin_reduce_push(const float (&acc)[ND][4], floa
 // no wait), and a held but unwaited ticket blocks nobody (a worker waits only for its smallest
 // unreleased tile). tests/kernels/test_output_ring_protocol.py models this order. The products and
 // their order are v9's: the outputs are bitwise the same.
-constexpr int RING_TILE = FL * D;                // bf16 elements of one CTA's W1 (or W2) hi tile
+constexpr int RING_TILE = kStateTile;            // bf16 elements of one CTA's W1 (or W2) hi tile
 constexpr int RING_TILE_BYTES = RING_TILE * 2;
 constexpr int RING_B_BYTES = (F + D) * 4;        // one slot's biases: b1 [F], then b2 [D] (fp32)
 // Bytes of one tile's ring copy (its mbarrier's transaction count: under the 2^20 - 1 limit).
@@ -702,8 +697,7 @@ __device__ __forceinline__ void output_worker(const FwdParams& p, char* sm, int 
 template <bool SPLIT, bool FAST_INNER, bool FAST_OUT, bool DECOUPLED>
 __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp_fwd_kernel(const FwdParams p) {
   extern __shared__ __align__(128) char sm_raw[];
-  // wgmma's swizzle atoms need 1024-byte-aligned tiles (the launch asks for SMEM + 1024 bytes).
-  char* sm = sm_raw + ((1024 - (smem_u32(sm_raw) & 1023)) & 1023);
+  char* sm = align_1024(sm_raw);
   if (DECOUPLED && static_cast<int>(blockIdx.y) >= p.batch_heads) {
     output_worker<FAST_OUT>(p, sm, threadIdx.x);
     return;
