@@ -116,3 +116,22 @@ def test_fingerprint_of_a_tensor_larger_than_float32_index_precision():
     assert first == fingerprint(big.clone())
     big[-1] += 1  # the last element is sampled
     assert fingerprint(big) != first
+
+
+@pytest.mark.parametrize("semantics", [None, 1, 99])
+def test_a_save_of_other_layer_semantics_is_refused_with_the_reason(trained, tmp_path, semantics):
+    """Saves from before the paper-fidelity change (no key: semantics 1) must not load as today's layers."""
+    _, _, out = trained
+    recipe = json.loads((out / RECIPE_FILE).read_text())
+    assert recipe["layer_semantics"] == 2
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / WEIGHTS_FILE).write_bytes((out / WEIGHTS_FILE).read_bytes())
+    if semantics is None:
+        del recipe["layer_semantics"]
+    else:
+        recipe["layer_semantics"] = semantics
+    (old / RECIPE_FILE).write_text(json.dumps(recipe))
+    reason = "mirrored positions in the reverse pass" if semantics in (None, 1) else "semantics 99 is unknown"
+    with pytest.raises(RestoreError, match=rf"TTT layers of semantics {semantics or 1}.*{reason}"):
+        restore(build_tiny("cogvideox", seed=0), old, progress=False)

@@ -23,6 +23,8 @@ def test_segments_of_the_reference_63s_video():
     assert windows[0] == (0, 13) and windows[1] == (12, 25) and windows[-1] == (240, 253)
     owned = layout.owned_frames(253)
     assert [f for a, b in owned for f in range(a, b)] == list(range(253))
+    chunks = layout.ttt_chunk_frames(253)
+    assert chunks[0] == (0, 13) and chunks[1] == (13, 25) and chunks[-1] == (241, 253)
     assert layout.total_tokens(253) == 21 * 226 + 253 * 1350
 
 
@@ -47,23 +49,27 @@ def test_interleave_round_trips_and_orders_segments(name, frames):
         assert sorted(seq[0, :, 0].tolist()) == list(range(n))  # a permutation
     assert torch.equal(layout.reverse(layout.reverse(x, frames), frames), x)
 
-    # Forward order: [txt_0 | vid_0 | txt_1 | vid_1 ...] built by hand.
+    # Forward order [txt_0 | vid_0 | txt_1 | vid_1 ...] and reverse order [txt_{n-1} | flipped video
+    # cut into the same chunk sizes | ...], built by hand.
     text, video = layout.split(x, frames)
     lt, tpf = layout.text_tokens_per_segment, layout.video_tokens_per_frame
+    chunks = layout.ttt_chunk_frames(frames)
+    n = len(chunks)
+    flipped = video.flip(1)
     pieces, rev_pieces = [], []
-    for i, (a, b) in enumerate(layout.owned_frames(frames)):
-        chunk, vid = text[:, i * lt : (i + 1) * lt], video[:, a * tpf : b * tpf]
-        pieces += [chunk, vid]
-        rev_pieces = [chunk, vid.flip(1)] + rev_pieces
+    for i, (a, b) in enumerate(chunks):
+        pieces += [text[:, i * lt : (i + 1) * lt], video[:, a * tpf : b * tpf]]
+        rev_pieces += [text[:, (n - 1 - i) * lt : (n - i) * lt], flipped[:, a * tpf : b * tpf]]
     assert torch.equal(layout.interleave(x, frames), torch.cat(pieces, 1))
     assert torch.equal(layout.interleave(x, frames, reverse=True), torch.cat(rev_pieces, 1))
+    assert torch.equal(layout.interleave(layout.reverse(x, frames), frames), layout.interleave(x, frames, True))
 
 
 def test_reverse_flips_video_and_text_chunks_but_not_tokens_inside_a_chunk():
     layout = SequenceLayout(2, 1, frames_per_segment=1)
     x = torch.arange(2 * 3 + 3, dtype=torch.float32)[None, :, None]  # 3 frames: text 0..5, video 6..8
     assert layout.reverse(x, 3)[0, :, 0].tolist() == [4, 5, 2, 3, 0, 1, 8, 7, 6]
-    # When segments divide the video evenly, reversing then interleaving is the reverse TTT order.
+    # The reverse TTT order is the forward order of the reversed sequence.
     assert torch.equal(layout.interleave(layout.reverse(x, 3), 3), layout.interleave(x, 3, reverse=True))
 
 
@@ -101,30 +107,6 @@ def test_gate_init_and_parameter_count_of_cogvideox_5b_layer():
     n = sum(p.numel() for p in layer.parameters())
     assert 39.4e6 < n < 39.6e6  # DESIGN.md §3: ~39.5M per CogVideoX-5B layer
     assert layer.ttt.hidden_dim == 256 and layer.ttt.head_dim == 64
-
-
-def _joint_ttt(layer, x, frames, rope, index):
-    """TTT on joint sequence x via the plain forward interleave; rope rows follow `index` of the joint order."""
-    layout = layer.layout
-    cos, sin = rope[0][index], rope[1][index]
-    order = layout.interleave_index(frames)
-    y = layer.ttt(layout.interleave(x, frames), (cos[order], sin[order]))
-    return layout.deinterleave(y, frames)
-
-
-def test_each_direction_matches_its_definition():
-    layout = SequenceLayout(3, 4, frames_per_segment=2)
-    frames = 4  # segments divide the video evenly, so rev(.) then interleave is the reverse TTT order
-    layer = _layer(layout, rope_grid=(2, 2))
-    x = torch.randn(2, layout.total_tokens(frames), 32)
-    rope = layer._rope(frames, x.device)
-    identity = torch.arange(x.shape[1])
-    rev = layout.reverse_index(frames)
-
-    z = x + layer.gate("forward", frames) * _joint_ttt(layer, x, frames, rope, identity)
-    back = layout.reverse(_joint_ttt(layer, layout.reverse(z, frames), frames, rope, rev), frames)
-    expected = z + layer.gate("backward", frames) * back
-    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_unidirectional_is_causal_over_mini_batches_and_bidirectional_is_not():
@@ -168,8 +150,11 @@ def test_rope_rotates_video_tokens_only_and_by_position():
     assert torch.equal(angles[0], torch.zeros(8))  # frame 0, row 0, col 0
     assert not torch.equal(angles[6], angles[0])  # frame 1
     layer = _layer(SequenceLayout(3, 6, frames_per_segment=1), rope_grid=(2, 3))
-    cos, sin = layer._rope(2, "cpu")
-    assert torch.equal(cos[:6], torch.ones(6, 4)) and torch.equal(sin[:6], torch.zeros(6, 4))
+    cos, sin = layer._rope(2, "cpu")  # TTT order [txt_0 | vid_0 | txt_1 | vid_1]: text rows are identities
+    text_rows = torch.tensor([0, 1, 2, 9, 10, 11])
+    assert torch.equal(cos[text_rows], torch.ones(6, 4)) and torch.equal(sin[text_rows], torch.zeros(6, 4))
+    video = video_rope_angles(2, (2, 3), 8).cos().float()  # the layer's head dim: 32 / 4
+    assert torch.equal(cos[3:9], video[:6]) and torch.equal(cos[12:], video[6:])
     with pytest.raises(TTTGraphError, match=r"rope_grid=\(2, 2\) has 4 tokens per frame"):
         _layer(SequenceLayout(3, 6), rope_grid=(2, 2))
 

@@ -19,7 +19,7 @@ from tttgraph.kernels.ttt_mlp import TTTBackend
 from tttgraph.layers import TTTMLP, GatedBidirectionalTTT
 from tttgraph.layout import SequenceLayout
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Public names loaded on first use: name -> module.
 _LAZY = {

@@ -29,6 +29,7 @@ from torch import nn
 
 from tttgraph.config import ConfigError, TTTConfig, write_atomic
 from tttgraph.errors import TTTGraphError
+from tttgraph.layers import LAYER_SEMANTICS, semantics_mismatch
 
 __all__ = ["RECIPE_FILE", "WEIGHTS_FILE", "RestoreError", "fingerprint", "restore", "save"]
 
@@ -151,6 +152,7 @@ def save(model: nn.Module, directory: str | os.PathLike) -> Path:
     recipe = {
         "format": RECIPE_FORMAT,
         "version": RECIPE_VERSION,
+        "layer_semantics": LAYER_SEMANTICS,
         "tttgraph_version": _version(),
         "torch_version": torch.__version__,
         "config": plan.config.to_dict(),
@@ -204,6 +206,12 @@ def read_recipe(directory: str | os.PathLike) -> dict[str, Any]:
             f"{path} has recipe version {recipe['version']}, newer than this tttgraph reads ({RECIPE_VERSION}); "
             "upgrade tttgraph"
         )
+    semantics = recipe.get("layer_semantics", 1)  # recipes written before the key existed are 1
+    if not isinstance(semantics, int) or isinstance(semantics, bool):
+        raise RestoreError(f"{path}: key 'layer_semantics' is not an int; the save is corrupted")
+    reason = semantics_mismatch(semantics, str(path))
+    if reason:
+        raise RestoreError(reason)
     return recipe
 
 

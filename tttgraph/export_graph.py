@@ -5,9 +5,9 @@ In eager use, :class:`~tttgraph.segment_attention.SegmentAttention` and
 Python (cached constants). An exported graph must instead compute them from the symbolic sequence
 length, so that one file runs at every frame count. That is possible when every segment is whole:
 ``F = S * n + O`` token frames for n segments (S frames per segment, O overlap) and ``n`` text
-chunks. Then every attention window has ``S + O`` frames (one batched SDPA), segment i owns frames
-``[i*S, (i+1)*S)`` and the last one also the trailing O frames; every index below is an affine
-function of ``arange`` over n, which exports as ``Range``/``Gather``/``ScatterElements``.
+chunks. Then every attention window has ``S + O`` frames (one batched SDPA), the first TTT chunk
+holds ``S + O`` frames and every other S; every index below is an affine function of ``arange``
+over n, which exports as ``Range``/``Gather``/``ScatterElements``.
 
 :func:`exportable` swaps these forwards in for the duration of an export; the math is the eager
 modules' own (``segment_sdpa``, ``TTTMLP``), only the index construction differs, and
@@ -86,28 +86,26 @@ def segment_index(layout: SequenceLayout, kind: str, tokens) -> SegmentIndex:
 def interleave_positions(layout: SequenceLayout, frames, n, reverse: bool = False) -> Tensor:
     """[N] position in TTT order of each joint-sequence token (``deinterleave_index`` of the layout).
 
-    Forward order ``[txt_0 | vid_0 | ...]``; ``reverse`` gives ``[txt_{n-1} | flip(vid_{n-1}) | ...]``.
+    Forward order ``[txt_0 | vid_0 | ...]`` with the frames beyond ``n * S`` in the first chunk;
+    ``reverse`` gives the forward order of ``rev(x)`` (the layout module's docstring).
     """
     lt, tpf = layout.text_tokens_per_segment, layout.video_tokens_per_frame
-    s = layout.frames_per_segment
-    full = lt + (s or 0) * tpf  # tokens of a segment that owns S frames
+    s = layout.frames_per_segment or 0
+    extra = frames - n * s if s else 0  # frames of the first chunk beyond S
+    full = lt + s * tpf  # tokens of a chunk of S frames with its text
     video = torch.arange(frames * tpf)
-    owner = torch.zeros_like(video) if s is None else (video // (s * tpf)).clamp(max=n - 1)
-    local = video - owner * ((s or 0) * tpf)
+    owner = torch.zeros_like(video) if not s else ((video // tpf - extra) // s).clamp(min=0)
+    later = (owner > 0).long()
+
+    def start(chunk: Tensor) -> Tensor:  # first TTT position of a chunk
+        return chunk * full + (chunk > 0).long() * (extra * tpf)
+
     text_seg = torch.arange(n * lt) // max(lt, 1)
-    text_local = torch.arange(n * lt) - text_seg * lt
-    if not reverse:
-        text_pos = text_seg * full + text_local
-        video_pos = owner * full + lt + local
-    else:
-        last_extra = (frames - (n - 1) * (s or 0)) * tpf - (s or 0) * tpf  # extra tokens the last segment owns
-
-        def start(seg):
-            return (n - 1 - seg) * full + (seg < n - 1).long() * last_extra
-
-        owned = (s or 0) * tpf + (owner == n - 1).long() * last_extra
-        text_pos = start(text_seg) + text_local
-        video_pos = start(owner) + lt + owned - 1 - local
+    text_pos = start(text_seg) + torch.arange(n * lt) - text_seg * lt
+    video_pos = start(owner) + lt + video - (owner * s + later * extra) * tpf
+    if reverse:  # positions of rev(x) in forward order, read back through rev
+        text_pos = text_pos.reshape(n, lt).flip(0).reshape(-1)
+        video_pos = video_pos.flip(0)
     parts = [text_pos, video_pos] if layout.text_first else [video_pos, text_pos]
     return torch.cat(parts)
 
@@ -144,11 +142,13 @@ def _gated_forward(self: GatedBidirectionalTTT, x: Tensor, num_frames=None) -> T
             g = torch.where(mask, g, getattr(self, f"{direction}_gate_text"))
         return torch.tanh(g).to(x.dtype)
 
+    if rope is not None:  # both directions rotate by position in the sequence read: forward order
+        order = _inverse(interleave_positions(layout, frames, n).to(x.device))
+        rope = (rope[0].index_select(0, order), rope[1].index_select(0, order))
+
     def run(seq: Tensor, reverse: bool) -> Tensor:
         inv = interleave_positions(layout, frames, n, reverse).to(x.device)
-        idx = _inverse(inv)
-        r = None if rope is None else (rope[0].index_select(0, idx), rope[1].index_select(0, idx))
-        return self.ttt(seq.index_select(1, idx), r).index_select(1, inv)
+        return self.ttt(seq.index_select(1, _inverse(inv)), rope).index_select(1, inv)
 
     z = x + gate("forward") * run(x, False)
     if not self.bidirectional:

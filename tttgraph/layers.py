@@ -19,6 +19,28 @@ from tttgraph.rope import apply_rope, split_head_dim, video_rope_angles
 
 INIT_STD = 0.02
 
+# The meaning of a GatedBidirectionalTTT's parameters: which tokens its reverse pass groups with which
+# text and how it rotates them (README, "Fidelity to the paper"). Saves and training checkpoints record
+# it, and loading refuses another value: the same weights would compute something else.
+LAYER_SEMANTICS = 2
+LAYER_SEMANTICS_CHANGES = {
+    1: "tttgraph 0.1 rotated the reverse pass's tokens by their forward positions and gave the trailing "
+       "overlap frames to the last segment's TTT chunk; tttgraph 0.2 follows the paper's code (mirrored "
+       "positions in the reverse pass, the extra frames in the first chunk)",
+}
+
+
+def semantics_mismatch(saved: int, what: str) -> str | None:
+    """None if ``saved`` is this tttgraph's LAYER_SEMANTICS, else one sentence: why ``what`` can't load."""
+    if saved == LAYER_SEMANTICS:
+        return None
+    why = LAYER_SEMANTICS_CHANGES.get(saved, f"semantics {saved} is unknown to this tttgraph")
+    return (
+        f"{what} holds TTT layers of semantics {saved}, this tttgraph computes semantics {LAYER_SEMANTICS} and "
+        f"would silently change what they compute ({why}); load it with the tttgraph that wrote it, or "
+        "transform the base model again and fine-tune from there"
+    )
+
 
 class TTTMLP(nn.Module):
     """TTT-MLP sequence layer: q/k/v projections, an inner MLP per head trained while reading.
@@ -197,7 +219,7 @@ class GatedBidirectionalTTT(nn.Module):
                 self.register_parameter(f"{direction}_gate_{kind}", gate)
 
     def _rope(self, num_frames: int, device) -> tuple[Tensor, Tensor] | None:
-        """(cos, sin) [N, D/2] in joint-sequence order; text rows are the identity rotation."""
+        """(cos, sin) [N, D/2] in TTT order, the same for both directions; text rows are the identity."""
         if self.rope_grid is None:
             return None
         return _rope_table(self.layout, num_frames, self.rope_grid, self.ttt.head_dim, self.rope_theta,
@@ -212,11 +234,12 @@ class GatedBidirectionalTTT(nn.Module):
         return torch.tanh(torch.where(mask, video_gate, getattr(self, f"{direction}_gate_text")))
 
     def _direction(self, x: Tensor, num_frames: int, rope, reverse: bool) -> Tensor:
-        """TTT over the (reversed) interleaved order, returned in joint order. x: [B, N, C]."""
+        """TTT over the (reversed) interleaved order, returned in joint order. x: [B, N, C].
+
+        ``rope`` is already in TTT order: both directions rotate by position in the sequence read.
+        """
         idx = self.layout.interleave_index(num_frames, x.device, reverse)
         inv = self.layout.deinterleave_index(num_frames, x.device, reverse)
-        if rope is not None:
-            rope = (rope[0].index_select(0, idx), rope[1].index_select(0, idx))
         return self.ttt(x.index_select(1, idx), rope).index_select(1, inv)
 
     def forward(self, x: Tensor, num_frames: int | None = None) -> Tensor:
@@ -263,8 +286,8 @@ def count_parameters(module: nn.Module) -> int:
 @functools.lru_cache(maxsize=16)
 def _rope_table(layout: SequenceLayout, num_frames: int, grid: tuple[int, int], head_dim: int, theta: float,
                 device: torch.device) -> tuple[Tensor, Tensor]:
-    """Shared by every layer of a model (one table per frame count and device, not one per call)."""
+    """(cos, sin) in TTT order, shared by every layer of a model (one per frame count and device)."""
     angles = video_rope_angles(num_frames, grid, head_dim, theta)
     text = torch.zeros(layout.text_tokens(num_frames), angles.shape[1], dtype=angles.dtype)
-    angles = torch.cat([text, angles] if layout.text_first else [angles, text])
+    angles = torch.cat([text, angles] if layout.text_first else [angles, text])[layout.rope_order(num_frames)]
     return angles.cos().float().to(device), angles.sin().float().to(device)

@@ -6,16 +6,21 @@ latent frames of ``video_tokens_per_frame`` tokens each, frame-major.
 
 Segments (DESIGN.md §4): segment i's *attention window* covers latent frames
 ``[i*S, i*S + S + O)`` (S = ``frames_per_segment``, O = ``overlap_frames``), clipped to the video;
-there are ``max(1, ceil((F - O) / S))`` segments, the last one possibly shorter. For the TTT
-sequence each frame must appear exactly once, so segment i *owns* frames ``[i*S, (i+1)*S)`` and the
-last segment owns everything from ``i*S`` to the end (the trailing overlap frames included).
+there are ``max(1, ceil((F - O) / S))`` segments, the last one possibly shorter. A frame's position
+table row (``owned_frames``) belongs to one segment: segment i owns ``[i*S, (i+1)*S)``, the last one
+everything from ``i*S`` to the end.
 
-The TTT layer reads ``[txt_0 | vid_0 | txt_1 | vid_1 | ...]`` (``interleave``) and its backward
-direction reads ``rev`` of the sequence: video tokens in reverse order and text chunks in reverse
-order, tokens inside a chunk keeping their order (``reverse``). In TTT order the backward direction
-is ``[txt_{n-1} | flip(vid_{n-1}) | ... | txt_0 | flip(vid_0)]`` (``interleave(..., reverse=True)``):
-each text chunk stays next to the frames it describes even when the last segment is shorter. All
-of these are permutations, built once per frame count as index tensors, so applying one is a gather.
+The TTT layer reads ``[txt_0 | vid_0 | txt_1 | vid_1 | ...]`` (``interleave``), each frame exactly
+once. As in the paper's code, the video chunks (``ttt_chunk_frames``) are S frames each and the
+frames beyond n*S (the trailing overlap frames: 253 = 21*12 + 1) go to the *first* chunk; when the
+video is shorter than n*S the last chunk is short. The backward direction is the same computation
+on ``rev`` of the sequence (video tokens flipped as a whole, text chunks in reverse order, tokens
+inside a chunk keeping their order): ``interleave(rev(x))``, with the same chunk sizes counted on the
+flipped video, so there the extra frames fall to the chunk of the original *last* segment
+(``interleave(..., reverse=True)``). The TTT's RoPE is applied by position in the sequence it
+reads, so the rotation rows in TTT order are the same for both directions (``rope_order``): a token
+at latent (t, h, w) is rotated as (T-1-t, H-1-h, W-1-w) in the backward direction. All of these
+are permutations, built once per frame count as index tensors, so applying one is a gather.
 """
 
 from __future__ import annotations
@@ -97,12 +102,26 @@ class SequenceLayout:
         return [(i * s, min(i * s + s + o, num_frames)) for i in range(n)]
 
     def owned_frames(self, num_frames: int) -> list[tuple[int, int]]:
-        """Disjoint frame range ``[start, stop)`` of each segment in the TTT sequence."""
+        """Disjoint frame range ``[start, stop)`` of each segment for its position table rows."""
         n = self.num_segments(num_frames)
         if self.frames_per_segment is None:
             return [(0, num_frames)]
         s = self.frames_per_segment
         return [(i * s, (i + 1) * s if i < n - 1 else num_frames) for i in range(n)]
+
+    def ttt_chunk_frames(self, num_frames: int) -> list[tuple[int, int]]:
+        """Frame range ``[start, stop)`` of each segment's video chunk in the forward TTT sequence.
+
+        S frames each; the frames beyond ``n * S`` go to the first chunk (the paper's
+        ``get_interleave_offsets``), a video shorter than ``n * S`` has a short last chunk.
+        """
+        n = self.num_segments(num_frames)
+        if self.frames_per_segment is None or n == 1:
+            return [(0, num_frames)]
+        s = self.frames_per_segment
+        extra = max(0, num_frames - n * s)
+        bounds = [0] + [min(extra + i * s, num_frames) for i in range(1, n)] + [num_frames]
+        return list(zip(bounds[:-1], bounds[1:], strict=True))
 
     # ------------------------------------------------------------------ split / join
 
@@ -122,7 +141,9 @@ class SequenceLayout:
     def interleave(self, x: Tensor, num_frames: int, reverse: bool = False) -> Tensor:
         """Joint sequence [B, N, C] -> TTT order ``[txt_0 | vid_0 | txt_1 | vid_1 | ...]``.
 
-        With ``reverse=True``, the TTT order of ``rev(x)``: ``[txt_{n-1} | flip(vid_{n-1}) | ...]``.
+        With ``reverse=True``, the TTT order of ``rev(x)``:
+        ``[txt_{n-1} | flip(last frames) | txt_{n-2} | ...]``, its video cut into ``ttt_chunk_frames``
+        sizes counted from the end of the video.
         """
         self._check_tokens(x, num_frames)
         return x.index_select(1, self.interleave_index(num_frames, x.device, reverse))
@@ -140,6 +161,14 @@ class SequenceLayout:
     def interleave_index(self, num_frames: int, device=None, reverse: bool = False) -> Tensor:
         """[N] indices into the joint sequence, in TTT order (of ``rev`` if ``reverse``)."""
         return _placed_index(self, num_frames, reverse, False, _device(device))
+
+    def rope_order(self, num_frames: int, device=None) -> Tensor:
+        """[N] rows of the joint-order RoPE table for the tokens in TTT order, in both directions.
+
+        The TTT rotates the video part of the sequence it reads by position in that sequence; the
+        backward direction reads ``rev(x)``, whose video tokens sit where the forward direction's do.
+        """
+        return self.interleave_index(num_frames, device)
 
     def deinterleave_index(self, num_frames: int, device=None, reverse: bool = False) -> Tensor:
         """[N] indices into the TTT-order sequence that restore joint-sequence order."""
@@ -179,14 +208,14 @@ def _offsets(layout: SequenceLayout, num_frames: int) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=128)
 def _interleave_index(layout: SequenceLayout, num_frames: int, reverse: bool) -> Tensor:
+    if reverse:  # the forward interleave of rev(x): rev(x)[i] = x[rev[i]]
+        return _reverse_index(layout, num_frames)[_interleave_index(layout, num_frames, False)]
     t0, v0 = _offsets(layout, num_frames)
     lt, tpf = layout.text_tokens_per_segment, layout.video_tokens_per_frame
-    segments = list(enumerate(layout.owned_frames(num_frames)))
     parts = []
-    for i, (start, stop) in reversed(segments) if reverse else segments:
+    for i, (start, stop) in enumerate(layout.ttt_chunk_frames(num_frames)):
         parts.append(torch.arange(t0 + i * lt, t0 + (i + 1) * lt))
-        video = torch.arange(v0 + start * tpf, v0 + stop * tpf)
-        parts.append(video.flip(0) if reverse else video)
+        parts.append(torch.arange(v0 + start * tpf, v0 + stop * tpf))
     return torch.cat(parts)
 
 

@@ -4,17 +4,21 @@ Two ops are registered with ``torch.library.custom_op``:
 
 ``tttgraph::ttt_mlp(q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, mini_batch_size, eps, backend,
 checkpoint_every, save_state) -> (out, W1_states, b1_states, W2_states, b2_states)``
-    The scan. ``out`` is [B, H, T, D] in q's dtype. The four state tensors are the fp32 inner state
-    at the start of every ``checkpoint_every``-th mini-batch ([B, H, C, D, F], [B, H, C, F],
-    [B, H, C, F, D], [B, H, C, D]); they are only filled when ``save_state`` (the public wrapper sets it
-    when a backward will follow), otherwise C = 0 and inference stores nothing.
+    The scan. ``out`` is [B, H, T, D] in q's dtype. The four state tensors are the inner state
+    (float32; float64 for float64 inputs) at the start of every ``checkpoint_every``-th mini-batch
+    ([B, H, C, D, F], [B, H, C, F], [B, H, C, F, D], [B, H, C, D]); they are only filled when
+    ``save_state`` (the public wrapper sets it when a backward will follow), otherwise C = 0 and
+    inference stores nothing.
 
 ``tttgraph::ttt_mlp_backward(...)``
     The ten input gradients, recomputing from those checkpoints. Being an opaque op keeps
     torch.compile and AOTAutograd from tracing into the scan.
 
 Autograd ties them together, and fake (meta) implementations give torch.export and
-torch.compile the output shapes without running anything.
+torch.compile the output shapes without running anything. Every output is contiguous and in the
+dtype stated above whatever the inputs' strides and whichever backend ran: the op normalises what a
+backend returns, so the fake implementations (which AOTAutograd and Inductor trust for strides)
+describe the real outputs exactly.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch
 from torch import Tensor
 
 from . import backends
-from .reference import num_checkpoints
+from .reference import compute_dtype, num_checkpoints
 
 _ARG_NAMES = ("q", "k", "v", "eta", "ln_weight", "ln_bias", "w1", "b1", "w2", "b2")
 
@@ -49,7 +53,7 @@ def ttt_mlp_op(
     args = (q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2)
     impl = backends.resolve(backend, args, mini_batch_size, eps)
     out, states = impl.forward(*args, mini_batch_size, eps, checkpoint_every, save_state)
-    return (out, *states)
+    return (_dense(out, q.dtype), *(_dense(s, compute_dtype(q)) for s in states))
 
 
 @ttt_mlp_op.register_fake
@@ -57,9 +61,9 @@ def _(q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, mini_batch_size, eps, ba
     bsz, heads, seq_len, dim = q.shape
     hidden = w1.shape[-1]
     c = num_checkpoints(seq_len, mini_batch_size, checkpoint_every) if save_state else 0
-    f32 = dict(dtype=torch.float32, device=q.device)
+    f32 = dict(dtype=compute_dtype(q), device=q.device)
     return (
-        torch.empty_like(q),
+        q.new_empty(q.shape),
         q.new_empty(bsz, heads, c, dim, hidden, **f32),
         q.new_empty(bsz, heads, c, hidden, **f32),
         q.new_empty(bsz, heads, c, hidden, dim, **f32),
@@ -93,12 +97,19 @@ def ttt_mlp_backward_op(
     impl = backends.resolve(backend, args, mini_batch_size, eps, backward=True)
     states = (w1_states, b1_states, w2_states, b2_states)
     grads = impl.backward(grad_out, *args, states, mini_batch_size, eps, checkpoint_every)
-    return tuple(grads)
+    return tuple(_dense(g, t.dtype) for g, t in zip(grads, args, strict=True))
 
 
 @ttt_mlp_backward_op.register_fake
 def _(grad_out, q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, *rest):
-    return tuple(torch.empty_like(t) for t in (q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2))
+    # new_empty, not empty_like: empty_like would copy a transposed input's strides, while the real
+    # gradients are contiguous (AOTAutograd asserts the real strides against these).
+    return tuple(t.new_empty(t.shape) for t in (q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2))
+
+
+def _dense(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` contiguous and in ``dtype``: the op's output contract (a no-op for conforming backends)."""
+    return t.to(dtype).contiguous()
 
 
 def _setup_context(ctx, inputs, output):

@@ -141,7 +141,7 @@ def forward(q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, mini_batch_size, e
     cdt = compute_dtype(q)
     gamma, beta = ln_weight.to(cdt).unsqueeze(-2), ln_bias.to(cdt).unsqueeze(-2)  # [H,1,D]
     state = _initial_state(w1, b1, w2, b2, bsz, cdt)
-    out = torch.empty_like(q)
+    out = q.new_empty(q.shape)
     checkpoints: list[State] = []
     for i, sl in enumerate(_slices(seq_len, mini_batch_size)):
         if save_state and i % checkpoint_every == 0:

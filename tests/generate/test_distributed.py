@@ -25,19 +25,19 @@ FLAGS = ["--seconds", "6", "--steps", "2", "--checkpoint-every", "1", "--keep-ch
          "--ttt", "none"]
 
 
-def _run(cmd: list[str], cwd: Path) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+def _run(cmd: list[str]) -> str:
+    """Run from the repository root, as a newcomer would (the root is then first on sys.path)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
 
 @pytest.mark.slow
 def test_two_process_gloo_run_matches_one_process(tmp_path):
-    single = _run([sys.executable, "-m", "examples.one_minute_video", *FLAGS, "--out", str(tmp_path / "one.mp4")],
-                  cwd=ROOT)
+    single = _run([sys.executable, "-m", "examples.one_minute_video", *FLAGS, "--out", str(tmp_path / "one.mp4")])
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    dist = _run([*torchrun, "-m", "tttgraph", "generate", *FLAGS, "--out", str(tmp_path / "two.mp4")], cwd=tmp_path)
+    dist = _run([*torchrun, "-m", "tttgraph", "generate", *FLAGS, "--out", str(tmp_path / "two.mp4")])
     assert "heads of 2 attentions and 2 TTT layers split over 2 processes" in dist
     assert "split over" not in single
     one, two = (load_file(tmp_path / f"{n}.resume.safetensors") for n in ("one", "two"))

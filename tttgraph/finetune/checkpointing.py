@@ -27,6 +27,7 @@ import torch
 from tttgraph.config import write_atomic
 from tttgraph.errors import TTTGraphError
 from tttgraph.finetune.distributed import DistContext, local
+from tttgraph.layers import LAYER_SEMANTICS, semantics_mismatch
 
 FORMAT = "tttgraph-train-checkpoint"
 VERSION = 1
@@ -88,7 +89,8 @@ def save_checkpoint(root: Path, step: int, *, params: dict[str, torch.Tensor], o
     save_file(rng, str(tmp / _rank_file("rng", ctx.rank)), metadata={"format": FORMAT})
     ctx.barrier()
     if ctx.main:
-        state = {"format": FORMAT, "version": VERSION, "step": step, "world_size": ctx.world,
+        state = {"format": FORMAT, "version": VERSION, "layer_semantics": LAYER_SEMANTICS, "step": step,
+                 "world_size": ctx.world,
                  "scheduler": scheduler.state_dict(), **extra}
         write_atomic(tmp / "trainer.json", json.dumps(state, indent=1) + "\n")
         if final.exists():
@@ -114,6 +116,9 @@ def read_trainer_state(directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a tttgraph training checkpoint")
     if state.get("version", 0) > VERSION:
         raise CheckpointError(f"{path} has version {state['version']}; this tttgraph reads {VERSION}")
+    reason = semantics_mismatch(state.get("layer_semantics", 1), str(path))  # older checkpoints are 1
+    if reason:
+        raise CheckpointError(reason)
     return state
 
 
