@@ -85,3 +85,18 @@ def test_inductor_compiled_training_with_transposed_eta_matches_eager():
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
     for g, e in zip(grads, eager_grads, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda_sm90"])
+@pytest.mark.parametrize("non_contiguous", [(), NAMES], ids=["contiguous", "all-transposed"])
+def test_fake_matches_real_strides_of_the_gpu_backends(backend, non_contiguous):
+    args = random_inputs(1, 2, 150, 64, 256, dtype=torch.bfloat16, device="cuda", seed=3)
+    args = [_transposed(a) if name in non_contiguous else a for name, a in zip(NAMES, args, strict=True)]
+    options = (64, 1e-6, backend, 2)
+    forward = torch.ops.tttgraph.ttt_mlp.default
+    real = forward(*args, *options, True)
+    _assert_same_layout(real, _fake_call(forward, [*args, *options, True]), "forward")
+    backward = torch.ops.tttgraph.ttt_mlp_backward.default
+    bargs = [torch.randn_like(real[0]), *args, *real[1:], *options]
+    _assert_same_layout(backward(*bargs), _fake_call(backward, bargs), "backward")
