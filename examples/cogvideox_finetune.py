@@ -16,15 +16,18 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tttgraph.cli import ArgumentParser, add_debug_flag, standalone
 from tttgraph.finetune import cli
 
 
 def run(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m examples.cogvideox_finetune", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    """Parse ``argv`` and run like ``tttgraph finetune`` (one-line errors, Ctrl-C prints how to continue)."""
+    parser = ArgumentParser(prog="python -m examples.cogvideox_finetune", description=__doc__.splitlines()[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog="\n".join(__doc__.splitlines()[2:]))
     cli.add_arguments(parser)
-    return cli.main(parser.parse_args(argv))
+    add_debug_flag(parser)
+    return standalone(parser, argv)
 
 
 if __name__ == "__main__":

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils import _pytree as pytree
-from tqdm.auto import tqdm
 
 from tttgraph.adapters import get_adapter
 from tttgraph.errors import CaptureError, InputMismatchError, TTTGraphError
+from tttgraph.progress import progress_bar
 
 __all__ = ["CaptureInfo", "CapturedModel", "bind_inputs", "capture", "capture_info"]
 
@@ -157,7 +157,7 @@ def capture(
     frames = _latent_frames(adapter, model, named)
     want_dynamic, note = _decide_dynamic(adapter, dynamic_frames, frames)
 
-    bar = tqdm(total=2, desc=f"capture {type(model).__name__}", disable=not progress, leave=False)
+    bar = progress_bar(total=2, desc=f"capture {type(model).__name__}", disable=not progress, leave=False)
     try:
         bar.set_postfix_str("torch.export (non-strict)")
         log.info("capture: exporting %s (dynamic frames: %s)", type(model).__name__, want_dynamic)

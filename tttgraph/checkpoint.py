@@ -11,8 +11,10 @@ A save directory holds two files:
 ``restore(base, dir)`` checks that ``base`` is the model the recipe was made on (same class, same
 tensor names, shapes and fingerprints; the mismatches are listed otherwise), re-applies the
 transform, verifies the checksums and loads the weights. Files are written atomically (temporary
-file + rename; weights first, recipe last, so a torn save is caught by the checksums) and read
-with safetensors and validated JSON only: nothing in a save directory is ever executed.
+file + rename, weights first, recipe last) and read with safetensors and validated JSON only:
+nothing in a save directory is ever executed. The weights file also carries its recipe (and both
+a ``save_id``), so a save killed between its two renames (new weights, old recipe) still reads
+as the new save; a damaged file raises :class:`RestoreError` naming it and the fix.
 """
 
 from __future__ import annotations
@@ -20,16 +22,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from tttgraph.config import ConfigError, TTTConfig, write_atomic
+from tttgraph.config import ConfigError, TTTConfig, atomic_path, clear_stale, write_atomic
 from tttgraph.errors import TTTGraphError
 from tttgraph.layers import LAYER_SEMANTICS, semantics_mismatch
+from tttgraph.safe_read import check_fields, open_safetensors, read_json
 
 __all__ = ["RECIPE_FILE", "WEIGHTS_FILE", "RestoreError", "fingerprint", "restore", "save"]
 
@@ -38,6 +40,8 @@ WEIGHTS_FILE = "tttgraph_weights.safetensors"
 RECIPE_FORMAT = "tttgraph-recipe"
 RECIPE_VERSION = 1
 _FINGERPRINT_SAMPLES = 4096
+_EMBEDDED_RECIPE = "tttgraph_recipe_json"  # weights-file metadata: the recipe written with these weights
+_FIX = "write the directory again with tttgraph.save(model, directory)"
 
 
 class RestoreError(TTTGraphError):
@@ -142,13 +146,8 @@ def save(model: nn.Module, directory: str | os.PathLike) -> Path:
     tensors = {n: state[n].detach().cpu().contiguous() for n in new + changed}
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS_FILE}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": "pt", "tttgraph_recipe": RECIPE_FILE})
-        os.replace(tmp, directory / WEIGHTS_FILE)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    for name in (WEIGHTS_FILE, RECIPE_FILE):
+        clear_stale(directory / name)  # left by a save that was killed while writing
     recipe = {
         "format": RECIPE_FORMAT,
         "version": RECIPE_VERSION,
@@ -166,7 +165,13 @@ def save(model: nn.Module, directory: str | os.PathLike) -> Path:
         "checksums": {n: _sha256(t) for n, t in tensors.items()},
         "base_fingerprints": plan.base_fingerprints,
     }
-    write_atomic(directory / RECIPE_FILE, json.dumps(recipe, indent=1, sort_keys=True) + "\n")
+    # One id for the pair: a reader that finds the weights' id differing from the recipe's knows the
+    # save was killed between the two renames below and takes the recipe the weights carry.
+    recipe["save_id"] = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:32]
+    text = json.dumps(recipe, indent=1, sort_keys=True) + "\n"
+    with atomic_path(directory / WEIGHTS_FILE) as tmp:
+        save_file(tensors, tmp, metadata={"format": "pt", "tttgraph_recipe": RECIPE_FILE, _EMBEDDED_RECIPE: text})
+    write_atomic(directory / RECIPE_FILE, text)
     return directory
 
 
@@ -188,19 +193,35 @@ _RECIPE_KEYS = {
 
 
 def read_recipe(directory: str | os.PathLike) -> dict[str, Any]:
-    """Load and validate ``tttgraph_recipe.json`` (JSON only; types of every key checked)."""
+    """Load and validate ``tttgraph_recipe.json`` (JSON only; types of every key checked).
+
+    When the weights file carries a recipe of another save (a save killed between writing the
+    weights and the recipe), that newer recipe is the one returned.
+    """
     path = Path(directory) / RECIPE_FILE
-    if not path.is_file():
+    if not path.exists():
         raise RestoreError(f"{path} does not exist: {directory} is not a tttgraph save directory (tttgraph.save)")
-    try:
-        recipe = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RestoreError(f"{path} is not valid JSON ({err}); the save is corrupted") from None
+    recipe = _check_recipe(read_json(path, "tttgraph recipe", _FIX, error=RestoreError), path)
+    weights = Path(directory) / WEIGHTS_FILE
+    if weights.exists():
+        with open_safetensors(weights, "tttgraph weights file", _FIX, error=RestoreError) as f:
+            meta = f.metadata() or {}
+        if _EMBEDDED_RECIPE in meta:
+            try:
+                embedded = json.loads(meta[_EMBEDDED_RECIPE])
+            except json.JSONDecodeError as err:
+                raise RestoreError(f"tttgraph weights file {weights} carries a damaged recipe ({err}); "
+                                   f"{_FIX}") from None
+            if not isinstance(embedded, dict) or embedded.get("save_id") != recipe.get("save_id"):
+                recipe = _check_recipe(embedded, weights)
+    return recipe
+
+
+def _check_recipe(recipe: Any, path: Path) -> dict[str, Any]:
+    """``recipe`` (read from ``path``) validated: format, the type of every key, versions."""
     if not isinstance(recipe, dict) or recipe.get("format") != RECIPE_FORMAT:
-        raise RestoreError(f"{path} is not a tttgraph recipe (format {RECIPE_FORMAT!r} expected)")
-    for key, typ in _RECIPE_KEYS.items():
-        if not isinstance(recipe.get(key), typ):
-            raise RestoreError(f"{path}: key {key!r} is missing or not a {typ.__name__}; the save is corrupted")
+        raise RestoreError(f"{path} is not a tttgraph recipe (format {RECIPE_FORMAT!r} expected); {_FIX}")
+    check_fields(recipe, _RECIPE_KEYS, path, "tttgraph recipe", _FIX, error=RestoreError)
     if recipe["version"] > RECIPE_VERSION:
         raise RestoreError(
             f"{path} has recipe version {recipe['version']}, newer than this tttgraph reads ({RECIPE_VERSION}); "
@@ -208,7 +229,7 @@ def read_recipe(directory: str | os.PathLike) -> dict[str, Any]:
         )
     semantics = recipe.get("layer_semantics", 1)  # recipes written before the key existed are 1
     if not isinstance(semantics, int) or isinstance(semantics, bool):
-        raise RestoreError(f"{path}: key 'layer_semantics' is not an int; the save is corrupted")
+        raise RestoreError(f"{path}: key 'layer_semantics' is not an int; the save is corrupted: {_FIX}")
     reason = semantics_mismatch(semantics, str(path))
     if reason:
         raise RestoreError(reason)
@@ -223,8 +244,6 @@ def restore(
     ``example_inputs`` defaults to random inputs of the shapes recorded at save time. Raises
     :class:`RestoreError` listing every mismatch when ``base_model`` is not the saved model's base.
     """
-    from safetensors import safe_open
-
     from tttgraph.rewrite import plan_of, transform
 
     recipe = read_recipe(directory)
@@ -247,8 +266,8 @@ def restore(
             f"{recipe['ttt_modules']}; the base model differs from the one saved"
         )
     weights = Path(directory) / WEIGHTS_FILE
-    if not weights.is_file():
-        raise RestoreError(f"{weights} is missing; the save is incomplete")
+    if not weights.exists():
+        raise RestoreError(f"{weights} is missing; the save is incomplete: {_FIX}")
     state = model.state_dict()
     expected = set(recipe["new_tensors"]) | set(recipe["changed_tensors"])
     missing_new = sorted(n for n in state if n.startswith(tuple(p + "." for p in recipe["ttt_modules"])) and
@@ -256,17 +275,18 @@ def restore(
     if missing_new:
         raise RestoreError(f"the save lacks TTT tensors {missing_new[:5]}{'...' if len(missing_new) > 5 else ''}")
     loaded = {}
-    with safe_open(weights, framework="pt") as f:
+    with open_safetensors(weights, "tttgraph weights file", _FIX, error=RestoreError) as f:
         keys = set(f.keys())
         if keys != expected:
             raise RestoreError(
                 f"{weights} holds {len(keys)} tensors, the recipe lists {len(expected)}; missing "
-                f"{sorted(expected - keys)[:5]}, unexpected {sorted(keys - expected)[:5]}: the save is corrupted"
+                f"{sorted(expected - keys)[:5]}, unexpected {sorted(keys - expected)[:5]}: the save is corrupted; "
+                f"{_FIX}"
             )
         for name in sorted(keys):
             t = f.get_tensor(name)
             if _sha256(t) != recipe["checksums"].get(name):
-                raise RestoreError(f"tensor {name!r} in {weights} fails its checksum: the save is corrupted")
+                raise RestoreError(f"tensor {name!r} in {weights} fails its checksum: the save is corrupted; {_FIX}")
             if name not in state or state[name].shape != t.shape:
                 raise RestoreError(f"saved tensor {name!r} {tuple(t.shape)} does not fit the model")
             loaded[name] = t

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -162,7 +164,15 @@ class TTTConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TTTConfig:
-        return cls.from_json(Path(path).read_text())
+        """Read a config written by :meth:`save` (a damaged file raises :class:`ConfigError` naming it)."""
+        from tttgraph.safe_read import read_json
+
+        data = read_json(path, "TTT config", "write it again with TTTConfig.save (or fix the JSON by hand)",
+                         error=ConfigError)
+        try:
+            return cls.from_dict(data)
+        except ConfigError as err:
+            raise ConfigError(f"TTT config {path}: {err}") from None
 
     def replace(self, **changes) -> TTTConfig:
         return dataclasses.replace(self, **changes)
@@ -212,23 +222,68 @@ def _glob_to_regex(glob: str) -> str:
     return "".join(out)
 
 
+def file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 minus the process umask."""
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    # Linux shows the umask in /proc; reading it there avoids os.umask's set-and-restore, during which
+    # another thread's new file would get umask 0.
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, suffix: str = ".tmp", mode: int | None = None) -> Iterator[Path]:
     """A temporary path beside ``path`` for a writer that needs a file name (safetensors, ffmpeg,
     torch.export): renamed onto ``path`` when the block succeeds, deleted otherwise, so readers see
     the old file or the new one, never a torn one. ``suffix``: the temporary name's ending (a
-    writer may choose its format from it); ``mode``: permissions set before the rename (the
-    temporary file is created 0o600)."""
+    writer may choose its format from it); ``mode``: permissions set before the rename (default
+    :func:`file_mode`, what ``open()`` would give; safetensors and mkstemp create files 0o600).
+
+    The temporary file sits in a fresh hidden directory ``.<name>.XXXX.tmp/`` beside ``path``, so
+    that a writer's own temporaries (safetensors writes one, then renames it) go with it: a write
+    killed midway leaves that one directory, which :func:`clear_stale` removes."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = staging / f"{path.stem}{suffix}"
     try:
-        yield Path(tmp)
-        if mode is not None:
-            os.chmod(tmp, mode)
+        tmp.touch()
+        yield tmp
+        os.chmod(tmp, file_mode() if mode is None else mode)
+        _fsync(tmp)  # the data on disk before the rename makes it visible (a crash can't expose an empty file)
         os.replace(tmp, path)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def clear_stale(path: str | os.PathLike) -> None:
+    """Remove what writes of ``path`` killed midway left beside it: the ``.<name>.XXXX.tmp`` files
+    of :func:`write_atomic` and directories of :func:`atomic_path`. Only for a writer that knows no
+    other process is writing ``path`` at the same time."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
+def _fsync(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
@@ -238,6 +293,7 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     mode = "wb" if isinstance(data, bytes) else "w"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, file_mode())  # mkstemp's 0o600 would make every saved file private
         with os.fdopen(fd, mode) as f:
             f.write(data)
             f.flush()

@@ -70,12 +70,18 @@ def run_demo(frames: int = 5, frames_per_segment: int = 2, overlap: int = 1, min
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--frames", type=int, default=5, help="latent frames (default 5)")
-    parser.add_argument("--frames-per-segment", type=int, default=2, help="latent frames per segment (default 2)")
-    parser.add_argument("--overlap", type=int, default=1, help="overlap frames between segments (default 1)")
-    parser.add_argument("--mini-batch-size", type=int, default=16, help="TTT mini-batch (default 16)")
+    from tttgraph.cli import int_at_least
+    from tttgraph.kernels.ttt_mlp.backends import TTTBackend
+
+    parser.add_argument("--frames", type=int_at_least(1), default=5, help="latent frames (default 5)")
+    parser.add_argument("--frames-per-segment", type=int_at_least(1), default=2,
+                        help="latent frames per segment (default 2)")
+    parser.add_argument("--overlap", type=int_at_least(0), default=1,
+                        help="overlap frames between segments (default 1)")
+    parser.add_argument("--mini-batch-size", type=int_at_least(1), default=16, help="TTT mini-batch (default 16)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--backend", default="auto", help="ttt_mlp backend (default auto)")
+    parser.add_argument("--backend", default="auto", choices=[b.value for b in TTTBackend],
+                        help="ttt_mlp backend (default auto)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -11,6 +11,11 @@ class TTTGraphError(ValueError):
     """Base class of every error tttgraph raises on bad input or an unsupported model."""
 
 
+class DamagedFileError(TTTGraphError):
+    """A file tttgraph reads is missing, empty, truncated, of the wrong type or not in its format
+    (raised by :mod:`tttgraph.safe_read` where the reader has no error type of its own)."""
+
+
 class BackendUnavailableError(TTTGraphError):
     """A requested kernel backend cannot run these inputs on this machine."""
 

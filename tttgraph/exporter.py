@@ -383,7 +383,8 @@ def _frame_symbol_range(ep) -> tuple[int, int | None] | None:
 # ---------------------------------------------------------------------------------------------- ONNX
 
 
-def _resolve_opset(opset: int | None) -> int:
+def opset_range() -> tuple[int, int]:
+    """(lowest, highest) ONNX opset the installed onnx and onnxscript export to."""
     try:
         import onnx
         import onnxscript
@@ -392,6 +393,11 @@ def _resolve_opset(opset: int | None) -> int:
 
     newest = min(onnx.defs.onnx_opset_version(),
                  max(int(n[5:]) for n in dir(onnxscript) if n.startswith("opset") and n[5:].isdigit()))
+    return MIN_OPSET, newest
+
+
+def _resolve_opset(opset: int | None) -> int:
+    _, newest = opset_range()
     if opset is None:
         return min(ATTENTION_OPSET, newest)
     if not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
@@ -410,10 +416,11 @@ def _onnx_program(ep, named, opset: int, ttt_op: str, rule: FrameRule, frames: s
     table = {**onnx_fixes.translation_overrides(), **onnx_ttt.translation_table(ttt_op)}
     names = _input_names(named)
     try:
-        program = torch.onnx.export(
-            ep, (), opset_version=opset, dynamo=True, optimize=True, custom_translation_table=table,
-            input_names=names, output_names=["sample"],
-        )
+        with _quiet_onnx_export():
+            program = torch.onnx.export(
+                ep, (), opset_version=opset, dynamo=True, optimize=True, custom_translation_table=table,
+                input_names=names, output_names=["sample"], verbose=False,  # no "[torch.onnx] Run ..." lines
+            )
     except Exception as exc:
         raise ExportError(
             f"torch.onnx.export failed at opset {opset}: {type(exc).__name__}: {str(exc)[:1500]}; try "
@@ -422,6 +429,26 @@ def _onnx_program(ep, named, opset: int, ttt_op: str, rule: FrameRule, frames: s
     notes = onnx_fixes.apply_runtime_fixes(program.model)
     program.model.metadata_props[FRAMES_METADATA] = json.dumps({**dataclasses.asdict(rule), "text": frames})
     return program, names, notes
+
+
+@contextlib.contextmanager
+def _quiet_onnx_export():
+    """Silence what torch.onnx.export says about its own internals on every export (the user can
+    neither act on it nor avoid it); other warnings and log messages still get through."""
+    import warnings
+
+    from tttgraph.quiet import muted_log
+
+    with contextlib.ExitStack() as stack:
+        # Listed for every export: torchvision's ops (nms, roi_align, ...) have no translation without it.
+        stack.enter_context(muted_log("torch.onnx._internal.exporter._registration", r"torchvision is not installed"))
+        # onnx_ir guessing the type of an empty attribute list that torch.onnx itself builds.
+        stack.enter_context(muted_log("onnx_ir._convenience", r"Attribute type is ambiguous"))
+        stack.enter_context(warnings.catch_warnings())
+        # torch's own decomposition still uses the pytree API it deprecates (copyreg re-creates a LeafSpec).
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                category=FutureWarning)
+        yield
 
 
 def _weight_bytes(model) -> int:
@@ -503,16 +530,54 @@ def onnx_feed(inputs: Mapping[str, Any]) -> dict[str, Any]:
     return feed
 
 
-def _frame_rule_of(session) -> FrameRule | None:
+_ONNX_FIX = "export it again with tttgraph.export (and keep its .data file, if any, beside it)"
+
+
+def _frame_rule_of(session, source: str = "the ONNX session") -> FrameRule | None:
+    """The :class:`FrameRule` stored in an exported file's metadata (None if it has none)."""
+    from tttgraph.safe_read import check_fields, damaged, json_type
+
     raw = session.get_modelmeta().custom_metadata_map.get(FRAMES_METADATA)
     if raw is None:
         return None
-    data = json.loads(raw)
+    what, problem = "exported ONNX file", f"has damaged {FRAMES_METADATA!r} metadata"
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise damaged(source, f"{problem} (not JSON: {err})", what, _ONNX_FIX, ExportError) from None
+    if not isinstance(data, dict):
+        raise damaged(source, f"{problem} (a JSON {json_type(data)}, not an object)", what, _ONNX_FIX, ExportError)
+    maybe_int = (int, type(None))
+    check_fields(data, {"kind": str, "input": str, "axis": maybe_int, "step": maybe_int, "offset": maybe_int,
+                        "text_per_segment": maybe_int}, source, what, f"its {FRAMES_METADATA!r} metadata is damaged; "
+                 f"{_ONNX_FIX}", error=ExportError)
     segments = data.get("segments")
+    text_dims = data.get("text_dims", {})
+    if not isinstance(text_dims, dict) or not (segments is None or isinstance(segments, list) and len(segments) == 2):
+        raise damaged(source, f"{problem} (text_dims / segments)", what, _ONNX_FIX, ExportError)
     return FrameRule(
         data["kind"], data["input"], data["axis"], data["step"], data["offset"], data["text_per_segment"],
-        data.get("text_dims", {}), tuple(segments) if segments else None,
+        text_dims, tuple(segments) if segments else None,
     )
+
+
+def _onnx_session(path: str | os.PathLike):
+    """An ONNX Runtime CPU session of the exported file at ``path``; a damaged file raises ExportError."""
+    import onnxruntime as ort
+
+    from tttgraph.safe_read import check_file, damaged
+
+    check_file(Path(path), "exported ONNX file", _ONNX_FIX, ExportError)
+    if Path(path).stat().st_size == 0:
+        raise damaged(path, "is empty", "exported ONNX file", _ONNX_FIX, ExportError)
+    try:
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as err:  # ONNX Runtime raises its own pybind types (InvalidProtobuf, InvalidArgument, Fail ...)
+        if type(err).__name__ in ("InvalidProtobuf", "InvalidArgument", "NoSuchFile"):
+            raise damaged(path, f"is not a loadable ONNX model, it is truncated or not ONNX ({err})",
+                          "exported ONNX file", _ONNX_FIX, ExportError) from None
+        raise ExportError(f"ONNX Runtime can't load {path}: {err}; a file with custom tttgraph.TTTMLP nodes needs a "
+                          "kernel for them (export with ttt_op='decompose' for stock ONNX Runtime)") from None
 
 
 def run_onnx(session_or_path, inputs: Mapping[str, Any]):
@@ -524,9 +589,9 @@ def run_onnx(session_or_path, inputs: Mapping[str, Any]):
     """
     import onnxruntime as ort
 
-    session = session_or_path
+    session, source = session_or_path, "the ONNX session"
     if not isinstance(session, ort.InferenceSession):
-        session = ort.InferenceSession(str(session_or_path), providers=["CPUExecutionProvider"])
+        session, source = _onnx_session(session_or_path), str(session_or_path)
     feed = onnx_feed(inputs)
     expected = {i.name: i for i in session.get_inputs()}
     missing, unknown = sorted(set(expected) - set(feed)), sorted(set(feed) - set(expected))
@@ -545,7 +610,7 @@ def run_onnx(session_or_path, inputs: Mapping[str, Any]):
                 f"input {name!r} has shape {tuple(got)}, the exported file takes {spec.shape} (strings are dynamic "
                 f"dims); re-export with example inputs of this size, or with dynamic_frames=True"
             )
-    rule = _frame_rule_of(session)
+    rule = _frame_rule_of(session, source)
     why = rule.check({name: value.shape for name, value in feed.items()}) if rule else None
     if why:
         raise InputMismatchError(f"inputs do not match the exported frame rule: {why}; pass whole segments")

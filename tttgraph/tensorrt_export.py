@@ -29,6 +29,7 @@ gives a file whose trip counts are constants.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -354,7 +355,13 @@ def decompose_ttt(ep):
                 f"decompose_ttt unrolls the TTT scan, which needs a static sequence length, but {node.name} has "
                 f"T = {seq}; export with dynamic_frames=False (or keep the op with ttt='fallback')"
             )
-    return ep.run_decompositions({op: _reference_scan}) if nodes else ep
+    if not nodes:
+        return ep
+    with warnings.catch_warnings():
+        # torch's own decomposition still uses the pytree API it deprecates (copyreg re-creates a LeafSpec).
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                category=FutureWarning)
+        return ep.run_decompositions({op: _reference_scan})
 
 
 def compile_torch_tensorrt(model, example_inputs: Mapping[str, Any] | None = None, *, ttt: str = "fallback",

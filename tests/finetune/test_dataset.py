@@ -46,7 +46,7 @@ def test_raw_dataset_errors_name_the_sample_and_the_fix(raw_dataset, tmp_path):
     with pytest.raises(DatasetError, match="'sample_00001' .* has a .safetensors file but no .json file"):
         scan_raw(raw)
     (raw / "sample_00001.json").write_text("{not json")
-    with pytest.raises(DatasetError, match="sample_00001.json: not a readable JSON storyboard"):
+    with pytest.raises(DatasetError, match="sample_00001.json is not valid JSON.*; write the sample again"):
         scan_raw(raw)
     (raw / "sample_00001.json").write_text(json.dumps({"paragraphs": ["one", "two", "three"]}))
     with pytest.raises(DatasetError, match="3 paragraph\\(s\\) but the video has 96 frames = 2 segment"):

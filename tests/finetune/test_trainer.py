@@ -82,12 +82,14 @@ def test_bad_inputs_fail_before_any_compute(no_compute, clips_3s, tmp_path):
         run_stage(base, out)
 
 
-def test_cli_reports_errors_with_exit_code_2(tmp_path, capsys):
+def test_cli_reports_errors_with_exit_code_1(tmp_path, capsys):
     from tttgraph.cli import main
 
     (tmp_path / "c.json").write_text(json.dumps({"train": {"lr_sched": "cosine"}}))
-    assert main(["finetune", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "o")]) == 2
-    assert "unknown key(s) ['lr_sched'] in section train" in capsys.readouterr().err
+    assert main(["finetune", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tttgraph finetune: error: ") and len(err.splitlines()) == 1
+    assert "unknown key(s) ['lr_sched'] in section train" in err
 
 
 def test_a_stage_trains_saves_and_the_next_stage_starts_from_it(clips_3s, raw_dataset, bundle, tmp_path):

@@ -106,5 +106,5 @@ def test_a_checkpoint_of_another_job_or_a_corrupted_one_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"belongs to a different generation \(differs in: seed\)"):
         other.load()
     path.write_bytes(b"not a safetensors file")
-    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match="resume file .* is not a readable safetensors file: .*; delete it"):
         LatentCheckpoint(path, fingerprint(settings, SHAPE)).load()

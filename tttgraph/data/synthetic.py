@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -185,6 +184,8 @@ def write_dataset(root: str | os.PathLike, samples: int, seconds: int = 9, heigh
     """
     from safetensors.numpy import save_file
 
+    from tttgraph.config import atomic_path, write_atomic
+
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     for i in range(samples):
@@ -192,15 +193,8 @@ def write_dataset(root: str | os.PathLike, samples: int, seconds: int = 9, heigh
         if stem.with_suffix(".json").is_file() and stem.with_suffix(".safetensors").is_file():
             continue
         clip = make_clip(seed + i, seconds, height, width)
-        fd, tmp = tempfile.mkstemp(dir=root, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"video": clip.video}, tmp, metadata={"fps": str(FPS), "seed": str(seed + i)})
-            os.replace(tmp, stem.with_suffix(".safetensors"))
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=root, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(clip.storyboard.to_json())
-        os.replace(tmp, stem.with_suffix(".json"))
+        # Each file by an atomic rename (readable like any new file): a killed run leaves whole files.
+        with atomic_path(stem.with_suffix(".safetensors")) as tmp:
+            save_file({"video": clip.video}, str(tmp), metadata={"fps": str(FPS), "seed": str(seed + i)})
+        write_atomic(stem.with_suffix(".json"), clip.storyboard.to_json())
     return root

@@ -7,12 +7,18 @@
 
 Writes ``OUT/metrics.csv`` (step, loss, lr, ...), ``OUT/loss.png``, ``OUT/checkpoints/`` and the
 stage result ``OUT/ttt`` (``tttgraph.restore(base, "OUT/ttt")``; the next stage's ``init_from``).
+Ctrl-C or SIGTERM stop after the current step with a checkpoint of it (press again to stop at once)
+and print the command that continues the run (the same one with ``--resume``).
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+from pathlib import Path
+
+from tttgraph.cli import int_at_least
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,13 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/finetune", help="output directory (default runs/finetune)")
     parser.add_argument("--pretrained", help="diffusers-format CogVideoX directory (transformer, vae, text_encoder, "
                                              "tokenizer, scheduler); loaded from local files only")
-    parser.add_argument("--max-steps", type=int, help="train this many steps instead of the config's train.steps")
+    parser.add_argument("--max-steps", type=int_at_least(1),
+                        help="train this many steps instead of the config's train.steps")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     parser.add_argument("--init-from", help="previous stage's save directory (overrides the config's init_from)")
     parser.add_argument("--precompute-only", action="store_true",
                         help="prepare the stage's precomputed clips under OUT/data and stop")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    parser.set_defaults(run=main, interrupted=interrupted)
 
 
 def load_config(args: argparse.Namespace):
@@ -35,7 +43,7 @@ def load_config(args: argparse.Namespace):
 
     cfg = StageConfig.load(args.config) if args.config else StageConfig()
     if args.max_steps is not None:
-        if args.max_steps < 1:
+        if args.max_steps < 1:  # the command line checks this too; load_config is also called directly
             raise StageConfigError(f"--max-steps must be >= 1, got {args.max_steps}")
         train = TrainSection(**{**cfg.train.__dict__, "steps": args.max_steps})
         cfg = cfg.replace(train=train)
@@ -45,33 +53,50 @@ def load_config(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    """Run the stage (errors and interrupts are reported by :func:`tttgraph.cli.run_parsed`)."""
     import torch
 
-    from tttgraph.errors import TTTGraphError
     from tttgraph.finetune import trainer
 
-    try:
-        cfg = load_config(args)
-        if args.precompute_only:
-            out = Path(args.out)
-            inputs = trainer.check_inputs(cfg, out, pretrained=args.pretrained, resume=False, check_out=False)
-            ctx = trainer.distributed.DistContext()
-            device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            bundle = trainer._load_bundle(cfg, inputs, need_encoders=True, device=device)
-            where = trainer.prepare_data(cfg, out, bundle, inputs, ctx, args.progress)
-            print(f"precomputed {cfg.clip_seconds} s clips in {where}")
-            return 0
-        trainer.run_stage(cfg, args.out, pretrained=args.pretrained, resume=args.resume, progress=args.progress,
-                          device=args.device)
-    except TTTGraphError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cfg = load_config(args)
+    if args.precompute_only:
+        out = Path(args.out)
+        inputs = trainer.check_inputs(cfg, out, pretrained=args.pretrained, resume=False, check_out=False)
+        ctx = trainer.distributed.DistContext()
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        bundle = trainer._load_bundle(cfg, inputs, need_encoders=True, device=device)
+        where = trainer.prepare_data(cfg, out, bundle, inputs, ctx, args.progress)
+        print(f"precomputed {cfg.clip_seconds} s clips in {where}")
+        return 0
+    trainer.run_stage(cfg, args.out, pretrained=args.pretrained, resume=args.resume, progress=args.progress,
+                      device=args.device)
     return 0
 
 
+def drop_flag(command: list[str], flag: str) -> list[str]:
+    """``command`` without ``flag`` (a boolean flag), also where it was given abbreviated as argparse allows."""
+    return [w for w in command if not (len(w) > 3 and w.startswith("--") and flag.startswith(w))]
+
+
+def interrupted(args: argparse.Namespace, command: list[str]) -> str:
+    """What an interrupted run left in ``--out`` and the command that continues it (one line)."""
+    from tttgraph.finetune.checkpointing import list_checkpoints
+
+    out = Path(args.out)
+    checkpoints = [] if args.precompute_only else list_checkpoints(out / "checkpoints")
+    if not checkpoints:
+        # The precompute keeps every finished shard and resumes by itself: a plain rerun goes on.
+        return (f"no training checkpoint was written yet (finished data under {out / 'data'} is kept); start again "
+                f"with: {shlex.join(drop_flag(command, '--resume'))}")
+    step, where = checkpoints[-1]
+    again = command if args.resume else [*command, "--resume"]
+    return f"saved checkpoint {where} (step {step}); continue with: {shlex.join(again)}"
+
+
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(prog="python -m tttgraph.finetune.cli", description=__doc__.splitlines()[0])
+    from tttgraph.cli import ArgumentParser, add_debug_flag, standalone
+
+    p = ArgumentParser(prog="python -m tttgraph.finetune.cli", description=__doc__.splitlines()[0])
     add_arguments(p)
-    sys.exit(main(p.parse_args()))
+    add_debug_flag(p)
+    sys.exit(standalone(p))

@@ -23,7 +23,6 @@ Everything is read with safetensors and validated JSON; nothing in a dataset is 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 import torch
 
 from tttgraph.errors import TTTGraphError
+from tttgraph.safe_read import check_fields, damaged, load_safetensors, open_safetensors, read_json
 
 FPS = 16
 SEGMENT_SECONDS = 3
@@ -62,13 +62,15 @@ class RawSample:
         return len(self.paragraphs)
 
 
+RAW_FIX = "write the sample again (or remove both of its files from the dataset)"
+_PRECOMPUTE_FIX = ("re-run the precompute (python -m tttgraph.finetune.precompute, or the stage without "
+                   "data.precomputed)")
+
+
 def read_paragraphs(path: Path) -> tuple[str, ...]:
     """The ``paragraphs`` list of a storyboard JSON file, validated."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DatasetError(f"{path}: not a readable JSON storyboard ({err})") from None
-    paragraphs = data.get("paragraphs") if isinstance(data, dict) else None
+    data = read_json(path, "sample storyboard", RAW_FIX, error=DatasetError)
+    paragraphs = data.get("paragraphs")
     if not isinstance(paragraphs, list) or not paragraphs or not all(isinstance(p, str) and p.strip()
                                                                        for p in paragraphs):
         raise DatasetError(
@@ -79,20 +81,13 @@ def read_paragraphs(path: Path) -> tuple[str, ...]:
 
 
 def _tensor_entry(path: Path) -> tuple[str, tuple[int, ...], str]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(path, framework="pt") as f:
-            keys = set(f.keys())
-            kind = "video" if "video" in keys else "latents" if "latents" in keys else None
-            if kind is None:
-                raise DatasetError(f'{path} holds {sorted(keys)}; a sample needs a "video" or a "latents" tensor')
-            piece = f.get_slice(kind)
-            return kind, tuple(piece.get_shape()), str(piece.get_dtype())
-    except DatasetError:
-        raise
-    except Exception as err:  # safetensors raises its own error types for a torn or foreign file
-        raise DatasetError(f"{path} is not a readable safetensors file ({err})") from None
+    with open_safetensors(path, "sample tensor file", RAW_FIX, error=DatasetError) as f:
+        keys = set(f.keys())
+        kind = "video" if "video" in keys else "latents" if "latents" in keys else None
+        if kind is None:
+            raise DatasetError(f'{path} holds {sorted(keys)}; a sample needs a "video" or a "latents" tensor')
+        piece = f.get_slice(kind)
+        return kind, tuple(piece.get_shape()), str(piece.get_dtype())
 
 
 def check_segments(name: str, kind: str, shape: tuple[int, ...], segments: int) -> None:
@@ -206,27 +201,22 @@ _MANIFEST_KEYS = {
 def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
     """The validated ``manifest.json`` of a precomputed directory."""
     path = Path(root) / MANIFEST
-    if not path.is_file():
+    if not path.exists():
         raise DatasetError(
             f"{path} does not exist: {root} is not a precomputed dataset; run `python -m "
             "tttgraph.finetune.precompute --dataset RAW --out DIR --seconds S` first"
         )
-    try:
-        data = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DatasetError(f"{path} is not valid JSON ({err}); re-run the precompute") from None
-    if not isinstance(data, dict) or data.get("format") != PRECOMPUTED_FORMAT:
-        raise DatasetError(f"{path} is not a tttgraph precomputed manifest (format {PRECOMPUTED_FORMAT!r})")
-    for key, typ in _MANIFEST_KEYS.items():
-        value = data.get(key)
-        if not isinstance(value, typ) or (typ is not bool and isinstance(value, bool)):
-            raise DatasetError(f"{path}: key {key!r} is missing or not a {typ.__name__}; re-run the precompute")
+    data = read_json(path, "precompute manifest", _PRECOMPUTE_FIX, error=DatasetError)
+    if data.get("format") != PRECOMPUTED_FORMAT:
+        raise damaged(path, f"is not a tttgraph precomputed manifest (format {PRECOMPUTED_FORMAT!r})",
+                      "precompute manifest", _PRECOMPUTE_FIX, DatasetError)
+    check_fields(data, _MANIFEST_KEYS, path, "precompute manifest", _PRECOMPUTE_FIX, error=DatasetError)
     if data["version"] > PRECOMPUTED_VERSION:
         raise DatasetError(f"{path} has version {data['version']}; this tttgraph reads {PRECOMPUTED_VERSION}")
     for shard in data["shards"]:
         if not (isinstance(shard, dict) and isinstance(shard.get("file"), str) and isinstance(shard.get("clips"), int)
                 and "/" not in shard["file"] and "\\" not in shard["file"]):
-            raise DatasetError(f"{path}: malformed shard entry {shard!r}; re-run the precompute")
+            raise DatasetError(f"{path}: malformed shard entry {shard!r}; {_PRECOMPUTE_FIX}")
     return data
 
 
@@ -248,12 +238,12 @@ class PrecomputedClips(torch.utils.data.Dataset):
             )
         self.index: list[tuple[int, int]] = []
         for s, shard in enumerate(m["shards"]):
-            if not (self.root / shard["file"]).is_file():
+            if not (self.root / shard["file"]).exists():  # a damaged one is named when it is read
                 raise DatasetError(f"{self.root / shard['file']} is missing; re-run the precompute to rebuild it")
             self.index += [(s, j) for j in range(shard["clips"])]
         if not self.index:
             raise DatasetError(f"{self.root} holds no clips")
-        if not (self.root / NULL_TEXT).is_file():
+        if not (self.root / NULL_TEXT).exists():
             raise DatasetError(f"{self.root / NULL_TEXT} is missing; re-run the precompute")
         self._cache: dict[int, dict[str, torch.Tensor]] = {}
         self.null_text = self._load(self.root / NULL_TEXT, ("text",))["text"].float().flatten(0, 1)
@@ -267,16 +257,7 @@ class PrecomputedClips(torch.utils.data.Dataset):
         return self.manifest["segments_per_clip"]
 
     def _load(self, path: Path, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        from safetensors.torch import load_file
-
-        try:
-            data = load_file(path)
-        except Exception as err:  # a torn or foreign file
-            raise DatasetError(f"{path} is not a readable safetensors file ({err}); re-run the precompute") from None
-        missing = [k for k in keys if k not in data]
-        if missing:
-            raise DatasetError(f"{path} lacks {missing}; re-run the precompute")
-        return data
+        return load_safetensors(path, "precomputed clips file", _PRECOMPUTE_FIX, keys=keys, error=DatasetError)[0]
 
     def _shard(self, s: int) -> dict[str, torch.Tensor]:
         if s not in self._cache:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,14 @@ from tttgraph.finetune.dataset import (
     NULL_TEXT,
     PRECOMPUTED_FORMAT,
     PRECOMPUTED_VERSION,
+    RAW_FIX,
     SEGMENT_SECONDS,
     DatasetError,
     RawSample,
     plan_clips,
     scan_raw,
 )
+from tttgraph.safe_read import check_safetensors, open_safetensors
 
 DEFAULT_SHARD_SIZE = 8
 VAE_BATCH_VALUES = 1 << 24  # uint8 pixel values per VAE call (16 MB: a few tiny clips, one 720p frame batch)
@@ -67,10 +70,43 @@ def _clip_pixels(video: np.ndarray, first: int, segments: int) -> np.ndarray:
 
 
 def _load_sample(sample: RawSample) -> np.ndarray | torch.Tensor:
-    from safetensors import safe_open
-
-    with safe_open(sample.tensor_file, framework="np" if sample.kind == "video" else "pt") as f:
+    with open_safetensors(sample.tensor_file, "sample tensor file", RAW_FIX, keys=(sample.kind,),
+                          framework="np" if sample.kind == "video" else "pt", error=DatasetError) as f:
         return f.get_tensor(sample.kind)
+
+
+def dataset_entry(dataset: str | os.PathLike, out: Path) -> str:
+    """How a manifest in ``out`` names its raw ``dataset``: relative to ``out`` when the dataset sits
+    beside it (the fine-tuning run's ``OUT/data/synthetic`` next to ``OUT/data/clips_3s``), so that a
+    copied or moved run still names its own dataset; absolute otherwise."""
+    dataset, out = Path(dataset).resolve(), out.resolve()
+    if dataset.is_relative_to(out.parent):
+        return os.path.relpath(dataset, out)
+    return str(dataset)
+
+
+def same_dataset(entry: str, dataset: str | os.PathLike, out: Path) -> bool:
+    """Whether a manifest's ``dataset`` entry (relative to ``out``, or absolute as manifests written
+    before relative entries hold) names ``dataset``."""
+    return (out / entry).resolve() == Path(dataset).resolve()
+
+
+def _readable(path: Path, keys: tuple[str, ...]) -> bool:
+    """Whether ``path`` is a safetensors file with a valid header holding ``keys``."""
+    try:
+        check_safetensors(path, "precomputed clips file", "", keys=keys, error=DatasetError)
+    except DatasetError:
+        return False
+    return True
+
+
+def _intact_shards(out: Path, shards: list[dict[str, Any]]) -> int:
+    """How many of the manifest's first shards are on disk and readable (a shard damaged since it
+    was written is encoded again, with everything after it)."""
+    keep = 0
+    while keep < len(shards) and _readable(out / shards[keep]["file"], ("latents", "text")):
+        keep += 1
+    return keep
 
 
 def precompute(bundle, dataset: str | os.PathLike, out: str | os.PathLike, seconds: int, *,
@@ -82,9 +118,8 @@ def precompute(bundle, dataset: str | os.PathLike, out: str | os.PathLike, secon
     unfinished run with the same arguments; refuses (naming the difference) to mix a different
     dataset, model or clip length into an existing ``out``.
     """
-    from tqdm.auto import tqdm
-
     from tttgraph.models.cogvideox_bundle import encode_text, encode_videos
+    from tttgraph.progress import progress_bar
 
     segments = clip_segments(seconds)
     if not isinstance(shard_size, int) or shard_size < 1:
@@ -96,8 +131,11 @@ def precompute(bundle, dataset: str | os.PathLike, out: str | os.PathLike, secon
     by_name = {s.name: s for s in samples}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
+    for stale in out.glob(".*.tmp"):  # left by a run killed while writing a shard or the manifest
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
     vae_dtype = next(bundle.vae.parameters()).dtype
     text_dim = int(bundle.text_encoder.config.d_model)
@@ -105,7 +143,7 @@ def precompute(bundle, dataset: str | os.PathLike, out: str | os.PathLike, secon
         "format": PRECOMPUTED_FORMAT, "version": PRECOMPUTED_VERSION, "clip_seconds": seconds,
         "segments_per_clip": segments, "latent_frames": LATENT_FRAMES_PER_SEGMENT * segments + 1,
         "latent_shape": None, "text_tokens_per_segment": bundle.text_tokens_per_segment, "text_dim": text_dim,
-        "model": bundle.source, "dataset": str(Path(dataset).resolve()), "dtype": str(vae_dtype).removeprefix("torch."),
+        "model": bundle.source, "dataset": dataset_entry(dataset, out), "dtype": str(vae_dtype).removeprefix("torch."),
         "shard_size": shard_size, "clips": [c.name for c in clips], "shards": [], "complete": False,
     }
     manifest_path = out / MANIFEST
@@ -113,26 +151,27 @@ def precompute(bundle, dataset: str | os.PathLike, out: str | os.PathLike, secon
         from tttgraph.finetune.dataset import read_manifest
 
         old = read_manifest(out)
+        if same_dataset(old["dataset"], dataset, out):
+            old["dataset"] = manifest["dataset"]  # the same directory, named as an older manifest did
         for key in ("clip_seconds", "model", "dataset", "dtype", "shard_size", "clips", "text_tokens_per_segment"):
             if old[key] != manifest[key]:
                 raise DatasetError(
                     f"{out} already holds a precompute with a different {key} ({str(old[key])[:80]!r} vs "
                     f"{str(manifest[key])[:80]!r}); use another --out directory or delete {out}"
                 )
-        # Keep the finished shards: the contiguous prefix whose files still exist.
-        keep = 0
-        while keep < len(old["shards"]) and (out / old["shards"][keep]["file"]).is_file():
-            keep += 1
+        # Keep the finished shards: the contiguous prefix whose files are still there and readable.
+        keep = _intact_shards(out, old["shards"])
         manifest["shards"] = old["shards"][:keep]
         manifest["latent_shape"] = old["latent_shape"]
 
-    if not (out / NULL_TEXT).is_file():
+    if not _readable(out / NULL_TEXT, ("text",)):
         null = encode_text(bundle, [""] * segments).to(vae_dtype).cpu()
         _save_safetensors(out / NULL_TEXT, {"text": null}, {"format": PRECOMPUTED_FORMAT})
 
     done = sum(s["clips"] for s in manifest["shards"])
     text_cache: dict[str, torch.Tensor] = {}
-    bar = tqdm(total=len(clips), initial=done, desc=f"precompute {seconds}s clips", unit="clip", disable=not progress)
+    bar = progress_bar(total=len(clips), initial=done, desc=f"precompute {seconds}s clips", unit="clip",
+                       disable=not progress)
     for shard_index in range(len(manifest["shards"]), -(-len(clips) // shard_size)):
         batch = clips[shard_index * shard_size:(shard_index + 1) * shard_size]
         latents, texts, pending = [], [], []

@@ -25,7 +25,6 @@ the first stage has none and transforms the base model with the ``ttt`` section 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,13 +160,13 @@ class StageConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> StageConfig:
+        from tttgraph.safe_read import read_json
+
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise StageConfigError(f"stage config {path} is not a file (see examples/configs/finetune/ for examples)")
-        try:
-            data = json.loads(path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise StageConfigError(f"stage config {path} is not valid JSON: {err}") from None
+        data = read_json(path, "stage config", "fix it or start from one in examples/configs/finetune/",
+                         error=StageConfigError)
         return cls.from_dict(data, str(path))
 
 

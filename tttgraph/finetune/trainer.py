@@ -23,10 +23,13 @@ repeats an uninterrupted one exactly.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import math
 import os
+import signal
 import sys
 import time
 import warnings
@@ -37,10 +40,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from tttgraph import interrupts
 from tttgraph.finetune import distributed
-from tttgraph.finetune.checkpointing import CheckpointError, list_checkpoints, read_trainer_state
+from tttgraph.finetune.checkpointing import CheckpointError, list_checkpoints, newest_intact, read_trainer_state
 from tttgraph.finetune.dataset import DatasetError, PrecomputedClips, plan_clips, read_manifest, scan_raw
 from tttgraph.finetune.stages import StageConfig, StageConfigError
+from tttgraph.progress import abandon, progress_bar
 
 METRICS = "metrics.csv"
 COLUMNS = ("step", "loss", "lr", "lr_ttt", "grad_norm", "step_time_s", "samples_per_s", "elapsed_s")
@@ -49,11 +54,13 @@ _ATTENTION = (".attn1.to_q.", ".attn1.to_k.", ".attn1.to_v.", ".attn1.to_out.0."
 
 @dataclass
 class Inputs:
-    """What :func:`check_inputs` found: resolved paths, the raw samples, the checkpoint to resume."""
+    """What :func:`check_inputs` found: resolved paths, the raw samples, the checkpoint to resume
+    and one line per newer checkpoint skipped because it is damaged."""
 
     pretrained: Path | None = None
     raw_samples: list = field(default_factory=list)
     resume_from: Path | None = None
+    skipped: list[str] = field(default_factory=list)
 
 
 def check_inputs(cfg: StageConfig, out: Path, *, pretrained: str | None, resume: bool,
@@ -100,7 +107,12 @@ def check_inputs(cfg: StageConfig, out: Path, *, pretrained: str | None, resume:
     if resume and check_out:
         if not checkpoints:
             raise CheckpointError(f"--resume: {out / 'checkpoints'} holds no checkpoint; start without --resume")
-        found.resume_from = checkpoints[-1][1]
+        found.resume_from, found.skipped = newest_intact(out / "checkpoints")
+        if found.resume_from is None:
+            raise CheckpointError(
+                f"--resume: no checkpoint in {out / 'checkpoints'} is intact:\n  " + "\n  ".join(found.skipped)
+                + f"\nstart again without --resume (delete {out / 'checkpoints'} first)"
+            )
         saved = read_trainer_state(found.resume_from).get("config")
         if saved != json.loads(json.dumps(cfg.to_dict())):
             diff = sorted(k for k in cfg.to_dict() if (saved or {}).get(k) != json.loads(json.dumps(cfg.to_dict()[k])))
@@ -179,12 +191,22 @@ def _load_bundle(cfg: StageConfig, inputs: Inputs, *, need_encoders: bool, devic
     if ``need_encoders``, the VAE and T5 on ``device`` (bf16 on CUDA) for the precompute."""
     from diffusers import CogVideoXTransformer3DModel
 
-    from tttgraph.models.cogvideox_bundle import CogVideoXBundle, _read_scheduler, load_pretrained, tiny_bundle
+    from tttgraph.models.cogvideox_bundle import (
+        _BUNDLE_FIX,
+        BundleError,
+        CogVideoXBundle,
+        _read_scheduler,
+        load_pretrained,
+        tiny_bundle,
+    )
 
     if inputs.pretrained is None:
         return tiny_bundle(cfg.model.seed)
-    transformer = CogVideoXTransformer3DModel.from_pretrained(
-        inputs.pretrained / "transformer", torch_dtype=torch.float32, local_files_only=True).eval()
+    try:
+        transformer = CogVideoXTransformer3DModel.from_pretrained(
+            inputs.pretrained / "transformer", torch_dtype=torch.float32, local_files_only=True).eval()
+    except Exception as err:  # diffusers raises OSError, ValueError or safetensors' own type
+        raise BundleError(f"could not load {inputs.pretrained / 'transformer'}: {err}; {_BUNDLE_FIX}") from err
     if need_encoders:
         cuda = device is not None and device.type == "cuda"
         bundle = load_pretrained(inputs.pretrained, dtype=torch.bfloat16 if cuda else torch.float32,
@@ -289,14 +311,14 @@ class Metrics:
         self.tb = None
         if not enabled:
             return
-        rows = []
-        if start_step and self.path.is_file():
-            with self.path.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= start_step]
-        with self.path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows({k: r.get(k, "") for k in COLUMNS} for r in rows)
+        from tttgraph.config import write_atomic
+
+        rows = _kept_rows(self.path, start_step) if start_step else []
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: r.get(k, "") for k in COLUMNS} for r in rows)
+        write_atomic(self.path, text.getvalue())  # a kill now must not lose the rows kept
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -319,10 +341,45 @@ class Metrics:
             self.tb.close()
 
 
+def _kept_rows(path: Path, last_step: int) -> list[dict[str, str]]:
+    """The rows of steps 1..``last_step`` of an earlier ``metrics.csv``. A row cut short by a kill, garbage
+    or a repeated step is dropped: the checkpoint resumes the run, this log only records it."""
+    if not path.is_file():
+        return []
+    rows: dict[int, dict[str, str]] = {}
+    with path.open(newline="", errors="replace") as f:
+        try:
+            for r in csv.DictReader(f):
+                try:
+                    step = int(r.get("step") or "")
+                    for key in COLUMNS[1:]:
+                        float(r[key])
+                except (TypeError, ValueError, KeyError):
+                    continue
+                if 1 <= step <= last_step:
+                    rows[step] = r
+        except csv.Error:  # e.g. a NUL byte: keep the rows before it
+            pass
+    return [rows[s] for s in sorted(rows)]
+
+
 def read_metrics(out: str | os.PathLike) -> list[dict[str, float]]:
     """The rows of ``OUT/metrics.csv`` as floats (``step`` as int)."""
-    with (Path(out) / METRICS).open(newline="") as f:
-        return [{k: (int(v) if k == "step" else float(v)) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+    from tttgraph.safe_read import damaged, read_text
+
+    path = Path(out) / METRICS
+    fix = "resume the run (--resume) to rewrite it from the last checkpoint"
+    text = read_text(path, "metrics file", fix)
+    rows = []
+    try:
+        for r in csv.DictReader(io.StringIO(text, newline="")):
+            if not r.get("step") or not r.get("loss"):
+                raise ValueError(f"a row without step or loss: {r}")
+            rows.append({k: (int(v) if k == "step" else float(v)) for k, v in r.items() if v not in ("", None)})
+    except (ValueError, TypeError, csv.Error) as err:
+        after = rows[-1].get("step", "?") if rows else 0
+        raise damaged(path, f"has a damaged row after step {after} ({err})", "metrics file", fix) from None
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,11 +403,24 @@ def _fill_params(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         module._parameters[key] = nn.Parameter(t, requires_grad=module._parameters[key].requires_grad)
 
 
+def _stop_requested(stop: interrupts.StopRequest, ctx) -> int | None:
+    """The signal that asked the run to stop (None: go on); every process gets the same answer."""
+    if ctx.world == 1:
+        return stop.signum
+    # Processes can receive a signal a step apart; they must stop (and checkpoint) at the same step.
+    if ctx.mean(1.0 if stop.signum is not None else 0.0) > 0:
+        return stop.signum if stop.signum is not None else signal.SIGTERM
+    return None
+
+
 def run_stage(cfg: StageConfig, out: str | os.PathLike, *, pretrained: str | None = None, resume: bool = False,
               progress: bool = True, device: str | None = None, log=print) -> dict[str, Any]:
-    """Run one stage (see the module docstring); returns a summary dict (also printed by ``log``)."""
-    from tqdm.auto import tqdm
+    """Run one stage (see the module docstring); returns a summary dict (also printed by ``log``).
 
+    SIGINT or SIGTERM during training stop the run after the current step with a checkpoint of
+    that step (a second signal stops at once, from the last checkpoint) and raise
+    :class:`~tttgraph.interrupts.Interrupted`; ``resume=True`` continues exactly.
+    """
     import tttgraph
     from tttgraph.finetune.blocks import block_modules, original_name, outline_blocks
     from tttgraph.finetune.checkpointing import load_checkpoint, save_checkpoint
@@ -360,6 +430,7 @@ def run_stage(cfg: StageConfig, out: str | os.PathLike, *, pretrained: str | Non
     out = Path(out)
     inputs = check_inputs(cfg, out, pretrained=pretrained, resume=resume)
     ctx = distributed.setup(device)
+    signals = contextlib.ExitStack()  # the training loop's signal handling, undone on any exit
     try:
         t = cfg.train
         say = log if ctx.main else (lambda *a, **k: None)
@@ -400,6 +471,8 @@ def run_stage(cfg: StageConfig, out: str | os.PathLike, *, pretrained: str | Non
         opt, sched = build_optimizer(cfg, {original_name(n): p for n, p in named.items()}, t.steps)
 
         start = 0
+        for line in inputs.skipped:
+            say(line)
         if inputs.resume_from is not None:
             start = load_checkpoint(inputs.resume_from, params=named, optimizer=opt, scheduler=sched, ctx=ctx)["step"]
             say(f"resumed from {inputs.resume_from} (step {start})")
@@ -418,8 +491,9 @@ def run_stage(cfg: StageConfig, out: str | os.PathLike, *, pretrained: str | Non
             f"{', FSDP2' if fsdp else ''}{', bf16' if bf16 else ''}; global batch {global_batch}")
         losses: list[float] = []
         begin = time.perf_counter()
-        bar = tqdm(total=t.steps, initial=start, desc=f"finetune {cfg.name}", unit="step",
-                   disable=not (progress and ctx.main), file=sys.stderr)
+        bar = progress_bar(total=t.steps, initial=start, desc=f"finetune {cfg.name}", unit="step",
+                           disable=not (progress and ctx.main), file=sys.stderr)
+        stop = signals.enter_context(interrupts.deferred())  # a signal stops the loop between two steps
         for step in range(start, t.steps):
             tick = time.perf_counter()
             step_loss = 0.0
@@ -456,11 +530,17 @@ def run_stage(cfg: StageConfig, out: str | os.PathLike, *, pretrained: str | Non
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{global_batch / took:.2f}")
             done = step + 1
-            if done == t.steps or (cfg.checkpoint.every and done % cfg.checkpoint.every == 0):
+            stopping = _stop_requested(stop, ctx)
+            if done == t.steps or stopping or (cfg.checkpoint.every and done % cfg.checkpoint.every == 0):
                 save_checkpoint(out / "checkpoints", done, params=named, optimizer=opt, scheduler=sched, ctx=ctx,
                                 extra={"config": cfg.to_dict(), "samples_seen": done * global_batch,
                                        "epoch": done * global_batch // len(data)},
                                 keep=cfg.checkpoint.keep)
+            if stopping:
+                abandon(bar)
+                metrics.close()
+                raise interrupts.Interrupted(stopping)
+        signals.close()  # from here on a signal stops at once (saving the stage takes seconds)
         bar.close()
         metrics.close()
 
@@ -472,7 +552,8 @@ def run_stage(cfg: StageConfig, out: str | os.PathLike, *, pretrained: str | Non
         history = read_metrics(out) if ctx.main else []
         if ctx.main:
             tttgraph.save(tm, save_dir)
-            png = loss_curve_png([r["step"] for r in history], [r["loss"] for r in history], out / "loss.png")
+            png = loss_curve_png([r["step"] for r in history], [r["loss"] for r in history], out / "loss.png",
+                                 title=f"fine-tuning stage {cfg.name}: training loss (v-prediction MSE)")
         ctx.barrier()
         wall = time.perf_counter() - begin
         summary = {
@@ -496,4 +577,5 @@ def run_stage(cfg: StageConfig, out: str | os.PathLike, *, pretrained: str | Non
             )
         return summary
     finally:
+        signals.close()
         ctx.close()

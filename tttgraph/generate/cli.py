@@ -6,17 +6,21 @@
     torchrun --nproc-per-node 2 -m tttgraph generate ...   # attention + TTT heads split over 2 GPUs
 
 An interrupted run resumes from its latent checkpoint (``OUT.resume.safetensors``) when started
-again with the same options. ``--dry-run`` prints the plan (segments, frames, tokens, estimated
-memory and FLOPs) and stops. Storyboard format: ``tttgraph/generate/storyboard.py``.
+again with the same options; Ctrl-C or SIGTERM print that command and the step saved.
+``--dry-run`` prints the plan (segments, frames, tokens, estimated memory and FLOPs) and stops.
+Storyboard format: ``tttgraph/generate/storyboard.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import shlex
+from pathlib import Path
 
+from tttgraph.cli import int_at_least
 from tttgraph.generate.guidance import DEFAULT_GUIDANCE_SCALE
 from tttgraph.generate.sampler import DEFAULT_CHECKPOINT_EVERY, DEFAULT_STEPS
+from tttgraph.kernels.ttt_mlp.backends import TTTBackend
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seconds", type=int, help="video length, a multiple of 3 (default: the whole storyboard); "
                    "uses the first seconds/3 segments")
     g.add_argument("--seed", type=int, default=0, help="noise seed (default 0); same seed, same video")
-    g.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"denoising steps (default {DEFAULT_STEPS})")
+    g.add_argument("--steps", type=int_at_least(1), default=DEFAULT_STEPS,
+                   help=f"denoising steps (default {DEFAULT_STEPS})")
     g.add_argument("--guidance-scale", type=float, default=DEFAULT_GUIDANCE_SCALE,
                    help="maximum dynamic CFG scale s: guidance rises from 1 to 1+s "
                         f"(default {DEFAULT_GUIDANCE_SCALE:g}; 0 = no CFG)")
@@ -42,22 +47,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda for --pretrained if available, else cpu)")
     m.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="model precision (default: bfloat16 for --pretrained, float32 tiny)")
-    m.add_argument("--backend", default="auto", help="ttt_mlp backend: auto, reference, triton, cuda_sm90")
-    m.add_argument("--threads", type=int, help="CPU threads for torch (default: 1 for the tiny models, whose "
+    m.add_argument("--backend", default="auto", choices=[b.value for b in TTTBackend],
+                   help="ttt_mlp backend (default auto: the fastest that runs here)")
+    m.add_argument("--threads", type=int_at_least(1),
+                   help="CPU threads for torch (default: 1 for the tiny models, whose "
                    "kilobyte-sized ops only lose from more threads; else torch's choice)")
     o = parser.add_argument_group("output and resume")
     o.add_argument("--out", default="video.mp4", metavar="FILE.mp4", help="video to write (default video.mp4)")
     o.add_argument("--contact-sheet", metavar="FILE.png",
                    help="PNG grid of one frame per segment (default: OUT with .png; '' for none)")
     o.add_argument("--checkpoint", metavar="FILE", help="latent checkpoint (default OUT with .resume.safetensors)")
-    o.add_argument("--checkpoint-every", type=int, default=DEFAULT_CHECKPOINT_EVERY,
+    o.add_argument("--checkpoint-every", type=int_at_least(0), default=DEFAULT_CHECKPOINT_EVERY,
                    help=f"steps between latent checkpoints (default {DEFAULT_CHECKPOINT_EVERY}; 0 = none)")
     o.add_argument("--no-resume", dest="resume", action="store_false",
                    help="start over even if a checkpoint of this job exists")
     o.add_argument("--keep-checkpoint", action="store_true", help="keep the checkpoint after success")
-    o.add_argument("--tile-frames", type=int, default=8, help="latent frames per VAE decode tile (default 8)")
+    o.add_argument("--tile-frames", type=int_at_least(2), default=8,
+                   help="latent frames per VAE decode tile (default 8)")
     o.add_argument("--dry-run", action="store_true", help="print the plan and estimates, build nothing")
     o.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    parser.set_defaults(run=main, interrupted=interrupted)
 
 
 def options_from_args(args: argparse.Namespace):
@@ -74,33 +83,62 @@ def options_from_args(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
-    from tttgraph.errors import TTTGraphError
+    """Generate (errors and interrupts are reported by :func:`tttgraph.cli.run_parsed`)."""
     from tttgraph.generate.pipeline import generate, plan
 
-    try:
-        threads = args.threads if args.threads is not None else (1 if args.pretrained is None else None)
-        if threads is not None:
-            if threads < 1:
-                raise ValueError(f"--threads must be >= 1, got {threads}")
-            import torch
+    threads = args.threads if args.threads is not None else (1 if args.pretrained is None else None)
+    if threads is not None:
+        import torch
 
-            # Measured on the 2-core machines with other work running: the 63 s tiny default took 25 s
-            # on 1 thread and 173 s on 2 (OpenMP barriers stall on the tiny VAE's many small convolutions).
-            torch.set_num_threads(threads)
-        options = options_from_args(args)
-        if args.dry_run:
-            print(plan(options).summary())
-            return 0
-        generate(options)
-    except (TTTGraphError, ValueError) as err:
-        print(f"tttgraph generate: error: {err}", file=sys.stderr)
-        return 2
+        # Measured on the 2-core machines with other work running: the 63 s tiny default took 25 s
+        # on 1 thread and 173 s on 2 (OpenMP barriers stall on the tiny VAE's many small convolutions).
+        torch.set_num_threads(threads)
+    options = options_from_args(args)
+    if args.dry_run:
+        print(plan(options).summary())
+        return 0
+    generate(options)
     return 0
+
+
+def _saved_step(path: Path) -> int | None:
+    """The step of the latent checkpoint at ``path`` (None: absent or unreadable)."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return int((f.metadata() or {})["step"])
+    except Exception:  # a half-copied or foreign file: the rerun's own check names the problem
+        return None
+
+
+def interrupted(args: argparse.Namespace, command: list[str]) -> str:
+    """What an interrupted generation saved and the command that continues it (one line).
+
+    The run resumes by default from its latent checkpoint, so the command is the same one, without
+    ``--no-resume`` (which would start over).
+    """
+    from tttgraph.finetune.cli import drop_flag
+
+    again = shlex.join(drop_flag(command, "--no-resume"))
+    if not args.checkpoint_every:
+        return f"nothing was saved (--checkpoint-every 0); start again with: {again}"
+    path = Path(args.checkpoint) if args.checkpoint else Path(args.out).with_suffix(".resume.safetensors")
+    step = _saved_step(path)
+    if step is None:
+        return (f"nothing was saved yet (the first latent checkpoint comes after step {args.checkpoint_every}); "
+                f"start again with: {again}")
+    return f"saved the latents of step {step}/{args.steps} in {path}; continue with: {again}"
 
 
 def run(argv: list[str] | None = None) -> int:
     """Parse ``argv`` with the generate flags and run (the entry of ``python -m examples.one_minute_video``)."""
-    parser = argparse.ArgumentParser(prog="tttgraph generate", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    from tttgraph.cli import ArgumentParser, add_debug_flag, standalone
+
+    parser = ArgumentParser(prog="tttgraph generate", formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog="\n".join(__doc__.splitlines()[2:]))
     add_arguments(parser)
-    return main(parser.parse_args(argv))
+    add_debug_flag(parser)
+    return standalone(parser, argv)

@@ -50,9 +50,10 @@ from tttgraph.generate.sampler import (
     denoise,
     fingerprint,
 )
-from tttgraph.generate.storyboard import Storyboard, bundled_storyboard, load_storyboard
+from tttgraph.generate.storyboard import SEGMENT_SECONDS, Storyboard, bundled_storyboard, load_storyboard
 from tttgraph.generate.video_io import DEFAULT_FPS, contact_sheet, segment_frame_indices, write_mp4, write_png
 from tttgraph.layout import SequenceLayout
+from tttgraph.progress import abandon, progress_bar
 
 TTT_DIR_ENV = "TTTGRAPH_TTT_DIR"
 DEFAULT_TTT_DIR = Path("runs") / "finetune" / "ttt"  # `tttgraph finetune`'s default OUT/ttt
@@ -232,17 +233,15 @@ def _transformer_config(options: GenerateOptions) -> tuple[dict[str, Any], int, 
 
         return dict(TINY_TRANSFORMER), TINY_TEXT_TOKENS, "tiny"
     path = Path(options.pretrained).expanduser() / "transformer" / "config.json"
-    if not path.is_file():
+    if not path.exists():
         raise GenerateError(
             f"--pretrained {options.pretrained}: {path} is missing; pass a diffusers-format CogVideoX directory "
             "(transformer/, vae/, text_encoder/, tokenizer/, scheduler/)"
         )
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise GenerateError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(config, dict):
-        raise GenerateError(f"{path} must hold a JSON object")
+    from tttgraph.safe_read import read_json
+
+    config = read_json(path, "pretrained transformer config", "download it again (or the whole model directory)",
+                       error=GenerateError)
     defaults = {"in_channels": 16, "patch_size": 2, "time_embed_dim": 512, "text_embed_dim": 4096,
                 "sample_height": 60, "sample_width": 90, "max_text_seq_length": 226}
     config = {**defaults, **config}
@@ -489,12 +488,26 @@ def generate(
         say(f"resuming from {job.checkpoint} at step {resumed_from}/{job.settings.steps}")
 
     start = time.perf_counter()
+    # The progress display is drawn here, through the step callback, so that it is a tqdm bar on a
+    # terminal and plain lines in a log (tttgraph.progress); denoise's own bar is always a tqdm bar.
+    bar = progress_bar(total=job.settings.steps, initial=resumed_from, desc="denoising", unit="step",
+                       disable=not (options.progress and par.is_main))
+
+    def on_step(done: int, x: Tensor) -> None:
+        bar.update(1)
+        if callback is not None:
+            callback(done, x)
+
     with torch.no_grad():
-        latents = denoise(
-            predict, job.latent_shape, job.settings, bundle.scheduler_config, device=job.device, dtype=job.dtype,
-            checkpoint=checkpoint, write_checkpoints=par.is_main, callback=callback,
-            progress=options.progress and par.is_main,
-        )  # fmt: skip
+        try:
+            latents = denoise(
+                predict, job.latent_shape, job.settings, bundle.scheduler_config, device=job.device, dtype=job.dtype,
+                checkpoint=checkpoint, write_checkpoints=par.is_main, callback=on_step, progress=False,
+            )  # fmt: skip
+        except BaseException:
+            abandon(bar)
+            raise
+    bar.close()
     timings["denoise"] = time.perf_counter() - start
     latents = latents.float().cpu()
     result = GenerationResult(None, None, latents, job.video_frames, (job.height, job.width), options.fps,
@@ -521,7 +534,9 @@ def _decode_and_write(job: Plan, bundle, latents: Tensor, options: GenerateOptio
     start = time.perf_counter()
     result.video = write_mp4(frames, job.out, fps=options.fps)
     if job.contact_sheet is not None:
-        sheet = contact_sheet(frames, segment_frame_indices(len(frames), job.storyboard.num_segments))
+        board = job.storyboard
+        sheet = contact_sheet(frames, segment_frame_indices(len(frames), board.num_segments),
+                              labels=segment_labels(board), title=_sheet_title(job))
         result.contact_sheet = write_png(sheet, job.contact_sheet)
     result.timings["write"] = time.perf_counter() - start
     result.frames = int(frames.shape[0])
@@ -529,6 +544,23 @@ def _decode_and_write(job: Plan, bundle, latents: Tensor, options: GenerateOptio
     say(f"wrote {result.video} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}, {options.fps} fps"
         f"{f'; contact sheet {result.contact_sheet}' if result.contact_sheet else ''}) in {total:.1f} s: "
         + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items()))
+
+
+def segment_labels(board: Storyboard) -> list[list[str]]:
+    """Contact-sheet lines of each segment: ``seg 3 · 6.0-9.0 s`` and its scene's title (or ``scene N``)."""
+    labels = []
+    for s, scene in enumerate(board.segment_scenes()):
+        start = s * SEGMENT_SECONDS
+        name = board.scenes[scene].name or f"scene {scene + 1}"
+        labels.append([f"seg {s + 1} · {start:.1f}-{start + SEGMENT_SECONDS:.1f} s", name])
+    return labels
+
+
+def _sheet_title(job: Plan) -> str:
+    board = job.storyboard
+    title = board.title or Path(board.source).name
+    return (f"{title} · {job.seconds} s, {board.num_segments} segments, one frame per segment · seed "
+            f"{job.settings.seed}, {job.settings.steps} steps")
 
 
 def frames_digest(frames: np.ndarray) -> str:

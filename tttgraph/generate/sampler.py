@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tttgraph.config import atomic_path
+from tttgraph.config import atomic_path, clear_stale
 from tttgraph.errors import TTTGraphError
 from tttgraph.generate.guidance import DEFAULT_GUIDANCE_SCALE, dynamic_cfg_scale, guide
 from tttgraph.generate.video_io import file_mode
@@ -121,18 +121,13 @@ class LatentCheckpoint:
 
     def load(self) -> tuple[int, Tensor, Tensor | None] | None:
         """(steps done, latents, old_pred) or None when there is no checkpoint."""
-        from safetensors import SafetensorError, safe_open
+        from tttgraph.safe_read import damaged, load_safetensors
 
-        if not self.path.is_file():
+        if not self.path.exists():
             return None
-        try:
-            with safe_open(self.path, framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError) as err:
-            raise CheckpointError(
-                f"{self.path} is not a readable checkpoint ({err}); delete it to start over"
-            ) from None
+        fix = "delete it to start the generation over (or pass --no-resume)"
+        what = "generation resume file"
+        tensors, meta = load_safetensors(self.path, what, fix, error=CheckpointError)
         if meta.get("format") != CHECKPOINT_FORMAT or meta.get("version") != str(CHECKPOINT_VERSION):
             raise CheckpointError(f"{self.path} is not a tttgraph generation checkpoint (version "
                                   f"{CHECKPOINT_VERSION}); delete it or pass another checkpoint path")
@@ -140,7 +135,10 @@ class LatentCheckpoint:
             saved = json.loads(meta["fingerprint"])
             step = int(meta["step"])
         except (KeyError, ValueError) as err:
-            raise CheckpointError(f"{self.path}: corrupted metadata ({err}); delete it to start over") from None
+            raise damaged(self.path, f"has damaged metadata ({type(err).__name__}: {err})", what, fix,
+                          CheckpointError) from None
+        if not isinstance(saved, dict) or not isinstance(saved.get("steps"), int):
+            raise damaged(self.path, "has a damaged job fingerprint", what, fix, CheckpointError)
         if saved != self.fingerprint:
             differ = sorted(k for k in set(saved) | set(self.fingerprint) if saved.get(k) != self.fingerprint.get(k))
             raise CheckpointError(
@@ -160,6 +158,7 @@ class LatentCheckpoint:
         meta = {"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION), "step": str(step),
                 "fingerprint": json.dumps(self.fingerprint, sort_keys=True)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        clear_stale(self.path)  # left by a run killed while writing
         with atomic_path(self.path, mode=file_mode()) as tmp:
             save_file(tensors, tmp, metadata=meta)
 
@@ -191,7 +190,7 @@ def denoise(
     ``write_checkpoints``, saves every ``settings.checkpoint_every`` steps and after the last step.
     ``callback(steps_done, latents)`` runs after every step (after its checkpoint is written).
     """
-    from tqdm.auto import tqdm
+    from tttgraph.progress import progress_bar
 
     scheduler = make_scheduler(scheduler_config, settings.steps)
     timesteps = scheduler.timesteps
@@ -205,7 +204,7 @@ def denoise(
                                       f"{tuple(shape)}; delete it to start over")
     latents = latents.to(device)
     old_pred = None if old_pred is None else old_pred.to(device)
-    bar = tqdm(total=settings.steps, initial=start, desc="denoising", unit="step", disable=not progress)
+    bar = progress_bar(total=settings.steps, initial=start, desc="denoising", unit="step", disable=not progress)
     for i in range(start, settings.steps):
         t = timesteps[i]
         model_in = torch.cat([latents, latents]) if settings.cfg else latents

@@ -148,16 +148,17 @@ def count_sentences(text: str) -> int:
 
 def load_storyboard(path: str | Path) -> Storyboard:
     """Read and validate a storyboard file (format from the suffix: .toml, .json, .yaml, .yml)."""
+    from tttgraph.safe_read import read_text
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise StoryboardError(
             f"storyboard {path} does not exist; pass an existing .toml/.json/.yaml file, or leave --storyboard "
             f"out for the bundled example ({bundled_storyboard()})"
         )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise StoryboardError(f"{path}: not UTF-8 text ({err}); save the storyboard as UTF-8") from None
+    fix = (f"save the storyboard as UTF-8 .toml/.json/.yaml text with a scenes list, or leave --storyboard out for "
+           f"the bundled example ({bundled_storyboard()})")
+    text = read_text(path, "storyboard", fix, error=StoryboardError)
     return parse_storyboard(text, _format_of(path), source=str(path))
 
 

@@ -132,25 +132,71 @@ def read_png(path: str | os.PathLike) -> np.ndarray:
     return rows[:, 1:].reshape(h, w, 3).copy()
 
 
+LABEL_LINES = 3  # per tile: the first label line, then up to 2 lines for the rest (a wrapped scene title)
+_TEXT, _TEXT_DIM = (235, 235, 235), (165, 170, 180)
+
+
+def _label_font_size(tile_width: int) -> int:
+    # About 24 characters across a tile: 12 px text under a 144 px tile, 30 px under a 720 px one.
+    return max(12, min(30, tile_width // 12))
+
+
 def contact_sheet(frames: np.ndarray, indices: list[int], columns: int = 7, min_tile_height: int = 96,
-                  gap: int = 4) -> np.ndarray:
+                  gap: int = 4, labels: list[list[str]] | None = None, title: str = "") -> np.ndarray:
     """A grid of the frames at ``indices`` (row-major), upscaled by an integer factor (nearest
-    neighbour) so that tiny videos are visible; uint8 [H', W', 3] on a dark background."""
+    neighbour) so that tiny videos are visible; uint8 [H', W', 3] on a dark background.
+
+    ``labels[n]`` (optional) are the lines printed under tile ``n``: the first as is, the others
+    wrapped to the tile's width (``LABEL_LINES`` lines in all, cut with an ellipsis beyond).
+    ``title`` is printed above the grid. Text needs Pillow (see :mod:`tttgraph.drawing`).
+    """
+    from tttgraph.drawing import get_font, line_height
+
     _check_frames(frames)
     if not indices:
         raise TTTGraphError("a contact sheet needs at least one frame index")
+    if labels is not None and len(labels) != len(indices):
+        raise TTTGraphError(f"{len(labels)} labels for {len(indices)} tiles; pass one list of lines per tile")
     _, h, w, _ = frames.shape
     scale = max(1, -(-min_tile_height // h))
     th, tw = h * scale, w * scale
+    font = get_font(_label_font_size(tw))
+    step = line_height(font)
+    label_h = LABEL_LINES * step + gap if labels is not None and font is not None else 0
+    title_h = step + 2 * gap if title and font is not None else 0
     columns = max(1, min(columns, len(indices)))
     rows = -(-len(indices) // columns)
-    sheet = np.full((rows * th + (rows + 1) * gap, columns * tw + (columns + 1) * gap, 3), 24, np.uint8)
+    cell_h = th + label_h
+    sheet = np.full((title_h + rows * cell_h + (rows + 1) * gap, columns * tw + (columns + 1) * gap, 3), 24,
+                    np.uint8)
     for n, i in enumerate(indices):
         r, c = divmod(n, columns)
         tile = frames[i].repeat(scale, axis=0).repeat(scale, axis=1)
-        y, x = gap + r * (th + gap), gap + c * (tw + gap)
+        y, x = title_h + gap + r * (cell_h + gap), gap + c * (tw + gap)
         sheet[y:y + th, x:x + tw] = tile
+    if font is not None and (labels is not None or title):
+        _draw_labels(sheet, labels or [], columns, (title_h, th, tw, cell_h, gap, step), font, title)
     return sheet
+
+
+def _draw_labels(sheet: np.ndarray, labels: list[list[str]], columns: int, geometry: tuple[int, ...], font,
+                 title: str) -> None:
+    from tttgraph.drawing import draw_on, wrap
+
+    title_h, th, tw, cell_h, gap, step = geometry
+    with draw_on(sheet) as draw:
+        if draw is None:
+            return
+        if title:
+            for text in wrap(title, font, sheet.shape[1] - 2 * gap, 1):
+                draw.text((gap, gap), text, fill=_TEXT, font=font)
+        for n, lines in enumerate(labels):
+            r, c = divmod(n, columns)
+            x, y = gap + c * (tw + gap), title_h + gap + r * (cell_h + gap) + th + gap // 2
+            head, rest = (lines[0] if lines else ""), " ".join(lines[1:])
+            shown = wrap(head, font, tw, 1) + (wrap(rest, font, tw, LABEL_LINES - 1) if rest else [])
+            for k, text in enumerate(shown):
+                draw.text((x, y + k * step), text, fill=_TEXT if k == 0 else _TEXT_DIM, font=font)
 
 
 def segment_frame_indices(num_frames: int, segments: int) -> list[int]:

@@ -240,18 +240,32 @@ def _check_dir(path: Path) -> None:
             f"{path} lacks the subfolder(s) {', '.join(missing)}; a diffusers-format CogVideoX checkpoint has "
             f"{', '.join(SUBFOLDERS)} (download the whole model repository, not single files)"
         )
+    _check_files(path)
+
+
+_BUNDLE_FIX = ("download that file again (e.g. huggingface-cli download THUDM/CogVideoX-5b --local-dir DIR) or "
+               "write the directory again")
+
+
+def _check_files(path: Path) -> None:
+    """Validate every JSON and safetensors file of the subfolders (safetensors headers only: cheap at
+    any size), so that a damaged download fails here naming the file, not deep inside diffusers."""
+    from tttgraph.safe_read import check_safetensors, read_json
+
+    for name in SUBFOLDERS:
+        for file in sorted((path / name).glob("*.json")):
+            read_json(file, "pretrained model file", _BUNDLE_FIX, error=BundleError)
+        for file in sorted((path / name).glob("*.safetensors")):
+            check_safetensors(file, "pretrained model file", _BUNDLE_FIX, error=BundleError)
 
 
 def _read_scheduler(path: Path) -> dict:
+    from tttgraph.safe_read import read_json
+
     file = path / "scheduler" / "scheduler_config.json"
-    if not file.is_file():
+    if not file.exists():
         raise BundleError(f"{file} is missing; the scheduler subfolder needs its scheduler_config.json")
-    try:
-        data = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BundleError(f"{file} is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise BundleError(f"{file} must hold a JSON object, got {type(data).__name__}")
+    data = read_json(file, "scheduler config", _BUNDLE_FIX, error=BundleError)
     config = {k: v for k, v in data.items() if not k.startswith("_")}
     if config.get("prediction_type", "v_prediction") != "v_prediction":
         raise BundleError(
@@ -278,8 +292,8 @@ def load_pretrained(path: str | os.PathLike, *, dtype: torch.dtype = torch.bfloa
     def load(name, fn):
         try:
             return fn(path / name)
-        except (OSError, ValueError) as err:
-            raise BundleError(f"could not load {path / name}: {err}") from err
+        except Exception as err:  # diffusers, transformers and tokenizers each raise their own types
+            raise BundleError(f"could not load {path / name}: {err}; {_BUNDLE_FIX}") from err
 
     transformer = load("transformer", lambda p: CogVideoXTransformer3DModel.from_pretrained(
         p, torch_dtype=dtype, local_files_only=True))
@@ -306,13 +320,17 @@ def load_pretrained(path: str | os.PathLike, *, dtype: torch.dtype = torch.bfloa
 
 def save_bundle(bundle: CogVideoXBundle, path: str | os.PathLike) -> Path:
     """Write ``bundle`` as a diffusers-format directory that :func:`load_pretrained` reads back."""
-    from tttgraph.config import write_atomic
+    from tttgraph.config import file_mode, write_atomic
 
     path = Path(path)
     bundle.transformer.save_pretrained(path / "transformer")
     bundle.vae.save_pretrained(path / "vae")
     bundle.text_encoder.save_pretrained(path / "text_encoder")
     bundle.tokenizer.save_pretrained(path / "tokenizer")
+    for name in ("transformer", "vae", "text_encoder", "tokenizer"):
+        for file in (path / name).iterdir():
+            if file.is_file():
+                os.chmod(file, file_mode())  # some save_pretrained versions write weights 0o600
     config = {"_class_name": "CogVideoXDPMScheduler", **bundle.scheduler_config}
     write_atomic(path / "scheduler" / "scheduler_config.json", json.dumps(config, indent=1) + "\n")
     return path
@@ -416,7 +434,7 @@ def decode_latents(bundle: CogVideoXBundle, latents: Tensor, *, tile_frames: int
         )
     if not isinstance(tile_frames, int) or tile_frames < 2:
         raise BundleError(f"tile_frames must be an int >= 2, got {tile_frames!r}")
-    from tqdm.auto import tqdm
+    from tttgraph.progress import progress_bar
 
     vae = bundle.vae
     device, dtype = _module_device_dtype(vae)
@@ -427,7 +445,7 @@ def decode_latents(bundle: CogVideoXBundle, latents: Tensor, *, tile_frames: int
     per_tile = max(1, tile_frames // vae.num_latent_frames_batch_size)
     tiles = [batches[i:i + per_tile] for i in range(0, len(batches), per_tile)]
     cache, written = None, 0
-    for tile in tqdm(tiles, desc="VAE decode", unit="tile", disable=not progress):
+    for tile in progress_bar(tiles, desc="VAE decode", unit="tile", disable=not progress):
         pieces = []
         for start, end in tile:
             z = latents[start:end].to(device=device, dtype=dtype).transpose(0, 1)[None] / vae.config.scaling_factor
