@@ -1,7 +1,7 @@
 """Pass: insert a :class:`GatedBidirectionalTTT` after each selected attention.
 
 Where: after the attention and its out-projection, before the block's gate and residual add
-(DESIGN.md §3). In the graph that is the last node of the attention's output chain that is still
+(docs/DESIGN.md §3). In the graph that is the last node of the attention's output chain that is still
 inside the attention module and still a ``[B, N, C]`` tensor over the attention's query tokens:
 
 - CogVideoX, Wan, LTX, Allegro: the out-projection's output (CogVideoX then splits text/video);

@@ -1,4 +1,4 @@
-"""Pass: make the selected attentions segment-local (DESIGN.md §4).
+"""Pass: make the selected attentions segment-local (docs/DESIGN.md §4).
 
 Each SDPA node passed in becomes a ``call_module`` of :class:`SegmentAttention` (gather segments
 into the batch dim, one dense SDPA, average the overlap frame), registered next to the attention

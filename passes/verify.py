@@ -1,4 +1,4 @@
-"""Invariants checked between passes (DESIGN.md §2: RoPE writes in place right before SDPA).
+"""Invariants checked between passes (docs/DESIGN.md §2: RoPE writes in place right before SDPA).
 
 Passes only add nodes and replace a node in place; they never move one. Checking that the nodes
 that survive a pass keep their relative order is what guarantees that no read was moved across an

@@ -273,7 +273,8 @@ def cases(saved: Path, pretrained: Path) -> dict[str, Case]:
     from tttgraph.safe_read import DamagedFileError
 
     json_damages = ("truncated", "empty", "garbage", "directory", "json_list")
-    fix_save, fix_ckpt = "re-run tttgraph.save", "resume (--resume) from the previous checkpoint"
+    fix_save = "write the directory again with tttgraph.save"
+    fix_ckpt = "resume (--resume) from the previous checkpoint"
     fix_pre, fix_model = "re-run the precompute", "download that file again"
     fix_board = "save the storyboard as UTF-8"
     return {

@@ -105,7 +105,7 @@ def test_gate_init_and_parameter_count_of_cogvideox_5b_layer():
     with torch.device("meta"):
         layer = GatedBidirectionalTTT(3072, 48, SequenceLayout(226, 1350, 12, 1), rope_grid=(30, 45))
     n = sum(p.numel() for p in layer.parameters())
-    assert 39.4e6 < n < 39.6e6  # DESIGN.md §3: ~39.5M per CogVideoX-5B layer
+    assert 39.4e6 < n < 39.6e6  # docs/DESIGN.md §3: ~39.5M per CogVideoX-5B layer
     assert layer.ttt.hidden_dim == 256 and layer.ttt.head_dim == 64
 
 

@@ -1,4 +1,4 @@
-"""The TTT-MLP layer and its gated, bidirectional wrapper (DESIGN.md §3).
+"""The TTT-MLP layer and its gated, bidirectional wrapper (docs/DESIGN.md §3).
 
 Layout conventions: hidden states are ``[B, N, C]`` (C = model width); inside the layer q, k, v
 are ``[B, H, N, D]`` as the ``tttgraph::ttt_mlp`` op takes them.

@@ -4,7 +4,7 @@ A model's joint sequence is ``[text | video]`` (or ``[video | text]``): the text
 ``text_tokens_per_segment`` tokens per segment, in segment order; the video holds ``num_frames``
 latent frames of ``video_tokens_per_frame`` tokens each, frame-major.
 
-Segments (DESIGN.md §4): segment i's *attention window* covers latent frames
+Segments (docs/DESIGN.md §4): segment i's *attention window* covers latent frames
 ``[i*S, i*S + S + O)`` (S = ``frames_per_segment``, O = ``overlap_frames``), clipped to the video;
 there are ``max(1, ceil((F - O) / S))`` segments, the last one possibly shorter. A frame's position
 table row (``owned_frames``) belongs to one segment: segment i owns ``[i*S, (i+1)*S)``, the last one

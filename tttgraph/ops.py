@@ -43,7 +43,7 @@ def ttt_mlp(
     Args:
         q, k, v: [B, H, T, D] queries, keys and reconstruction targets (the loss fits
             ``LN(MLP(k))`` to ``v - k``). Same dtype (float32, bfloat16 or float16).
-        eta: [B, H, T] per-token inner learning rate (already scaled; see DESIGN.md §3).
+        eta: [B, H, T] per-token inner learning rate (already scaled; see docs/DESIGN.md §3).
         ln_weight, ln_bias: [H, D] per-head LayerNorm of the inner model.
         w1: [H, D, F], b1: [H, F], w2: [H, F, D], b2: [H, D] initial inner MLP, shared over the batch.
         mini_batch_size: tokens per inner step (the last mini-batch may be shorter; default 64).

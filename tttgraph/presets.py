@@ -1,4 +1,4 @@
-"""Ready-made configs of the reference recipe (DESIGN.md §4, §6).
+"""Ready-made configs of the reference recipe (docs/DESIGN.md §4, §6).
 
 CogVideoX-5B at 720x480: 49 video frames (3 s at 16 fps) are 13 latent frames; each further 3 s
 adds 12 latent frames, so a video of ``s`` seconds (a multiple of 3) has ``4 * s + 1`` latent

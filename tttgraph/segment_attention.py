@@ -1,6 +1,6 @@
 """Segment-local attention: each segment attends only to its own frames and its own text chunk.
 
-Measured fastest form on H100 (DESIGN.md §4): gather every segment's tokens into the batch dim and
+Measured fastest form on H100 (docs/DESIGN.md §4): gather every segment's tokens into the batch dim and
 run one dense SDPA; a token seen by two segments (the overlap frame) gets the mean of its two
 outputs. All segments but the last have the same length, so there are at most two SDPA calls (the
 full segments batched, then a shorter last one). The gathers are constant index tensors built once

@@ -27,7 +27,7 @@ def test_parameter_counts_match_the_built_models():
             layer = GatedBidirectionalTTT(width, config["num_attention_heads"], SequenceLayout(16, 6, 12, 1))
         assert base_parameters(config) == sum(p.numel() for p in model.parameters())
         assert ttt_parameters(config) == config["num_layers"] * sum(p.numel() for p in layer.parameters())
-    # DESIGN.md: CogVideoX-5B has 5.57B parameters; the TTT layers add 1.66B (39.5M per layer).
+    # docs/DESIGN.md: CogVideoX-5B has 5.57B parameters; the TTT layers add 1.66B (39.5M per layer).
     assert round(base_parameters(COGVIDEOX_5B) / 1e9, 2) == 5.57
     assert round(ttt_parameters(COGVIDEOX_5B) / 1e9, 2) == 1.66
 
@@ -35,7 +35,7 @@ def test_parameter_counts_match_the_built_models():
 def test_one_minute_estimate_counts_tokens_and_prefers_segments():
     e = estimate(COGVIDEOX_5B, 253, (60, 90), SequenceLayout(226, 1, 12, 1), batch=2)
     assert (e.segments, e.video_tokens, e.text_tokens) == (21, 253 * 1350, 21 * 226)
-    assert e.tokens == 346_296  # ~351k in DESIGN.md §4 counts the shared frames twice
+    assert e.tokens == 346_296  # ~351k in docs/DESIGN.md §4 counts the shared frames twice
     # Attention FLOPs: 21 windows of 226 + 13 * 1350 tokens (the last one 12 frames).
     window = 226 + 13 * 1350
     last = 226 + 13 * 1350

@@ -108,7 +108,7 @@ def test_two_runs_are_bitwise_equal():
 
 
 def test_eps_is_honoured():
-    """The LN eps moves outputs at the reference's small inner-output scale (DESIGN.md §3)."""
+    """The LN eps moves outputs at the reference's small inner-output scale (docs/DESIGN.md §3)."""
     args = list(random_inputs(1, 2, 32, 16, 64, seed=8))
     for i in (6, 8):  # w1, w2 at the layer's init std (0.02), zero biases: inner variance ~1e-6
         args[i] = args[i] * 0.1

@@ -1,4 +1,4 @@
-"""Stage configs of the fine-tuning recipe (DESIGN.md §6) as validated JSON files.
+"""Stage configs of the fine-tuning recipe (docs/DESIGN.md §6) as validated JSON files.
 
 A stage file is a JSON object with the sections below; every key is optional and defaults to the
 tiny synthetic run (``tttgraph finetune`` with no config). Unknown keys are refused with the list

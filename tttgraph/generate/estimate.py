@@ -8,7 +8,7 @@ once, the VAE once at the end):
 - attention (QK^T and PV): 4 x batch x heads x head_dim x sum over windows of n_q x n_kv, where a
   window is one segment (text chunk + its frames) when segment-local, the whole sequence if not;
 - TTT-MLP (both directions): q/k/v/o projections 8 x width^2 per token, plus the scan's 7 GEMMs of
-  2 x b x d x f per mini-batch and head (DESIGN.md §3), 14 x d x f per token and head.
+  2 x b x d x f per mini-batch and head (docs/DESIGN.md §3), 14 x d x f per token and head.
 
 Memory: weights in the model dtype plus about 12 copies of the [batch, tokens, width] activation
 (q, k, v, the 4x feed-forward hidden, residuals); attention kernels are assumed flash-style (no

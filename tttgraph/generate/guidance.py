@@ -1,4 +1,4 @@
-"""Dynamic classifier-free guidance (DESIGN.md §7).
+"""Dynamic classifier-free guidance (docs/DESIGN.md §7).
 
 The guidance scale rises from 1 at the first (noisiest) step towards ``1 + s`` at the last, with
 the reference's schedule ``g(step) = 1 + s * (1 - cos(pi * (step / N) ** 5)) / 2`` for step

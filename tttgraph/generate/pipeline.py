@@ -1,4 +1,4 @@
-"""One-minute, multi-scene video generation from a storyboard (DESIGN.md §7, issue #7).
+"""One-minute, multi-scene video generation from a storyboard (docs/DESIGN.md §7, issue #7).
 
     from tttgraph.generate import GenerateOptions, generate
     result = generate(GenerateOptions(seconds=63, out="video.mp4"))      # tiny embedded default

@@ -1,4 +1,4 @@
-"""The denoising loop: v-prediction DPM-Solver++(2M) with dynamic CFG, resumable (DESIGN.md §7).
+"""The denoising loop: v-prediction DPM-Solver++(2M) with dynamic CFG, resumable (docs/DESIGN.md §7).
 
 One pass over the whole video: every step runs the transformer once on ``[uncond | cond]``
 (classifier-free guidance doubles the batch), mixes the two with :func:`dynamic_cfg_scale` and
