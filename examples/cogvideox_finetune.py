@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tttgraph.cli import ArgumentParser, add_debug_flag, standalone
+from tttgraph.command import ArgumentParser, add_debug_flag, standalone
 from tttgraph.finetune import cli
 
 

@@ -40,7 +40,7 @@ class GraphPass:
         if not isinstance(gm, torch.fx.GraphModule):
             raise PassContractError(
                 f"{self.name} takes a torch.fx.GraphModule, got {type(gm).__name__}; capture the model "
-                f"first with tttgraph.capture(model, example_inputs)"
+                f"first with tttgraph.capture.capture(model, example_inputs)"
             )
         gm.graph.lint()
 

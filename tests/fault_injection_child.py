@@ -136,10 +136,10 @@ def setup_checkpoint(root: Path):
 
 def setup_resume(root: Path):
     """The generation resume file: 4.5 MB of latents and the previous prediction at step ``version``."""
-    from tttgraph.generate.sampler import LatentCheckpoint, SamplerSettings, fingerprint
+    from tttgraph.generate.sampler import LatentCheckpoint, SamplerSettings, job_fingerprint
 
     shape = (1, 13, 16, 60, 90)
-    job = fingerprint(SamplerSettings(steps=1000), shape)
+    job = job_fingerprint(SamplerSettings(steps=1000), shape)
     shapes = {"latents": shape, "old_pred": shape}
 
     def write(version: int) -> None:

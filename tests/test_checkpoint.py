@@ -109,13 +109,13 @@ def test_config_json_round_trip_and_errors(tmp_path):
 
 def test_fingerprint_of_a_tensor_larger_than_float32_index_precision():
     """A 37,748,736-element weight (CogVideoX-5B size) made the float32 sample index run past the end."""
-    from tttgraph.checkpoint import fingerprint
+    from tttgraph.fingerprints import tensor_fingerprint
 
     big = (torch.arange(37_748_736, dtype=torch.int64) % 251).to(torch.uint8)
-    first = fingerprint(big)
-    assert first == fingerprint(big.clone())
+    first = tensor_fingerprint(big)
+    assert first == tensor_fingerprint(big.clone())
     big[-1] += 1  # the last element is sampled
-    assert fingerprint(big) != first
+    assert tensor_fingerprint(big) != first
 
 
 @pytest.mark.parametrize("semantics", [None, 1, 99])

@@ -12,7 +12,8 @@ import pytest
 
 pytest.importorskip("diffusers")
 
-from tttgraph.cli import error_message, main, one_line  # noqa: E402
+from tttgraph.cli import main  # noqa: E402
+from tttgraph.command import error_message, one_line  # noqa: E402
 
 
 def _one_error_line(capsys, command: str) -> str:

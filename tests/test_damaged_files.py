@@ -182,10 +182,10 @@ def make_ttt_config(tmp: Path):
 
 
 def make_resume_file(tmp: Path):
-    from tttgraph.generate.sampler import LatentCheckpoint, SamplerSettings, fingerprint
+    from tttgraph.generate.sampler import LatentCheckpoint, SamplerSettings, job_fingerprint
 
     shape = (1, 4, 2, 3, 4)
-    job = fingerprint(SamplerSettings(steps=6), shape)
+    job = job_fingerprint(SamplerSettings(steps=6), shape)
     LatentCheckpoint(tmp / "v.resume.safetensors", job).save(2, torch.randn(shape), torch.randn(shape))
     return lambda: LatentCheckpoint(tmp / "v.resume.safetensors", job).load()
 
@@ -263,11 +263,11 @@ def cases(saved: Path, pretrained: Path) -> dict[str, Case]:
     from tttgraph.checkpoint import RestoreError
     from tttgraph.config import ConfigError
     from tttgraph.exporter import ExportError
-    from tttgraph.finetune.checkpointing import CheckpointError
+    from tttgraph.finetune.checkpointing import TrainingCheckpointError
     from tttgraph.finetune.dataset import DatasetError
     from tttgraph.finetune.stages import StageConfigError
     from tttgraph.generate.pipeline import GenerateError
-    from tttgraph.generate.sampler import CheckpointError as ResumeError
+    from tttgraph.generate.sampler import LatentCheckpointError
     from tttgraph.generate.storyboard import StoryboardError
     from tttgraph.models.cogvideox_bundle import BundleError
     from tttgraph.safe_read import DamagedFileError
@@ -287,13 +287,13 @@ def cases(saved: Path, pretrained: Path) -> dict[str, Case]:
         "generate --ttt weights": Case(make_ttt_for_generate(saved), "ttt/tttgraph_weights.safetensors",
                                        "safetensors", RestoreError, fix_save),
         "checkpoint trainer.json": Case(make_train_checkpoint, "checkpoints/step-000002/trainer.json", "json",
-                                        CheckpointError, fix_ckpt, json_damages),
+                                        TrainingCheckpointError, fix_ckpt, json_damages),
         "checkpoint model": Case(make_train_checkpoint, "checkpoints/step-000002/model-rank00000.safetensors",
-                                 "safetensors", CheckpointError, fix_ckpt),
+                                 "safetensors", TrainingCheckpointError, fix_ckpt),
         "checkpoint optimizer": Case(make_train_checkpoint, "checkpoints/step-000002/optim-rank00000.safetensors",
-                                     "safetensors", CheckpointError, fix_ckpt),
+                                     "safetensors", TrainingCheckpointError, fix_ckpt),
         "checkpoint rng": Case(make_train_checkpoint, "checkpoints/step-000002/rng-rank00000.safetensors",
-                               "safetensors", CheckpointError, fix_ckpt),
+                               "safetensors", TrainingCheckpointError, fix_ckpt),
         "precompute manifest": Case(make_precomputed, "clips_3s/manifest.json", "json", DatasetError, fix_pre,
                                     json_damages),
         "precompute shard": Case(make_precomputed, "clips_3s/shard-00000.safetensors", "safetensors", DatasetError,
@@ -307,7 +307,7 @@ def cases(saved: Path, pretrained: Path) -> dict[str, Case]:
         "stage config": Case(make_stage_config, "stage.json", "json", StageConfigError, "examples/configs/finetune",
                              json_damages),
         "TTT config": Case(make_ttt_config, "ttt_config.json", "json", ConfigError, "TTTConfig.save", json_damages),
-        "generation resume file": Case(make_resume_file, "v.resume.safetensors", "safetensors", ResumeError,
+        "generation resume file": Case(make_resume_file, "v.resume.safetensors", "safetensors", LatentCheckpointError,
                                        "delete it to start the generation over"),
         "storyboard TOML": Case(make_storyboard, "story.toml", "toml", StoryboardError, fix_board,
                                 overrides={"truncated": ("invalid TOML", "Check the quoting")}),
@@ -370,8 +370,8 @@ def test_damaged_metadata_of_checkpoints_is_named(tmp_path):
     """Valid safetensors files whose metadata or tensor names are wrong."""
     from safetensors.torch import save_file
 
-    from tttgraph.finetune.checkpointing import CheckpointError, check_checkpoint
-    from tttgraph.generate.sampler import LatentCheckpoint, SamplerSettings, fingerprint
+    from tttgraph.finetune.checkpointing import TrainingCheckpointError, check_checkpoint
+    from tttgraph.generate.sampler import LatentCheckpoint, SamplerSettings, job_fingerprint
 
     step = tmp_path / "checkpoints" / "step-000002"
     for file, tensors, metadata, message in (
@@ -385,11 +385,12 @@ def test_damaged_metadata_of_checkpoints_is_named(tmp_path):
         make_train_checkpoint(tmp_path)
         check_checkpoint(step)
         save_file(tensors, str(step / f"{file}-rank00000.safetensors"), metadata=metadata)
-        with pytest.raises(CheckpointError, match=f"{file}-rank00000.safetensors {message}.*; delete .*step-000002"):
+        expected = f"{file}-rank00000.safetensors {message}.*; delete .*step-000002"
+        with pytest.raises(TrainingCheckpointError, match=expected):
             check_checkpoint(step)
 
     shape = (1, 2)
-    job = fingerprint(SamplerSettings(steps=6), shape)
+    job = job_fingerprint(SamplerSettings(steps=6), shape)
     path = tmp_path / "v.resume.safetensors"
     LatentCheckpoint(path, job).save(2, torch.zeros(shape), None)
     save_file({"latents": torch.zeros(shape)}, str(path), metadata={

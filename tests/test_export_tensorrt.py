@@ -24,7 +24,7 @@ NO_TENSORRT = pytest.mark.skipif(
 
 @functools.cache
 def _program(family, dynamic_frames=True):
-    from tttgraph.exporter import export_program
+    from tttgraph.export_program import export_program
 
     return export_program(_transform(family)[1], dynamic_frames=dynamic_frames)
 
@@ -116,11 +116,11 @@ def test_compile_arguments_are_checked_before_importing():
 
 def test_profile_spans_the_segments_asked_for():
     pytest.importorskip("diffusers")
-    from tttgraph.exporter import ExportError, _input_names
+    from tttgraph.export_program import ExportError, flat_input_names
     from tttgraph.tensorrt_export import profile_shapes
 
     ep, named, rule, _ = _program("cogvideox")
-    names = _input_names(named)
+    names = flat_input_names(named)
     profile, notes = profile_shapes(ep, names, rule)  # default: fewest segments allowed .. the example's
     assert profile["hidden_states"] == ((1, 5, 4, 8, 8),) * 3 and rule.segments[0] == 2
     profile, notes = profile_shapes(ep, names, rule, segments=(2, 3, 4))

@@ -68,10 +68,10 @@ def test_kill_during_a_fine_tuning_checkpoint_write(tmp_path):
 @pytest.mark.slow
 def test_kill_during_the_generation_resume_file_write(tmp_path):
     from tests.fault_injection_child import tensors_of
-    from tttgraph.generate.sampler import LatentCheckpoint, SamplerSettings, fingerprint
+    from tttgraph.generate.sampler import LatentCheckpoint, SamplerSettings, job_fingerprint
 
     final = run_child("resume", tmp_path / "gen", seed=3)[-1]["final"]
     shape = (1, 13, 16, 60, 90)
     step, latents, _ = LatentCheckpoint(tmp_path / "gen" / "v.resume.safetensors",
-                                        fingerprint(SamplerSettings(steps=1000), shape)).load()
+                                        job_fingerprint(SamplerSettings(steps=1000), shape)).load()
     assert step == final and torch.equal(latents, tensors_of(final, {"latents": shape, "old_pred": shape})["latents"])

@@ -62,7 +62,7 @@ def test_save_checkpoint_resume_file_and_dataset(umask, tmp_path):
     from tttgraph.data.synthetic import write_dataset
     from tttgraph.finetune.checkpointing import save_checkpoint
     from tttgraph.finetune.distributed import DistContext
-    from tttgraph.generate.sampler import LatentCheckpoint, SamplerSettings, fingerprint
+    from tttgraph.generate.sampler import LatentCheckpoint, SamplerSettings, job_fingerprint
     from tttgraph.models import build_tiny, example_inputs
     from tttgraph.rewrite import transform
 
@@ -78,7 +78,7 @@ def test_save_checkpoint_resume_file_and_dataset(umask, tmp_path):
                     extra={}, keep=1)
     assert_modes(tmp_path / "checkpoints", umask, 4)
 
-    LatentCheckpoint(tmp_path / "gen" / "v.resume.safetensors", fingerprint(SamplerSettings(), (1, 2))).save(
+    LatentCheckpoint(tmp_path / "gen" / "v.resume.safetensors", job_fingerprint(SamplerSettings(), (1, 2))).save(
         1, torch.zeros(1, 2), None)
     assert_modes(tmp_path / "gen", umask, 1)
 

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tttgraph import interrupts
-from tttgraph.cli import run_parsed
+from tttgraph.command import run_parsed
 
 
 def _deliver(signum: int) -> None:

@@ -261,8 +261,8 @@ def test_errors_name_what_was_searched():
 
 
 def test_graph_insertion_matches_the_hand_written_eager_insertion():
-    """The pass puts the TTT where tttgraph.eager does by wrapping attn1: after to_out, before the gate."""
-    from tttgraph.eager import add_ttt_to_cogvideox
+    """The pass puts the TTT where tests/eager_reference.py does by wrapping attn1: after to_out, before the gate."""
+    from tests.eager_reference import add_ttt_to_cogvideox
 
     model, inputs = _setup("cogvideox")
     tm = transform(model, TTTConfig(gate_init=0.3, mini_batch_size=16), inputs, progress=False)

@@ -65,7 +65,7 @@ def capture_info(gm: torch.fx.GraphModule) -> CaptureInfo:
     if info is None:
         raise TTTGraphError(
             f"{type(gm).__name__} carries no capture information; build it with "
-            f"tttgraph.capture(model, inputs)"
+            f"tttgraph.capture.capture(model, inputs) (tttgraph.transform captures the model itself)"
         )
     return info
 
@@ -412,7 +412,8 @@ class CapturedModel(nn.Module):
                 raise InputMismatchError(
                     f"argument {name!r} was the constant {captured!r} when {info.model_class} was captured, "
                     f"got {given!r}; the graph has that value baked in. Call with {name}={captured!r}, "
-                    f"or re-capture with tttgraph.capture(model, {{..., {name!r}: {given!r}}})"
+                    f"or re-capture with {{..., {name!r}: {given!r}}} in the example inputs "
+                    f"(tttgraph.transform, or tttgraph.capture.capture for a plain capture)"
                 )
         graph_kwargs = {name: arguments[name] for name in info.graph_inputs}
         self._check_shapes(graph_kwargs)
@@ -446,7 +447,8 @@ class CapturedModel(nn.Module):
                     hint = self._info.frames_note or "it was static at capture"
                     raise InputMismatchError(
                         f"input {where} has size {got} at dim {dim}, the captured graph fixed it to {want} "
-                        f"({hint}); re-capture with tttgraph.capture(model, inputs) using inputs of this size"
+                        f"({hint}); re-capture (tttgraph.transform, or tttgraph.capture.capture for a plain "
+                        f"capture) with example inputs of this size"
                     )
 
     def __getattr__(self, name: str) -> Any:

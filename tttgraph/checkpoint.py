@@ -30,43 +30,22 @@ from torch import nn
 
 from tttgraph.config import ConfigError, TTTConfig, atomic_path, clear_stale, write_atomic
 from tttgraph.errors import TTTGraphError
+from tttgraph.fingerprints import state_dict_fingerprints, tensor_fingerprint
 from tttgraph.layers import LAYER_SEMANTICS, semantics_mismatch
 from tttgraph.safe_read import check_fields, open_safetensors, read_json
 
-__all__ = ["RECIPE_FILE", "WEIGHTS_FILE", "RestoreError", "fingerprint", "restore", "save"]
+__all__ = ["RECIPE_FILE", "WEIGHTS_FILE", "RestoreError", "restore", "save"]
 
 RECIPE_FILE = "tttgraph_recipe.json"
 WEIGHTS_FILE = "tttgraph_weights.safetensors"
 RECIPE_FORMAT = "tttgraph-recipe"
 RECIPE_VERSION = 1
-_FINGERPRINT_SAMPLES = 4096
 _EMBEDDED_RECIPE = "tttgraph_recipe_json"  # weights-file metadata: the recipe written with these weights
 _FIX = "write the directory again with tttgraph.save(model, directory)"
 
 
 class RestoreError(TTTGraphError):
     """A save directory does not fit the base model, or is incomplete or corrupted."""
-
-
-def fingerprint(t: torch.Tensor) -> str | None:
-    """A cheap identity of a tensor's value: SHA-256 of its shape, dtype and an even sample of
-    up to 4096 elements. None for meta tensors (no data). Not a cryptographic integrity check."""
-    if t.device.type == "meta":
-        return None
-    flat = t.detach().reshape(-1)
-    if flat.numel() > _FINGERPRINT_SAMPLES:
-        # float32 linspace rounds the last index up past the end once numel - 1 > 2**24 (a 37.7M-element
-        # CogVideoX-5B weight hit it); clamping keeps every fingerprint that was valid before unchanged,
-        # so directories saved earlier still restore.
-        idx = torch.linspace(0, flat.numel() - 1, _FINGERPRINT_SAMPLES, device=flat.device).long()
-        flat = flat[idx.clamp_(max=flat.numel() - 1)]
-    h = hashlib.sha256(f"{tuple(t.shape)}|{t.dtype}".encode())
-    h.update(flat.cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def base_fingerprints(model: nn.Module) -> dict[str, str | None]:
-    return {name: fingerprint(t) for name, t in model.state_dict().items()}
 
 
 def _sha256(t: torch.Tensor) -> str:
@@ -139,7 +118,7 @@ def save(model: nn.Module, directory: str | os.PathLike) -> Path:
     new = sorted(n for n in state if n.startswith(prefixes))
     changed = sorted(
         n for n, fp in plan.base_fingerprints.items()
-        if n in state and fp is not None and fingerprint(state[n]) != fp
+        if n in state and fp is not None and tensor_fingerprint(state[n]) != fp
     )
     if any(state[n].device.type == "meta" for n in new + changed):
         raise TTTGraphError("the model has tensors on the meta device; load or initialise its weights before saving")
@@ -298,7 +277,7 @@ def restore(
 
 def _check_base(model: nn.Module, recipe: dict[str, Any]) -> None:
     saved = recipe["base_fingerprints"]
-    current = base_fingerprints(model)
+    current = state_dict_fingerprints(model)
     missing = sorted(set(saved) - set(current))
     extra = sorted(set(current) - set(saved))
     differ = sorted(n for n in set(saved) & set(current)

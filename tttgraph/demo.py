@@ -70,7 +70,7 @@ def run_demo(frames: int = 5, frames_per_segment: int = 2, overlap: int = 1, min
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tttgraph.cli import int_at_least
+    from tttgraph.command import int_at_least
     from tttgraph.kernels.ttt_mlp.backends import TTTBackend
 
     parser.add_argument("--frames", type=int_at_least(1), default=5, help="latent frames (default 5)")

@@ -1,6 +1,6 @@
 """Ctrl-C (SIGINT) and SIGTERM: stop cleanly, then say what was saved and how to continue.
 
-The command line (:func:`tttgraph.cli.run_parsed`) runs every command under :func:`raising`:
+The command line (:func:`tttgraph.command.run_parsed`) runs every command under :func:`raising`:
 either signal raises :class:`Interrupted` (a ``KeyboardInterrupt``) wherever the program is, the
 command line catches it, prints one line and exits with ``128 + signal number`` (130 for SIGINT,
 143 for SIGTERM), the status a shell reports for a process the signal ended.

@@ -23,9 +23,9 @@ from torch import nn
 from tttgraph.adapters import TokenLayout, get_adapter
 from tttgraph.analysis import Analysis, AttentionSite, analyse, size_at_example
 from tttgraph.capture import CapturedModel, bind_inputs, capture, capture_info
-from tttgraph.checkpoint import base_fingerprints
 from tttgraph.config import TTTConfig
 from tttgraph.errors import NoAttentionFoundError, TTTGraphError
+from tttgraph.fingerprints import state_dict_fingerprints
 from tttgraph.layers import GatedBidirectionalTTT
 from tttgraph.layout import SequenceLayout
 from tttgraph.passes import normalize_attention
@@ -236,7 +236,7 @@ def transform(model: nn.Module, cfg: TTTConfig, example_inputs: Any, *, progress
     ``<attention>.gated_ttt`` modules; ``result.plan`` is the :class:`TransformPlan`.
     """
     gm, plan = _capture_and_plan(model, cfg, example_inputs, progress)
-    plan.base_fingerprints = base_fingerprints(model)
+    plan.base_fingerprints = state_dict_fingerprints(model)
     lower = LowerTTT(cfg.backend)
     passes = [InsertTTT(plan.ttt_sites, cfg, plan.evaluate)]
     if plan.segment_sites:

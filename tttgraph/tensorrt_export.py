@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from tttgraph.config import atomic_path
-from tttgraph.exporter import ExportError, FrameRule, _input_names, export_program
+from tttgraph.export_program import ExportError, FrameRule, export_program, flat_input_names
 
 __all__ = [
     "TENSORRT_ONNX_OPS", "TensorRTReport", "TensorRTUnavailableError", "build_engine", "check_onnx",
@@ -389,7 +389,7 @@ def compile_torch_tensorrt(model, example_inputs: Mapping[str, Any] | None = Non
     else:
         ops = set(compile_kwargs.pop("torch_executed_ops", ())) | {torch.ops.tttgraph.ttt_mlp.default}
         compile_kwargs["torch_executed_ops"] = ops
-    names = _input_names(named)
+    names = flat_input_names(named)
     profile, _ = profile_shapes(ep, names, rule, segments)
     leaves, spec = torch.utils._pytree.tree_flatten(named)
     specs, i = [], 0

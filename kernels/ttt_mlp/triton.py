@@ -26,13 +26,12 @@ import os
 import torch
 from torch import Tensor
 
-# backend="auto" runs the Triton backward for bf16/fp16 inputs. v4 (README.md, "Triton backend") fixed
-# the bf16 drift: Z1, Z2 and G_z1 of the forward's state update, which feed the inner-state
-# recurrence, are computed with bf16 hi/lo split operands (_mmx); v3's gradients were off by up to
-# 2.7e-1 in two ill-conditioned heads. v6 on an H100 at B=1, H=48, D=64, F=256, T = 351,168: forward
-# 165.6 ms, backward 1,135 ms; at T = 18,048 all ten bf16 gradients within 3.3e-3 of the float32
-# reference. (With float32 inputs it is exact to ~1e-6 but slower than the reference backward:
-# 2.4 s vs 1.1 s at 18,048 with v3, so auto takes the reference backward there.)
+# backend="auto" runs the Triton backward for bf16/fp16 inputs. It can because Z1, Z2 and G_z1 of the
+# forward's state update, which feed the inner-state recurrence, are computed with bf16 hi/lo split
+# operands (_mmx): with plain bf16 operands the gradients of ill-conditioned heads drift by up to
+# 2.7e-1, with the split all ten bf16 gradients stay within ~3e-3 of the float32 reference (README.md,
+# "bf16 accuracy of the scan"; timings in "Triton backend"). With float32 inputs it is exact to ~1e-6
+# but slower than the reference backward, so auto takes the reference backward there.
 
 
 def auto_backward_reason(q, *args) -> str | None:
@@ -114,7 +113,7 @@ if triton is not None:
 
         bf16 hi/lo split (3 bf16 dots: ah bh + ah bl + al bh; al bl is below fp32 accumulation noise):
         plain bf16 operands there let the scan drift by up to 6e-2 (output) and 6e-1 (gradients) in some
-        heads at T = 18,048 (README.md, "Triton backend", v4). ``ah`` is ``_op(a)`` (hoisted by the
+        heads at T = 18,048 (README.md, "bf16 accuracy of the scan"). ``ah`` is ``_op(a)`` (hoisted by the
         caller); with SPLIT_A = False a is taken as exact in bf16 (K for bf16 inputs).
         """
         if LOWP == 0:
@@ -165,8 +164,8 @@ if triton is not None:
     def _tanh(u, LOWP: tl.constexpr):
         """tanh(u). Low-precision modes on GPUs (LOWP == 1): the hardware's tanh.approx.f32 (one MUFU
         instruction, max relative error ~2^-11, below the bf16 operands' 2^-9), as the cuda_sm90 kernels
-        use; it replaced ~20 instructions per element (exp, a full-precision reciprocal and their range
-        fix-ups) that took a third of the forward's stall samples (README.md, "Triton backend", v5).
+        use; the portable form costs ~20 instructions per element (exp, a full-precision reciprocal and
+        their range fix-ups), a third of the forward's stall samples (README.md, "Triton backend").
         Otherwise through the logistic function: portable (no libdevice, runs in the interpreter) and
         exact at +-inf."""
         if LOWP == 1:
@@ -744,7 +743,7 @@ def _matmul_mode(dtype: torch.dtype) -> int:
 
 
 def _fwd_split(programs: int, hidden: int, bf: int) -> int:
-    """P, the programs per (batch, head) of the forward (README.md, "Triton backend", v5): 2 when twice
+    """P, the programs per (batch, head) of the forward (README.md, "Triton backend"): 2 when twice
     the programs still fit the GPU one per SM (each then does half of the F columns and they exchange
     two [BM, D] partial sums per mini-batch), else 1 (then a second wave would cost more than the split
     saves). Always 1 under the interpreter, which runs programs one after another (a program would
@@ -765,16 +764,15 @@ def _launch_config(kernel: str, dim: int, hidden: int, mini_batch_size: int, dty
     bm = _next_pow2(mini_batch_size)
     # KSPLIT: K is not exact in bf16 (fp16 inputs), so its low part joins the extended-precision Z1.
     cfg = dict(BM=bm, BD=_next_pow2(dim), BF=bf, LOWP=_matmul_mode(dtype), KSPLIT=dtype == torch.float16)
-    # Fastest measured on an H100 at D=64, F=256, T=18,048 (README.md, "Triton backend"): forward 4 warps, no
-    # software pipelining, P = 2 (v5: 9.85 ms; 8 warps 11.30, 16 warps 28.1, 2 stages 10.75, P = 4 10.47,
-    # BF = 128 17.95); backward 4 warps, 2 stages.
+    # Fastest measured on an H100 at D=64, F=256, T=18,048 (the sweep: README.md, "Triton backend"): forward
+    # 4 warps, no software pipelining, P = 2 (8 or 16 warps, 2 stages, P = 4 and BF = 128 are all slower);
+    # backward 4 warps, 2 stages.
     if kernel == "fwd":
         cfg.update(num_warps=4, num_stages=1, P=_fwd_split(heads_total, hidden, bf))
     else:
         # XREC: the chunk's state recomputation uses the forward's extended-precision products (_mmx).
-        # Off: it restarts from the forward's checkpoints every G steps, so plain bf16 drifts little
-        # (H100, T = 101,376: max grad error 4.3e-3 off vs 4.1e-3 on; backward at T = 351,168
-        # 1,358 ms off vs 1,425 ms on).
+        # Off: it restarts from the forward's checkpoints every G steps, so plain bf16 drifts little: the
+        # max gradient error barely moves and the backward is ~5% faster (README.md, "Triton backend").
         cfg.update(num_warps=4, num_stages=2, XREC=False)
     if CONFIG_OVERRIDE.get(kernel):
         cfg.update(CONFIG_OVERRIDE[kernel])

@@ -7,16 +7,16 @@ import torch
 
 import tttgraph
 from tttgraph.finetune.blocks import Block, block_modules, original_name, outline_blocks
-from tttgraph.models.cogvideox_bundle import transformer_inputs
+from tttgraph.models.cogvideox_bundle import TINY_TEXT_TOKENS, transformer_inputs
 
 
 @pytest.fixture(scope="module")
 def transformed(bundle):
     g = torch.Generator().manual_seed(0)
-    inputs = transformer_inputs(bundle, torch.randn(2, 13, 4, 4, 6, generator=g), torch.randn(2, 16, 16, generator=g),
-                                torch.tensor([500, 20]))
-    cfg = tttgraph.TTTConfig(segment_latent_frames=12, segment_overlap_frames=1, text_tokens_per_segment=16,
-                             mini_batch_size=16, backend="reference")
+    latents, text = torch.randn(2, 13, 4, 4, 6, generator=g), torch.randn(2, TINY_TEXT_TOKENS, 16, generator=g)
+    inputs = transformer_inputs(bundle, latents, text, torch.tensor([500, 20]))
+    cfg = tttgraph.TTTConfig(segment_latent_frames=12, segment_overlap_frames=1,
+                             text_tokens_per_segment=TINY_TEXT_TOKENS, mini_batch_size=16, backend="reference")
     return tttgraph.transform(bundle.transformer, cfg, inputs, progress=False).train(), inputs
 
 

@@ -18,7 +18,7 @@ from tttgraph.finetune.dataset import (
     scan_raw,
 )
 from tttgraph.finetune.precompute import _clip_pixels, main, precompute
-from tttgraph.models.cogvideox_bundle import encode_text, encode_video
+from tttgraph.models.cogvideox_bundle import TINY_TEXT_TOKENS, encode_text, encode_video
 
 
 def _copy(raw, tmp_path):
@@ -73,7 +73,7 @@ def test_precompute_writes_the_documented_format(clips_3s, raw_dataset, bundle):
     assert m["complete"] and m["clip_seconds"] == 3 and m["latent_frames"] == 13 and m["latent_shape"] == [4, 4, 6]
     assert [s["clips"] for s in m["shards"]] == [4, 2]
     data = PrecomputedClips(clips_3s)
-    assert len(data) == 6 and data.null_text.shape == (16, 16)
+    assert len(data) == 6 and data.null_text.shape == (TINY_TEXT_TOKENS, 16)
     latents, text = data[3]  # sample_00001, second segment
     samples = scan_raw(raw_dataset)
     from safetensors.numpy import load_file
@@ -82,9 +82,9 @@ def test_precompute_writes_the_documented_format(clips_3s, raw_dataset, bundle):
     # Clips are encoded in VAE batches: equal to one-by-one encoding up to float rounding.
     torch.testing.assert_close(latents, encode_video(bundle, _clip_pixels(video, 1, 1)), rtol=1e-4, atol=1e-4)
     assert torch.equal(text, encode_text(bundle, [samples[1].paragraphs[1]]).flatten(0, 1))
-    data.check_model(latent_channels=4, text_dim=16, text_tokens=16)
+    data.check_model(latent_channels=4, text_dim=16, text_tokens=TINY_TEXT_TOKENS)
     with pytest.raises(DatasetError, match="does not fit this model.*latent channels 4 vs the model's 16"):
-        data.check_model(latent_channels=16, text_dim=16, text_tokens=16)
+        data.check_model(latent_channels=16, text_dim=16, text_tokens=TINY_TEXT_TOKENS)
 
 
 def test_precompute_resumes_after_an_interruption(clips_3s, raw_dataset, bundle, tmp_path):

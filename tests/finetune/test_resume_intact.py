@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tttgraph.finetune.checkpointing import CheckpointError, check_checkpoint, list_checkpoints
+from tttgraph.finetune.checkpointing import TrainingCheckpointError, check_checkpoint, list_checkpoints
 from tttgraph.finetune.stages import StageConfig
 from tttgraph.finetune.trainer import read_metrics, run_stage
 
@@ -58,7 +58,7 @@ def test_resume_with_no_intact_checkpoint_says_why_for_each(reference, tmp_path)
     shutil.copytree(ref / "checkpoints", out / "checkpoints")
     (out / "checkpoints" / "step-000006" / "trainer.json").write_text("[]")
     (out / "checkpoints" / "step-000004" / "rng-rank00000.safetensors").write_bytes(b"")
-    with pytest.raises(CheckpointError) as info:
+    with pytest.raises(TrainingCheckpointError) as info:
         run_stage(StageConfig.load(config), out, resume=True, progress=False, log=lambda *a: None)
     message = str(info.value)
     assert "no checkpoint in" in message and "is intact" in message

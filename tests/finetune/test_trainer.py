@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import tttgraph
 from tttgraph.finetune import trainer
-from tttgraph.finetune.checkpointing import CheckpointError, list_checkpoints
+from tttgraph.finetune.checkpointing import TrainingCheckpointError, list_checkpoints
 from tttgraph.finetune.dataset import DatasetError
 from tttgraph.finetune.stages import StageConfig, StageConfigError
 from tttgraph.finetune.trainer import build_optimizer, lr_factors, read_metrics, run_stage, trainable_name
@@ -74,11 +74,11 @@ def test_bad_inputs_fail_before_any_compute(no_compute, clips_3s, tmp_path):
         run_stage(StageConfig.from_dict({"data": {"dataset": str(tmp_path / "none")}}), out)
     with pytest.raises(DatasetError, match="holds 3 s clips, stage .* trains on 6 s"):
         run_stage(base.replace(clip_seconds=6), out)
-    with pytest.raises(CheckpointError, match="holds no checkpoint; start without --resume"):
+    with pytest.raises(TrainingCheckpointError, match="holds no checkpoint; start without --resume"):
         run_stage(base, out, resume=True)
     (out / "checkpoints" / "step-000004").mkdir(parents=True)
     (out / "checkpoints" / "step-000004" / "trainer.json").write_text("{}")
-    with pytest.raises(CheckpointError, match="already holds a run .* pass --resume"):
+    with pytest.raises(TrainingCheckpointError, match="already holds a run .* pass --resume"):
         run_stage(base, out)
 
 

@@ -8,6 +8,7 @@ import torch
 from tttgraph.generate.interop import PipelineTransformer, storyboard_embeddings, transform_pipeline, video_frames
 from tttgraph.generate.storyboard import bundled_storyboard, load_storyboard
 from tttgraph.layers import GatedBidirectionalTTT
+from tttgraph.models.cogvideox_bundle import TINY_TEXT_TOKENS
 from tttgraph.segment_attention import SegmentAttention
 
 
@@ -24,7 +25,7 @@ def test_cogvideox_pipeline_generates_multi_scene_video_with_the_transformed_tra
     board = load_storyboard(bundled_storyboard()).first_seconds(6)  # 2 segments
 
     prompt, negative = storyboard_embeddings(pipe, board)
-    assert prompt.shape == negative.shape == (1, 2 * 16, 16)  # 2 segments x 16 tokens, one chunk each
+    assert prompt.shape == negative.shape == (1, 2 * TINY_TEXT_TOKENS, 16)  # 2 segments, one chunk each
     ttt_calls, attention_calls = [], []
     for module in pipe.transformer.modules():
         if isinstance(module, GatedBidirectionalTTT):

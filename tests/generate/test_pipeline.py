@@ -8,6 +8,7 @@ import torch
 
 from tttgraph.generate.pipeline import GenerateError, GenerateOptions, generate, load_models, plan
 from tttgraph.generate.video_io import read_mp4, read_png
+from tttgraph.models.cogvideox_bundle import TINY_TEXT_TOKENS as TEXT
 
 SECONDS, STEPS = 6, 3  # 2 segments (2 scenes' worth of markers are tested in test_storyboard), 25 latent frames
 
@@ -87,8 +88,8 @@ def test_trained_ttt_weights_are_restored_and_picked_up_by_default(models, refer
 
     # A stand-in for the fine-tuning example's output: the tiny base transformed, TTT gates changed, saved.
     bundle = tiny_bundle(0)
-    example = transformer_inputs(bundle, torch.zeros(1, 25, 4, 4, 6), torch.zeros(1, 32, 16), torch.tensor([999]))
-    tm = tttgraph.transform(bundle.transformer, tttgraph.presets.cogvideox_5b(6, text_tokens_per_segment=16),
+    example = transformer_inputs(bundle, torch.zeros(1, 25, 4, 4, 6), torch.zeros(1, 2 * TEXT, 16), torch.tensor([999]))
+    tm = tttgraph.transform(bundle.transformer, tttgraph.presets.cogvideox_5b(6, text_tokens_per_segment=TEXT),
                             example, progress=False)
     with torch.no_grad():
         for name, p in tm.named_parameters():
@@ -110,8 +111,9 @@ def test_dry_run_summary_and_cli_errors(tmp_path, capsys):
 
     assert main(["generate", "--dry-run", "--seconds", "9", "--steps", "10"]) == 0
     text = capsys.readouterr().out
+    tokens = 3 * TEXT + 37 * 6  # 3 text chunks + 37 latent frames of 2x3 patches
     for expected in ("3 segment(s) of 3 s", "9 s = 145 frames at 16 fps, 48x32 px", "latents 37 x 4 x 4 x 6",
-                     "270 per sample", "batch 2 (CFG)", "10 steps", "FLOP per step", "transformer weights"):
+                     f"{tokens} per sample", "batch 2 (CFG)", "10 steps", "FLOP per step", "transformer weights"):
         assert expected in text, (expected, text)
 
     bad = tmp_path / "bad.toml"
@@ -129,8 +131,8 @@ def test_a_default_finetune_output_that_does_not_fit_is_skipped_with_a_note(tmp_
     from tttgraph.models.cogvideox_bundle import tiny_bundle, transformer_inputs
 
     other = tiny_bundle(seed=1)  # not the base the default run uses (seed 0)
-    example = transformer_inputs(other, torch.zeros(1, 13, 4, 4, 6), torch.zeros(1, 16, 16), torch.tensor([999]))
-    tm = tttgraph.transform(other.transformer, tttgraph.presets.cogvideox_5b(3, text_tokens_per_segment=16),
+    example = transformer_inputs(other, torch.zeros(1, 13, 4, 4, 6), torch.zeros(1, TEXT, 16), torch.tensor([999]))
+    tm = tttgraph.transform(other.transformer, tttgraph.presets.cogvideox_5b(3, text_tokens_per_segment=TEXT),
                             example, progress=False)
     tttgraph.save(tm, tmp_path / "runs" / "finetune" / "ttt")
     monkeypatch.chdir(tmp_path)  # ./runs/finetune/ttt is the default fine-tuning output
@@ -155,7 +157,7 @@ def test_pretrained_directory_is_loaded_from_local_files(tmp_path):
     options = _options(tmp_path, pretrained=tmp_path / "model", seconds=3, steps=1, device="cpu", dtype="float32")
     job = plan(options)
     assert job.source == str(tmp_path / "model") and (job.height, job.width) == (32, 48)
-    assert job.text_tokens_per_segment == 16 and job.ttt_dir is None  # no default pick-up with --pretrained
+    assert job.text_tokens_per_segment == TEXT and job.ttt_dir is None  # no default pick-up with --pretrained
     result = generate(options, out=lambda _: None)
     assert read_mp4(result.video)[0].shape == (49, 32, 48, 3)
 

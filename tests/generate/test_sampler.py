@@ -9,12 +9,12 @@ import torch
 
 from tttgraph.generate.guidance import dynamic_cfg_scale, guide
 from tttgraph.generate.sampler import (
-    CheckpointError,
     LatentCheckpoint,
+    LatentCheckpointError,
     SamplerSettings,
     denoise,
-    fingerprint,
     initial_noise,
+    job_fingerprint,
     make_scheduler,
 )
 from tttgraph.models.cogvideox_bundle import SCHEDULER_CONFIG
@@ -77,7 +77,7 @@ class Interrupt(Exception):
 @pytest.mark.parametrize("stop_after", [3, 4])
 def test_resume_after_an_interruption_gives_the_uninterrupted_result(tmp_path, stop_after):
     settings = SamplerSettings(steps=7, seed=1, checkpoint_every=2)
-    job = fingerprint(settings, SHAPE, storyboard="abc")
+    job = job_fingerprint(settings, SHAPE, storyboard="abc")
     full = denoise(toy_predict, SHAPE, settings, SCHEDULER_CONFIG, progress=False)
 
     ckpt = LatentCheckpoint(tmp_path / "run.resume.safetensors", job)
@@ -101,10 +101,10 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_result(tmp_path, s
 def test_a_checkpoint_of_another_job_or_a_corrupted_one_is_refused(tmp_path):
     settings = SamplerSettings(steps=4, seed=1, checkpoint_every=2)
     path = tmp_path / "c.safetensors"
-    LatentCheckpoint(path, fingerprint(settings, SHAPE)).save(2, torch.zeros(SHAPE), torch.zeros(SHAPE))
-    other = LatentCheckpoint(path, fingerprint(SamplerSettings(steps=4, seed=2), SHAPE))
-    with pytest.raises(CheckpointError, match=r"belongs to a different generation \(differs in: seed\)"):
+    LatentCheckpoint(path, job_fingerprint(settings, SHAPE)).save(2, torch.zeros(SHAPE), torch.zeros(SHAPE))
+    other = LatentCheckpoint(path, job_fingerprint(SamplerSettings(steps=4, seed=2), SHAPE))
+    with pytest.raises(LatentCheckpointError, match=r"belongs to a different generation \(differs in: seed\)"):
         other.load()
     path.write_bytes(b"not a safetensors file")
-    with pytest.raises(CheckpointError, match="resume file .* is not a readable safetensors file: .*; delete it"):
-        LatentCheckpoint(path, fingerprint(settings, SHAPE)).load()
+    with pytest.raises(LatentCheckpointError, match="resume file .* is not a readable safetensors file: .*; delete it"):
+        LatentCheckpoint(path, job_fingerprint(settings, SHAPE)).load()

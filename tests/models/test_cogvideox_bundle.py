@@ -22,6 +22,9 @@ from tttgraph.models.cogvideox_bundle import (
     tiny_bundle,
     transformer_inputs,
 )
+from tttgraph.models.cogvideox_bundle import (
+    TINY_TEXT_TOKENS as TEXT,
+)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +51,7 @@ def test_tiny_bundle_is_seeded_and_leaves_the_global_rng_alone(bundle):
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     other = tiny_bundle(seed=1)
     assert not torch.equal(other.transformer.proj_out.weight, bundle.transformer.proj_out.weight)
-    assert bundle.source == "tiny" and bundle.text_tokens_per_segment == 16
+    assert bundle.source == "tiny" and bundle.text_tokens_per_segment == TEXT
     assert bundle.text_encoder.config.d_model == bundle.transformer.config.text_embed_dim
     assert bundle.vae.config.latent_channels == bundle.transformer.config.in_channels
     cfg = bundle.scheduler_config
@@ -80,7 +83,7 @@ def test_encode_text_one_row_per_paragraph(bundle):
     text = ["<start_scene> The red circle bounces up and down.", "The blue square hides. <end_scene>",
             " ".join(["The green triangle chases the yellow diamond."] * 10)]
     emb = encode_text(bundle, text)
-    assert emb.shape == (3, 16, bundle.transformer.config.text_embed_dim)
+    assert emb.shape == (3, TEXT, bundle.transformer.config.text_embed_dim)
     assert torch.isfinite(emb).all()
     assert torch.equal(encode_text(bundle, text[:1])[0], emb[0])  # rows are independent
     with pytest.raises(BundleError, match="list of strings"):
@@ -131,7 +134,7 @@ def test_transformer_inputs_run_the_model_and_a_tttgraph_transform(bundle, clip)
     with torch.no_grad():
         out = bundle.transformer(**inputs, return_dict=False)[0]
     assert out.shape == latents.shape
-    cfg = tttgraph.TTTConfig(segment_latent_frames=12, segment_overlap_frames=1, text_tokens_per_segment=16,
+    cfg = tttgraph.TTTConfig(segment_latent_frames=12, segment_overlap_frames=1, text_tokens_per_segment=TEXT,
                              mini_batch_size=16, backend="reference")
     tm = tttgraph.transform(bundle.transformer, cfg, inputs, progress=False)
     with torch.no_grad():
@@ -143,7 +146,7 @@ def test_transformer_inputs_run_the_model_and_a_tttgraph_transform(bundle, clip)
 def test_save_and_load_pretrained_round_trip(bundle, tmp_path, clip):
     save_bundle(bundle, tmp_path / "model")
     loaded = load_pretrained(tmp_path / "model", dtype=torch.float32)
-    assert loaded.source == str(tmp_path / "model") and loaded.text_tokens_per_segment == 16
+    assert loaded.source == str(tmp_path / "model") and loaded.text_tokens_per_segment == TEXT
     assert loaded.scheduler_config == {**SCHEDULER_CONFIG, **bundle.scheduler_config}
     paragraphs = clip[0].storyboard.paragraphs()
     assert torch.equal(encode_text(loaded, paragraphs), encode_text(bundle, paragraphs))

@@ -47,7 +47,8 @@ class GenericAdapter(ModelAdapter):
         return none_spec(inputs)
 
     def layout(self, model, inputs):
-        raise _fix(model, "the generic fallback needs the captured attention shapes (use tttgraph.analyse)")
+        raise _fix(model, "the generic fallback needs the captured attention shapes (tttgraph.analysis.analyse "
+                          "infers the layout from them)")
 
     def infer(
         self, model: torch.nn.Module, inputs: Mapping[str, Any], self_attn_lengths: Sequence[int],

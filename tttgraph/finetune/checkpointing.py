@@ -11,9 +11,9 @@ Layout of ``OUT/checkpoints/step-000050/``:
 Every process writes into ``.step-000050.tmp/``; after a barrier the main process renames it to
 ``step-000050/`` (atomic on one file system) and removes the oldest beyond ``keep``. A killed run
 leaves at most a ``.tmp`` directory, which is ignored and cleared. Everything is read with
-safetensors and validated JSON (no pickle); a damaged file raises :class:`CheckpointError` naming
-it, and a resume takes the newest checkpoint that passes :func:`check_checkpoint`, saying which
-newer ones it skipped and why (:func:`newest_intact`).
+safetensors and validated JSON (no pickle); a damaged file raises :class:`TrainingCheckpointError`
+naming it, and a resume takes the newest checkpoint that passes :func:`check_checkpoint`, saying
+which newer ones it skipped and why (:func:`newest_intact`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
 
-class CheckpointError(TTTGraphError):
+class TrainingCheckpointError(TTTGraphError):
     """A training checkpoint is missing, incomplete or does not fit this run."""
 
 
@@ -133,18 +133,18 @@ def save_checkpoint(root: Path, step: int, *, params: dict[str, torch.Tensor], o
 def read_trainer_state(directory: Path) -> dict[str, Any]:
     """The validated ``trainer.json`` of checkpoint ``directory``."""
     path = directory / "trainer.json"
-    state = read_json(path, _WHAT, _fix(directory), error=CheckpointError)
+    state = read_json(path, _WHAT, _fix(directory), error=TrainingCheckpointError)
     if state.get("format") != FORMAT:
         raise damaged(path, f"is not a tttgraph training checkpoint (format {state.get('format')!r}, not "
-                            f"{FORMAT!r})", _WHAT, _fix(directory), CheckpointError)
+                            f"{FORMAT!r})", _WHAT, _fix(directory), TrainingCheckpointError)
     optional = {k: int for k in ("version", "layer_semantics") if k in state}  # absent in older checkpoints
     check_fields(state, {"step": int, "world_size": int, "scheduler": dict, **optional}, path, _WHAT,
-                 _fix(directory), error=CheckpointError)
+                 _fix(directory), error=TrainingCheckpointError)
     if state.get("version", 0) > VERSION:
-        raise CheckpointError(f"{path} has version {state['version']}; this tttgraph reads {VERSION}")
+        raise TrainingCheckpointError(f"{path} has version {state['version']}; this tttgraph reads {VERSION}")
     reason = semantics_mismatch(state.get("layer_semantics", 1), str(path))  # older checkpoints are 1
     if reason:
-        raise CheckpointError(reason)
+        raise TrainingCheckpointError(reason)
     return state
 
 
@@ -154,15 +154,16 @@ def _optimizer_meta(raw: str, path: Path, directory: Path) -> dict[str, Any]:
         meta = json.loads(raw)
     except json.JSONDecodeError as err:
         raise damaged(path, f"has damaged optimizer metadata (not JSON: {err})", _WHAT, _fix(directory),
-                      CheckpointError) from None
+                      TrainingCheckpointError) from None
     if not isinstance(meta, dict):
         raise damaged(path, "has optimizer metadata that is not a JSON object", _WHAT, _fix(directory),
-                      CheckpointError)
-    check_fields(meta, {"param_groups": list, "scalars": dict}, path, _WHAT, _fix(directory), error=CheckpointError)
+                      TrainingCheckpointError)
+    check_fields(meta, {"param_groups": list, "scalars": dict}, path, _WHAT, _fix(directory),
+                 error=TrainingCheckpointError)
     bad = [k for k in meta["scalars"] if not re.fullmatch(r"\d+\..+", k)]
     if bad:
         raise damaged(path, f"has optimizer scalars {bad[:3]} not of the form <index>.<name>", _WHAT, _fix(directory),
-                      CheckpointError)
+                      TrainingCheckpointError)
     return meta
 
 
@@ -171,33 +172,33 @@ def _state_key(key: str, path: Path, directory: Path) -> tuple[int, str]:
     parts = key.split(".", 2)
     if len(parts) != 3 or parts[0] != "state" or not parts[1].isdigit():
         raise damaged(path, f"holds the tensor {key!r}, not of the form state.<index>.<name>", _WHAT, _fix(directory),
-                      CheckpointError)
+                      TrainingCheckpointError)
     return int(parts[1]), parts[2]
 
 
 def check_checkpoint(directory: Path) -> dict[str, Any]:
     """Validate checkpoint ``directory`` without loading a tensor: its ``trainer.json`` and the headers
     of every rank's model, optimizer and RNG files (readable, the expected tensors and metadata, the
-    same parameter names on every rank). Returns trainer.json; raises :class:`CheckpointError`."""
+    same parameter names on every rank). Returns trainer.json; raises :class:`TrainingCheckpointError`."""
     state = read_trainer_state(directory)
     fix = _fix(directory)
     if state["world_size"] < 1:
         raise damaged(directory / "trainer.json", f"has world_size {state['world_size']}", _WHAT, fix,
-                      CheckpointError)
+                      TrainingCheckpointError)
     names = None
     for rank in range(state["world_size"]):
         model_file = directory / _rank_file("model", rank)
-        keys, _ = check_safetensors(model_file, _WHAT, fix, error=CheckpointError)
+        keys, _ = check_safetensors(model_file, _WHAT, fix, error=TrainingCheckpointError)
         if names is not None and keys != names:
             raise damaged(model_file, f"holds other parameters than {_rank_file('model', 0)}", _WHAT, fix,
-                          CheckpointError)
+                          TrainingCheckpointError)
         names = keys
         opt_file = directory / _rank_file("optim", rank)
-        keys, meta = check_safetensors(opt_file, _WHAT, fix, metadata=("optimizer",), error=CheckpointError)
+        keys, meta = check_safetensors(opt_file, _WHAT, fix, metadata=("optimizer",), error=TrainingCheckpointError)
         _optimizer_meta(meta["optimizer"], opt_file, directory)
         for key in keys:
             _state_key(key, opt_file, directory)
-        check_safetensors(directory / _rank_file("rng", rank), _WHAT, fix, keys=("cpu",), error=CheckpointError)
+        check_safetensors(directory / _rank_file("rng", rank), _WHAT, fix, keys=("cpu",), error=TrainingCheckpointError)
     return state
 
 
@@ -208,7 +209,7 @@ def newest_intact(root: Path) -> tuple[Path | None, list[str]]:
     for step, directory in reversed(list_checkpoints(root)):
         try:
             check_checkpoint(directory)
-        except CheckpointError as err:
+        except TrainingCheckpointError as err:
             skipped.append(f"skipping damaged checkpoint {directory.name} (step {step}): {err}")
             continue
         return directory, skipped
@@ -221,15 +222,15 @@ def load_checkpoint(directory: Path, *, params: dict[str, torch.Tensor], optimiz
     state = read_trainer_state(directory)
     fix = _fix(directory)
     if state["world_size"] != ctx.world:
-        raise CheckpointError(
+        raise TrainingCheckpointError(
             f"{directory} was written by {state['world_size']} process(es), this run has {ctx.world}; resume with "
             f"the same number of processes (torchrun --nproc_per_node {state['world_size']})"
         )
     model_file = directory / _rank_file("model", ctx.rank)
-    saved, _ = load_safetensors(model_file, _WHAT, fix, error=CheckpointError)
+    saved, _ = load_safetensors(model_file, _WHAT, fix, error=TrainingCheckpointError)
     if set(saved) != set(params):
         missing, extra = sorted(set(params) - set(saved))[:3], sorted(set(saved) - set(params))[:3]
-        raise CheckpointError(
+        raise TrainingCheckpointError(
             f"{model_file} does not fit this run's trainable parameters (missing {missing}, unexpected {extra}); "
             "resume with the same config"
         )
@@ -237,11 +238,11 @@ def load_checkpoint(directory: Path, *, params: dict[str, torch.Tensor], optimiz
         for name, p in params.items():
             target = local(p)
             if target.shape != saved[name].shape:
-                raise CheckpointError(f"{model_file}: {name} is {tuple(saved[name].shape)}, the model has "
-                                      f"{tuple(target.shape)}")
+                raise TrainingCheckpointError(f"{model_file}: {name} is {tuple(saved[name].shape)}, the model has "
+                                              f"{tuple(target.shape)}")
             target.copy_(saved[name])
     opt_file = directory / _rank_file("optim", ctx.rank)
-    with open_safetensors(opt_file, _WHAT, fix, metadata=("optimizer",), error=CheckpointError) as f:
+    with open_safetensors(opt_file, _WHAT, fix, metadata=("optimizer",), error=TrainingCheckpointError) as f:
         meta = _optimizer_meta(f.metadata()["optimizer"], opt_file, directory)
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     ordered = [p for group in optimizer.param_groups for p in group["params"]]
@@ -249,8 +250,8 @@ def load_checkpoint(directory: Path, *, params: dict[str, torch.Tensor], optimiz
     for key, value in tensors.items():
         idx, name = _state_key(key, opt_file, directory)
         if idx >= len(ordered):
-            raise CheckpointError(f"{opt_file} holds state of parameter {idx}, this run's optimizer has "
-                                  f"{len(ordered)}; resume with the same config")
+            raise TrainingCheckpointError(f"{opt_file} holds state of parameter {idx}, this run's optimizer has "
+                                          f"{len(ordered)}; resume with the same config")
         p = ordered[idx]
         if value.dim() and hasattr(p, "device_mesh"):
             from torch.distributed.tensor import DTensor
@@ -264,11 +265,11 @@ def load_checkpoint(directory: Path, *, params: dict[str, torch.Tensor], optimiz
     try:
         optimizer.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
     except (ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(
+        raise TrainingCheckpointError(
             f"{opt_file} does not fit this run's optimizer ({err}); resume with the same config") from None
     scheduler.load_state_dict(state["scheduler"])
     rng, _ = load_safetensors(directory / _rank_file("rng", ctx.rank), _WHAT, fix, keys=("cpu",),
-                              error=CheckpointError)
+                              error=TrainingCheckpointError)
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng and ctx.device.type == "cuda":
         torch.cuda.set_rng_state(rng["cuda"], ctx.device)

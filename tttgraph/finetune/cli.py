@@ -18,7 +18,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from tttgraph.cli import int_at_least
+from tttgraph.command import int_at_least
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +53,7 @@ def load_config(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the stage (errors and interrupts are reported by :func:`tttgraph.cli.run_parsed`)."""
+    """Run the stage (errors and interrupts are reported by :func:`tttgraph.command.run_parsed`)."""
     import torch
 
     from tttgraph.finetune import trainer
@@ -94,7 +94,7 @@ def interrupted(args: argparse.Namespace, command: list[str]) -> str:
 
 
 if __name__ == "__main__":
-    from tttgraph.cli import ArgumentParser, add_debug_flag, standalone
+    from tttgraph.command import ArgumentParser, add_debug_flag, standalone
 
     p = ArgumentParser(prog="python -m tttgraph.finetune.cli", description=__doc__.splitlines()[0])
     add_arguments(p)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tttgraph.errors import TTTGraphError
+from tttgraph.models.cogvideox_bundle import TINY_TEXT_TOKENS
 
 TRAINABLE = ("all", "ttt", "ttt_attention")
 STAGE_SECONDS = (3, 9, 18, 30, 63)
@@ -112,7 +113,7 @@ class ParallelSection:
 
 
 TINY_TTT = {
-    "segment_latent_frames": 12, "segment_overlap_frames": 1, "text_tokens_per_segment": 16,
+    "segment_latent_frames": 12, "segment_overlap_frames": 1, "text_tokens_per_segment": TINY_TEXT_TOKENS,
     "mini_batch_size": 16, "backend": "reference",
 }
 

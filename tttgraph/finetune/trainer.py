@@ -42,7 +42,7 @@ from torch import nn
 
 from tttgraph import interrupts
 from tttgraph.finetune import distributed
-from tttgraph.finetune.checkpointing import CheckpointError, list_checkpoints, newest_intact, read_trainer_state
+from tttgraph.finetune.checkpointing import TrainingCheckpointError, list_checkpoints, newest_intact, read_trainer_state
 from tttgraph.finetune.dataset import DatasetError, PrecomputedClips, plan_clips, read_manifest, scan_raw
 from tttgraph.finetune.stages import StageConfig, StageConfigError
 from tttgraph.progress import abandon, progress_bar
@@ -106,22 +106,23 @@ def check_inputs(cfg: StageConfig, out: Path, *, pretrained: str | None, resume:
     checkpoints = list_checkpoints(out / "checkpoints") if check_out else []
     if resume and check_out:
         if not checkpoints:
-            raise CheckpointError(f"--resume: {out / 'checkpoints'} holds no checkpoint; start without --resume")
+            raise TrainingCheckpointError(f"--resume: {out / 'checkpoints'} holds no checkpoint; start without "
+                                          "--resume")
         found.resume_from, found.skipped = newest_intact(out / "checkpoints")
         if found.resume_from is None:
-            raise CheckpointError(
+            raise TrainingCheckpointError(
                 f"--resume: no checkpoint in {out / 'checkpoints'} is intact:\n  " + "\n  ".join(found.skipped)
                 + f"\nstart again without --resume (delete {out / 'checkpoints'} first)"
             )
         saved = read_trainer_state(found.resume_from).get("config")
         if saved != json.loads(json.dumps(cfg.to_dict())):
             diff = sorted(k for k in cfg.to_dict() if (saved or {}).get(k) != json.loads(json.dumps(cfg.to_dict()[k])))
-            raise CheckpointError(
+            raise TrainingCheckpointError(
                 f"--resume: the run in {out} was started with a different config (differs in {diff}); resume with "
                 "the same --config and --max-steps, or use another --out"
             )
     elif checkpoints:
-        raise CheckpointError(
+        raise TrainingCheckpointError(
             f"{out} already holds a run (checkpoint step {checkpoints[-1][0]}); pass --resume to continue it or "
             "choose another --out"
         )

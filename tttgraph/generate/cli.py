@@ -17,7 +17,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-from tttgraph.cli import int_at_least
+from tttgraph.command import int_at_least
 from tttgraph.generate.guidance import DEFAULT_GUIDANCE_SCALE
 from tttgraph.generate.sampler import DEFAULT_CHECKPOINT_EVERY, DEFAULT_STEPS
 from tttgraph.kernels.ttt_mlp.backends import TTTBackend
@@ -83,7 +83,7 @@ def options_from_args(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
-    """Generate (errors and interrupts are reported by :func:`tttgraph.cli.run_parsed`)."""
+    """Generate (errors and interrupts are reported by :func:`tttgraph.command.run_parsed`)."""
     from tttgraph.generate.pipeline import generate, plan
 
     threads = args.threads if args.threads is not None else (1 if args.pretrained is None else None)
@@ -135,7 +135,7 @@ def interrupted(args: argparse.Namespace, command: list[str]) -> str:
 
 def run(argv: list[str] | None = None) -> int:
     """Parse ``argv`` with the generate flags and run (the entry of ``python -m examples.one_minute_video``)."""
-    from tttgraph.cli import ArgumentParser, add_debug_flag, standalone
+    from tttgraph.command import ArgumentParser, add_debug_flag, standalone
 
     parser = ArgumentParser(prog="tttgraph generate", formatter_class=argparse.RawDescriptionHelpFormatter,
                             epilog="\n".join(__doc__.splitlines()[2:]))

@@ -48,7 +48,7 @@ from tttgraph.generate.sampler import (
     LatentCheckpoint,
     SamplerSettings,
     denoise,
-    fingerprint,
+    job_fingerprint,
 )
 from tttgraph.generate.storyboard import SEGMENT_SECONDS, Storyboard, bundled_storyboard, load_storyboard
 from tttgraph.generate.video_io import DEFAULT_FPS, contact_sheet, segment_frame_indices, write_mp4, write_png
@@ -470,9 +470,9 @@ def generate(
 
         return model(**transformer_inputs(bundle, x, text, t), return_dict=False)[0]
 
-    job_id = fingerprint(job.settings, job.latent_shape, storyboard=job.storyboard.fingerprint(),
-                         model=job.source, tiny_seed=options.tiny_seed if job.source == "tiny" else None,
-                         ttt=models.ttt_digest, dtype=str(job.dtype), ttt_config=job.ttt_config.to_dict())
+    job_id = job_fingerprint(job.settings, job.latent_shape, storyboard=job.storyboard.prompt_fingerprint(),
+                             model=job.source, tiny_seed=options.tiny_seed if job.source == "tiny" else None,
+                             ttt=models.ttt_digest, dtype=str(job.dtype), ttt_config=job.ttt_config.to_dict())
     checkpoint = None
     if job.checkpoint is not None:
         checkpoint = LatentCheckpoint(job.checkpoint, job_id)

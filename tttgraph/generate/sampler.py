@@ -40,8 +40,8 @@ DEFAULT_STEPS = 50
 DEFAULT_CHECKPOINT_EVERY = 5
 
 
-class CheckpointError(TTTGraphError):
-    """A latent checkpoint can't be used: corrupted, or written by a different job."""
+class LatentCheckpointError(TTTGraphError):
+    """A latent checkpoint (generation resume file) can't be used: corrupted, or written by a different job."""
 
 
 @dataclass(frozen=True)
@@ -111,13 +111,13 @@ class LatentCheckpoint:
     """A resumable snapshot of the sampler at ``path`` (safetensors; written atomically).
 
     Holds ``latents`` [B, F, C, h, w] float32, ``old_pred`` (previous predicted x0, absent before
-    the first step), the number of steps done and the job's fingerprint (a JSON object; a
-    checkpoint of a different job is refused rather than silently mixed in).
+    the first step), the number of steps done and ``job``, the job's fingerprint (a JSON object from
+    :func:`job_fingerprint`; a checkpoint of a different job is refused rather than silently mixed in).
     """
 
-    def __init__(self, path: str | os.PathLike, fingerprint: dict[str, Any]):
+    def __init__(self, path: str | os.PathLike, job: dict[str, Any]):
         self.path = Path(path)
-        self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))
+        self.job = json.loads(json.dumps(job, sort_keys=True))
 
     def load(self) -> tuple[int, Tensor, Tensor | None] | None:
         """(steps done, latents, old_pred) or None when there is no checkpoint."""
@@ -127,26 +127,26 @@ class LatentCheckpoint:
             return None
         fix = "delete it to start the generation over (or pass --no-resume)"
         what = "generation resume file"
-        tensors, meta = load_safetensors(self.path, what, fix, error=CheckpointError)
+        tensors, meta = load_safetensors(self.path, what, fix, error=LatentCheckpointError)
         if meta.get("format") != CHECKPOINT_FORMAT or meta.get("version") != str(CHECKPOINT_VERSION):
-            raise CheckpointError(f"{self.path} is not a tttgraph generation checkpoint (version "
-                                  f"{CHECKPOINT_VERSION}); delete it or pass another checkpoint path")
+            raise LatentCheckpointError(f"{self.path} is not a tttgraph generation checkpoint (version "
+                                        f"{CHECKPOINT_VERSION}); delete it or pass another checkpoint path")
         try:
             saved = json.loads(meta["fingerprint"])
             step = int(meta["step"])
         except (KeyError, ValueError) as err:
             raise damaged(self.path, f"has damaged metadata ({type(err).__name__}: {err})", what, fix,
-                          CheckpointError) from None
+                          LatentCheckpointError) from None
         if not isinstance(saved, dict) or not isinstance(saved.get("steps"), int):
-            raise damaged(self.path, "has a damaged job fingerprint", what, fix, CheckpointError)
-        if saved != self.fingerprint:
-            differ = sorted(k for k in set(saved) | set(self.fingerprint) if saved.get(k) != self.fingerprint.get(k))
-            raise CheckpointError(
+            raise damaged(self.path, "has a damaged job fingerprint", what, fix, LatentCheckpointError)
+        if saved != self.job:
+            differ = sorted(k for k in set(saved) | set(self.job) if saved.get(k) != self.job.get(k))
+            raise LatentCheckpointError(
                 f"{self.path} belongs to a different generation (differs in: {', '.join(differ)}); delete it, pass "
                 "--no-resume to overwrite it, or rerun with the same settings to resume"
             )
         if "latents" not in tensors or not 0 <= step <= saved["steps"]:
-            raise CheckpointError(f"{self.path}: incomplete checkpoint (step {step}); delete it to start over")
+            raise LatentCheckpointError(f"{self.path}: incomplete checkpoint (step {step}); delete it to start over")
         return step, tensors["latents"], tensors.get("old_pred")
 
     def save(self, step: int, latents: Tensor, old_pred: Tensor | None) -> None:
@@ -156,7 +156,7 @@ class LatentCheckpoint:
         if old_pred is not None:
             tensors["old_pred"] = old_pred.detach().float().cpu().contiguous()
         meta = {"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION), "step": str(step),
-                "fingerprint": json.dumps(self.fingerprint, sort_keys=True)}
+                "fingerprint": json.dumps(self.job, sort_keys=True)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         clear_stale(self.path)  # left by a run killed while writing
         with atomic_path(self.path, mode=file_mode()) as tmp:
@@ -200,8 +200,8 @@ def denoise(
         if resumed is not None:
             start, latents, old_pred = resumed
             if tuple(latents.shape) != tuple(shape):
-                raise CheckpointError(f"{checkpoint.path} holds latents {tuple(latents.shape)}, this job needs "
-                                      f"{tuple(shape)}; delete it to start over")
+                raise LatentCheckpointError(f"{checkpoint.path} holds latents {tuple(latents.shape)}, this job "
+                                            f"needs {tuple(shape)}; delete it to start over")
     latents = latents.to(device)
     old_pred = None if old_pred is None else old_pred.to(device)
     bar = progress_bar(total=settings.steps, initial=start, desc="denoising", unit="step", disable=not progress)
@@ -227,7 +227,7 @@ def denoise(
     return latents
 
 
-def fingerprint(settings: SamplerSettings, shape: tuple[int, ...], **job: Any) -> dict[str, Any]:
+def job_fingerprint(settings: SamplerSettings, shape: tuple[int, ...], **job: Any) -> dict[str, Any]:
     """The identity of a generation job for :class:`LatentCheckpoint` (what a resume must match)."""
     data = {k: v for k, v in asdict(settings).items() if k != "checkpoint_every"}
     return {**data, "shape": list(shape), **job}

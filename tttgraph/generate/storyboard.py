@@ -126,7 +126,7 @@ class Storyboard:
             left -= len(scene.segments)
         return Storyboard(tuple(scenes), self.title, self.negative_prompt, self.source, self.segment_lines[:keep])
 
-    def fingerprint(self) -> str:
+    def prompt_fingerprint(self) -> str:
         """sha256 of what conditions generation (paragraphs with markers and negative prompts)."""
         data = json.dumps([self.paragraphs(), self.negative_paragraphs()], ensure_ascii=False)
         return hashlib.sha256(data.encode()).hexdigest()

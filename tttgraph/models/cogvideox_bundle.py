@@ -67,7 +67,9 @@ SUBFOLDERS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 SPATIAL_COMPRESSION = 8
 TEMPORAL_COMPRESSION = 4
 
-TINY_TEXT_TOKENS = 16
+# Text tokens per segment of the tiny default: the longest paragraph of the synthetic storyboards
+# and of the bundled one-minute story (50 and 43 words and marks) fits, so none is truncated.
+TINY_TEXT_TOKENS = 64
 TINY_HEIGHT, TINY_WIDTH = 32, 48
 # A tiny CogVideoX 1.0 transformer (tttgraph.models.tiny's config, sized for 32x48 pixel clips:
 # a 4x6 latent, 2x3 patches per frame); text_embed_dim equals the tiny T5's d_model.

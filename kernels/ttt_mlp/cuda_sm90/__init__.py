@@ -36,10 +36,11 @@ D_BUILT, F_BUILT, MINI_BATCH_BUILT = 64, 256, 64
 # of the scan": plain bf16 there lets ill-conditioned heads drift); 2 = one-instruction tanh.approx
 # in the output's GELU; 4 = the same in the inner step's GELU. Built: 0, 1, 3, 6, 7.
 VARIANT = 7
-# The decoupled output (ttt_mlp_fwd.cu, v9): the scan clusters publish every state into a ring in
-# global memory and output workers on the SMs the scan leaves idle compute the output from it. Used
-# when the device can keep every worker resident beside the scan (enough idle SMs: at B*H = 48 on an
-# H100, 36 of 132); otherwise, or with this off, the scan computes the output itself (v8).
+# The decoupled output (ttt_mlp_fwd.cu; README.md, "Decoupled output"): the scan clusters publish every
+# state into a ring in global memory and output workers on the SMs the scan leaves idle compute the
+# output from it. Used when the device can keep every worker resident beside the scan (enough idle SMs:
+# at B*H = 48 on an H100, 36 of 132); otherwise, or with this off, the scan computes the output itself
+# (the fused kernel).
 DECOUPLED_OUTPUT = True
 # Tests cap the worker clusters (None: as many as fit) to make the scan wait for ring slots.
 MAX_OUTPUT_WORKERS: int | None = None
@@ -156,8 +157,9 @@ def backward(grad_out, q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, states,
     dw2, db2 = torch.zeros(bsz, heads, hidden, dim, **f32), torch.zeros(bsz, heads, dim, **f32)
     # A chunk's states, written by the forward's scan: per CTA its W1 and W2 hi tiles and its biases.
     fl = hidden // 2
-    # The output's backward of a chunk (b4), per (b, h) and mini-batch of the chunk: the bf16 operands
-    # Aq, dZq1 (4 hidden chunks each) and dZq2 as [64][64] tiles, and the sums db1, db2, dgamma, dbeta.
+    # The output's backward of a chunk (ttt_mlp_bwd_out.cu), per (b, h) and mini-batch of the chunk: the
+    # bf16 operands Aq, dZq1 (4 hidden chunks each) and dZq2 as [64][64] tiles, and the sums db1, db2,
+    # dgamma, dbeta.
     abi = getattr(ext, "BACKWARD_ABI", 1)
     scratch = (
         torch.empty(bsz * heads, slots, 2, 2, fl * dim, device=dev, dtype=bf),
@@ -167,9 +169,9 @@ def backward(grad_out, q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, states,
         torch.empty(bsz * heads, slots - 1, hidden + 3 * dim, **f32),
     )
     extra = (VARIANT,)
-    if abi == 2:  # a build of b3's sources (an A/B baseline): no output's-backward scratch
+    if abi == 2:  # a build of older sources (an A/B baseline): no output's-backward scratch
         scratch = (*scratch[:2], torch.empty(bsz * heads, 13, MINI_BATCH_BUILT, dim, **f32))
-    if abi < 2:  # a build of sources before b3 (an A/B baseline)
+    if abi < 2:  # older still (an A/B baseline): its own state scratch, no forward variant
         scratch = (
             torch.empty(bsz * heads, slots, dim, hidden, device=dev, dtype=bf),
             torch.empty(bsz * heads, slots, hidden, dim, device=dev, dtype=bf),

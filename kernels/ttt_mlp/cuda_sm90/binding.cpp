@@ -67,7 +67,7 @@ void forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor et
   p.mb0 = 0;
   p.n_mb = static_cast<int>((q.size(2) + 63) / 64);
   p.from_ck = -1;
-  // The decoupled output (ttt_mlp_fwd.cu, v9): a ring of kRing states per (b, h) in global memory
+  // The decoupled output (ttt_mlp_fwd.cu): a ring of kRing states per (b, h) in global memory
   // (12.7 MB at B*H = 48) and zeroed flags; they live until the kernel is done (stream order).
   int workers = 0;
   torch::Tensor ring_w, ring_b, flags;
@@ -210,8 +210,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "TTT-MLP forward scan (sm_90a)");
   m.def("forward_workers", &forward_workers, "output-worker clusters of the decoupled forward (0: fused)");
   m.def("backward", &backward, "TTT-MLP backward (sm_90a)");
-  // 3: backward() takes the output's-backward scratch obt / obf after part (b4), and part is [B*H, 9,
-  // 64, 64]; 2: the chunk scratch st_w / st_b and the forward's variant (b3: the recomputation on the
-  // forward's scan). __init__.py still drives 1 and 2 (builds of older sources, for A/B timing).
+  // 3: backward() takes the output's-backward scratch obt / obf (ttt_mlp_bwd_out.cu) after part, and
+  // part is [B*H, 9, 64, 64]; 2: the chunk scratch st_w / st_b and the forward's variant (the
+  // recomputation runs on the forward's scan). __init__.py still drives 1 and 2 (builds of older
+  // sources, for A/B timing).
   m.attr("BACKWARD_ABI") = 3;
 }

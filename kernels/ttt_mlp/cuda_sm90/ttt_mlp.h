@@ -30,9 +30,9 @@ struct FwdParams {
   int save;      // write the checkpoints
   int with_out;  // write out (0: checkpoints only, for a backward that got none)
   float eps;     // LayerNorm epsilon inside the square root
-  // Decoupled output (v9, ttt_mlp_fwd.cu): with ring_w set, clusters blockIdx.y < batch_heads run the
+  // Decoupled output (ttt_mlp_fwd.cu): with ring_w set, clusters blockIdx.y < batch_heads run the
   // scan and publish every state's bf16 operand copies into a ring; the clusters after them are
-  // output workers that compute out from it. Null ring_w: the scan computes the output itself (v8).
+  // output workers that compute out from it. Null ring_w: the fused kernel (the scan computes out).
   __nv_bfloat16* ring_w;  // [B*H][ring][CS][2][FL * D] each CTA's W1 hi tile then its W2 hi tile, as in shared memory
   float* ring_b;          // [B*H][ring][F + D] b1, then b2
   unsigned* ready;        // [B*H][CS] zeroed: states published by CTA r (tile j's state is there once > j)
@@ -80,7 +80,7 @@ struct BwdParams {
   __nv_bfloat16* st_w;        // scratch [B*H][slots][CS][2][FL * D]
   float* st_b;                // scratch [B*H][slots][CS][FL + D]
   float* part;                // scratch [B*H][9][64][64]: partial sums of dk
-  // The output's backward of the chunk (ttt_mlp_bwd_out.cu, b4), per (b, h) and step of the chunk
+  // The output's backward of the chunk (ttt_mlp_bwd_out.cu), per (b, h) and step of the chunk
   // (slots - 1 of them): bf16 operands of the output's share of dS (Aq, dZq1, dZq2) and its sums.
   __nv_bfloat16* obt;         // scratch [B*H][slots - 1][9][64][64] bf16
   float* obf;                 // scratch [B*H][slots - 1][F + 3 D]: db1, db2, dgamma, dbeta shares
@@ -100,7 +100,7 @@ struct BwdParams {
 // built). variant bits: 1 = bf16 hi/lo operands for the three products of the state update that feed
 // the recurrence (Z1, Z2, G_a); 2 = tanh.approx in the output's GELU; 4 = tanh.approx in the inner
 // step's GELU. Built: 0, 1, 3, 6, 7.
-// With params->ring_w set it launches batch_heads + workers clusters (the decoupled output, v9);
+// With params->ring_w set it launches batch_heads + workers clusters (the decoupled output);
 // workers must come from tttgraph_ttt_mlp_fwd_sm90_workers.
 extern "C" int tttgraph_ttt_mlp_fwd_sm90(const tttgraph::FwdParams* params, int batch_heads, int variant,
                                           int workers, cudaStream_t stream);

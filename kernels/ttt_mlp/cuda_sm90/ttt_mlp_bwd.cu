@@ -4,9 +4,9 @@
 // The gradient of the inner state, dS = (dW1, db1, dW2, db2), stays on chip like the forward's
 // state: dW1/dW2 in registers (wgmma accumulators of the warps that own those tiles), db1/db2 in
 // shared memory. Checkpoint chunks are walked last first, three launches per chunk (binding.cpp):
-//   1. recompute (b3): the forward's scan (ttt_mlp_fwd.cu) from the chunk's fp32 checkpoint, writing
+//   1. recompute: the forward's scan (ttt_mlp_fwd.cu) from the chunk's fp32 checkpoint, writing
 //      every state of the chunk as bf16 W1/W2 tiles + fp32 b1/b2 into a per-(b, h) scratch;
-//   2. the output's backward (b4, ttt_mlp_bwd_out.cu): every (mini-batch, b, h) tile of the chunk at
+//   2. the output's backward (ttt_mlp_bwd_out.cu): every (mini-batch, b, h) tile of the chunk at
 //      once on all SMs, from the state after its step: dQ, and the output's share of dS' (the bf16
 //      operands Aq, dZq1, dZq2 and the sums db1', db2', dgamma, dbeta);
 //   3. reverse (this kernel; dS enters and leaves through the dw1 .. db2 outputs): for each
@@ -23,7 +23,7 @@
 //               A^T dZ2, dW1 += K^T dZ1, db1 += sum dZ1, db2 += sum dZ2; a cluster barrier, then
 //               each CTA writes half of the rows of dK = dresid + (sum of 8 partials), in a fixed
 //               order: deterministic, no atomics.
-//      (Phase 2, the output's backward, ran here on the serial chain until b4.)
+//      (No phase 2: the output's backward is launch 2, off this kernel's serial chain.)
 // The derivation is kernels/ttt_mlp/README.md ("Backward of one step"); the products use bf16
 // operands and fp32 accumulation.
 #include <cuda_runtime.h>

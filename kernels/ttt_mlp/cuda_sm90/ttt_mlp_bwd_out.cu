@@ -1,4 +1,4 @@
-// The output's backward of one checkpoint chunk (b4), for every (mini-batch, batch, head) tile of
+// The output's backward of one checkpoint chunk, for every (mini-batch, batch, head) tile of
 // the chunk at once: independent tiles spread over all SMs, taken off the reverse scan's serial
 // chain (ttt_mlp_bwd.cu). Launched per chunk after the forward's scan has written the chunk's states
 // (FwdParams::st_w / st_b) and before the reverse launch of that chunk.
@@ -20,8 +20,8 @@
 //
 // One CTA of 2 warpgroups per tile; warpgroup wc takes the hidden chunks 2 wc, 2 wc + 1 (64 columns
 // each), warpgroup 0 adds warpgroup 1's row-sum partials (Zq2, dQ) and does the row work. The
-// products are those of the reverse pass before b4 (bf16 operands, fp32 accumulation), so the
-// gradients keep its numerics; only the summation order of Zq2 and dQ over the hidden chunks moved.
+// products are formed as the reverse pass forms its own (bf16 operands, fp32 accumulation), so the
+// gradients keep its numerics; only the summation order of Zq2 and dQ over the hidden chunks differs.
 // Persistent CTAs walk the tiles with a stride of the grid, the next tile's inputs loading (cp.async,
 // double-buffered) while this one is computed. Deterministic: fixed orders, no atomics.
 #include <cuda_runtime.h>

@@ -265,8 +265,8 @@ __device__ __forceinline__ void twin_reduce_push(const float (&acc)[ND][4], floa
                         [&](int i, float2 o) { st_async_f2(remote + 4 * i, o, bar); });
 }
 
-// ---- the decoupled output (v9) ----------------------------------------------------------------
-// Without its output the scan's serial chain is 21% shorter (H100, T = 351,168: 32.0 vs 40.4 ms),
+// ---- the decoupled output ---------------------------------------------------------------------
+// Without its output the scan's serial chain is about a fifth shorter (README.md, "Decoupled output"),
 // and the output of mini-batch j needs nothing from the scan but the state S_{j+1}. So with a ring
 // the scan clusters only publish each state's bf16 copies (hi parts, which the fused output used)
 // and biases into a ring in global memory (L2-resident: R slots per head), and the SMs the scan
@@ -280,12 +280,12 @@ __device__ __forceinline__ void twin_reduce_push(const float (&acc)[ND][4], floa
 // read it. Every worker cluster the host launches is resident with the scan clusters
 // (cudaOccupancyMaxActiveClusters), and even one resident worker finishes every tile.
 //
-// v10, the worker's signalling off its critical path. v9's worker spent ~4.4 us per tile (H100,
-// T = 351,168, B*H = 48, workers capped to 18 CTAs) for ~1.5 us of tensor and GELU work: at the top
-// of each tile, with all 256 threads held at a CTA barrier, thread 0 released the slot (a MEMBAR
-// behind its warp's output stores), took a ticket (an L2 round trip) and polled the two ready flags
-// one after the other (two more), then every thread issued its share of 18 x 16-byte cp.async per
-// tile. Now (output_worker):
+// The worker's signalling is kept off its critical path. A tile is ~1.5 us of tensor and GELU work;
+// a worker that signals in line spends about three times that per tile (README.md, "Decoupled
+// output"): at the top of each tile, with all 256 threads held at a CTA barrier, thread 0 releases
+// the slot (a MEMBAR behind its warp's output stores), takes a ticket (an L2 round trip) and polls
+// the two ready flags one after the other (two more), then every thread issues its share of
+// 18 x 16-byte cp.async. Instead (output_worker):
 // - tickets are taken a tile ahead: the atomic for the tile after next is issued at the top of a
 //   tile and its result is needed only before the tile's closing barrier;
 // - the inputs that do not depend on the scan (the Q tile, gamma, beta) are copied by every thread
@@ -299,11 +299,11 @@ __device__ __forceinline__ void twin_reduce_push(const float (&acc)[ND][4], floa
 // - the slot is released by another thread (DONE_THREAD) after the middle barrier: warpgroup 1 is
 //   idle there (warpgroup 0 runs the LayerNorm epilogue) and has no global stores outstanding that
 //   the release's MEMBAR would wait for.
-// Progress as in v9: FETCH_THREAD never blocks before the middle barrier, so DONE_THREAD's release
+// Progress as above: FETCH_THREAD never blocks before the middle barrier, so DONE_THREAD's release
 // of the current tile never waits for the next tile's state (checking a flag without blocking is
 // no wait), and a held but unwaited ticket blocks nobody (a worker waits only for its smallest
-// unreleased tile). tests/kernels/test_output_ring_protocol.py models this order. The products and
-// their order are v9's: the outputs are bitwise the same.
+// unreleased tile). tests/kernels/test_output_ring_protocol.py models this order. The signalling
+// touches no product and no order of a sum: the outputs do not depend on its timing.
 constexpr int RING_TILE = kStateTile;            // bf16 elements of one CTA's W1 (or W2) hi tile
 constexpr int RING_TILE_BYTES = RING_TILE * 2;
 constexpr int RING_B_BYTES = (F + D) * 4;        // one slot's biases: b1 [F], then b2 [D] (fp32)
@@ -359,7 +359,7 @@ __device__ __forceinline__ void bulk_wait_all() {
 // RING_THREAD: copy this CTA's copies of the state just computed (s.w1h / s.w2h, 32 KB, exactly the
 // swizzled shared-memory bytes, and b1 / b2) into ring slot `slot` of head bh with bulk copies (TMA):
 // one thread's five instructions instead of every thread's 16 loads and stores per step, which sat
-// on the serial chain right before the next front (v10b: 34.2 against 37.6 ms at T = 351,168, H100).
+// on the serial chain right before the next front (~9% of the forward; README.md, "Decoupled output").
 // The caller made the copies visible to the async proxy (fence.proxy.async by every writer, then a
 // CTA barrier). bulk_wait_all before the publish (a step later) and before the back of the next step
 // rewrites the copies (RING_THREAD waits at the top of that step, before the back's barriers).
@@ -398,7 +398,7 @@ __device__ __forceinline__ void dump_state(const FwdParams& p, const StepBufs& s
   }
 }
 
-// ---- the worker's signalling and copies (v10) ----
+// ---- the worker's signalling and copies ----
 
 // A strong read of a ring flag (relaxed, GPU scope), unordered: FETCH_THREAD issues a tile's two
 // flag reads back to back, one L2 round trip for the pair (two ld.acquire cost two: each is followed
@@ -675,11 +675,11 @@ __device__ __forceinline__ void output_worker(const FwdParams& p, char* sm, int 
 
 // Iteration j of the kernel: the back of step j (LayerNorm, G_z2, G_z1, update -> state S_{j+1}),
 // then one fused pass against S_{j+1}: the front (Z1, A, Z2 partial) of step j + 1 and the output's
-// Zq2 partial of mini-batch j. Both partials cross the cluster in ONE exchange (v1, until 2026-11-26,
-// had two cluster barriers per mini-batch: Z2, then Zq2). CTA r finishes only the output rows
+// Zq2 partial of mini-batch j. Both partials cross the cluster in ONE exchange (not two cluster
+// barriers per mini-batch, one for Z2 and one for Zq2). CTA r finishes only the output rows
 // [32 r, 32 r + 32) (warps wr = 2r, 2r + 1), so only the other half of its Zq2 partial crosses.
 //
-// Off the serial chain (v7): the Z2 partial is pushed first and the Zq2 work follows while it is in
+// Off the serial chain: the Z2 partial is pushed first and the Zq2 work follows while it is in
 // flight; the output rows of mini-batch j are finished in iteration j + 1, while G_z1 is on the
 // tensor cores (b2 is still S_{j+1}'s there). So each part of an exchange has its own mbarrier.
 //
@@ -691,7 +691,7 @@ __device__ __forceinline__ void output_worker(const FwdParams& p, char* sm, int 
 // unread partial: a CTA pushes exchange e only after it has received the Z2 part of exchange e - 1,
 // which its peer pushes only after CTA barriers that follow all its reads of exchange e - 2.
 //
-// DECOUPLED (v9): the scan computes no output; with p.ring_w it publishes every state into the ring
+// DECOUPLED: the scan computes no output; with p.ring_w it publishes every state into the ring
 // for the output workers (blockIdx.y >= p.batch_heads), without it (the checkpoint-only pass) it just
 // scans.
 template <bool SPLIT, bool FAST_INNER, bool FAST_OUT, bool DECOUPLED>
@@ -847,9 +847,9 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 1) ttt_mlp
     // read the flag of the ring slot this step fills. Thread RING_THREAD does both while its warp
     // waits for the exchange: the release is a MEMBAR.ALL.GPU, which on a warp that pushed partials to
     // the peer would wait for those remote stores. The flag read is relaxed, its acquire fence comes
-    // after the back (v10e): an ld.acquire here made the warp wait for the load's round trip before
-    // the back (1 ms of 34 at T = 351,168, H100); a relaxed load is waited for only where its value
-    // is used.
+    // after the back: an ld.acquire here would make the warp wait for the load's round trip before
+    // the back (~3% of the forward; README.md, "Decoupled output"); a relaxed load is waited for only
+    // where its value is used.
     unsigned slot_seen = 0;
     if (DECOUPLED && tid == RING_THREAD && p.ring_w != nullptr) {
       if (step >= 1) {
@@ -990,7 +990,7 @@ FwdKernel fwd_kernel(int variant, bool decoupled) {
 }  // namespace
 
 // Launch on `stream`; returns the cudaError_t of the launch. batch_heads = B * H scan clusters, plus
-// `workers` output-worker clusters when params->ring_w is set (the decoupled output, v9). Without an
+// `workers` output-worker clusters when params->ring_w is set (the decoupled output). Without an
 // output (params->with_out == 0) the decoupled kernel runs with no ring: the scan alone.
 // variant: bit 0 split-bf16 state-update products, bit 1 tanh.approx in the output's GELU, bit 2
 // tanh.approx in the inner step's GELU (see ttt_mlp.h).

@@ -1,9 +1,10 @@
-"""Eager insertion of TTT layers into CogVideoX blocks, by wrapping each block's attention module.
+"""Test oracle: eager insertion of TTT layers into CogVideoX blocks, by wrapping each block's attention module.
 
 This is the hand-written form of what the graph passes do for any model: after each attention
 (its out-projection included) and before the block's adaLN gate and residual, run a
-:class:`GatedBidirectionalTTT` over the joint ``[text | video]`` sequence. It serves the demo and
-is the independent reference the graph-rewriting transform is tested against.
+:class:`GatedBidirectionalTTT` over the joint ``[text | video]`` sequence. It is the independent
+reference the graph-rewriting transform is tested against (tests/test_transform.py), and lives with
+the tests: the library inserts TTT layers only through the graph transform.
 """
 
 from __future__ import annotations
