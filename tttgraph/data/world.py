@@ -155,16 +155,20 @@ def is_held_out(character: Character) -> bool:
 
 
 def _cast(rng: np.random.Generator, split: str, size: int) -> list[Character]:
-    names = rng.choice(NAMES, size=size, replace=False)
-    colours = rng.choice(list(COLOURS), size=size, replace=False)  # distinct colours within a story
-    cast = []
-    for name, colour in zip(names, colours, strict=True):
-        options = [Character(str(name), str(colour), shape, sz) for shape in SHAPES for sz in SIZES]
-        options = [c for c in options if is_held_out(c) == (split == "held_out")]
-        if not options:  # every triple of this colour falls in the other split for this name: pick another name
-            return _cast(rng, split, size)
-        cast.append(options[int(rng.integers(len(options)))])
-    return cast
+    """``size`` characters of ``split`` with distinct names and colours (redrawn until every name has an
+    attribute triple of its colour in the split: about one in six draws of a held-out name has none)."""
+    while True:
+        names = rng.choice(NAMES, size=size, replace=False)
+        colours = rng.choice(list(COLOURS), size=size, replace=False)
+        cast = []
+        for name, colour in zip(names, colours, strict=True):
+            options = [Character(str(name), str(colour), shape, sz) for shape in SHAPES for sz in SIZES]
+            options = [c for c in options if is_held_out(c) == (split == "held_out")]
+            if not options:
+                break
+            cast.append(options[int(rng.integers(len(options)))])
+        else:
+            return cast
 
 
 def _who_appears(rng: np.random.Generator, cast: list[Character], segments: int) -> list[list[str]]:
@@ -291,12 +295,3 @@ def render_story(story: Story, height: int = 32, width: int = 48, noise: int = 4
             truth.append(placed)
     return np.stack(frames), truth
 
-
-def vocabulary() -> list[str]:
-    """Every word the world's paragraphs use (lower-cased, punctuation split off), sorted."""
-    words = {"<start_scene>", "<end_scene>", ",", "."}
-    text = " ".join([*(c for c in COLOURS), *SHAPES, *SIZES, *SLOTS, *ACTIONS.values(), *BACKGROUNDS,
-                     *(n.lower() for n in NAMES), "the scene takes place in is on a camera does not move",
-                     "light soft and even"])
-    words.update(text.split())
-    return sorted(words)

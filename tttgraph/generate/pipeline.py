@@ -488,8 +488,8 @@ def generate(
         say(f"resuming from {job.checkpoint} at step {resumed_from}/{job.settings.steps}")
 
     start = time.perf_counter()
-    # The progress display is drawn here, through the step callback, so that it is a tqdm bar on a
-    # terminal and plain lines in a log (tttgraph.progress); denoise's own bar is always a tqdm bar.
+    # The progress display is drawn here, through the step callback (denoise's own is off), so that an
+    # interrupt can abandon it before the one-line message is printed.
     bar = progress_bar(total=job.settings.steps, initial=resumed_from, desc="denoising", unit="step",
                        disable=not (options.progress and par.is_main))
 
