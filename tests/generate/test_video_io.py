@@ -57,3 +57,16 @@ def test_png_round_trip_and_contact_sheet_layout(tmp_path):
     assert np.array_equal(sheet[4:100, 4:148], frames[0].repeat(3, 0).repeat(3, 1))
     path = write_png(sheet, tmp_path / "s.png")
     assert np.array_equal(read_png(path), sheet)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
+def test_damaged_videos_and_pngs_raise_one_clear_error(tmp_path, damage):
+    frames = np.random.default_rng(0).integers(0, 255, (9, 16, 24, 3), dtype=np.uint8)
+    video, png = write_mp4(frames, tmp_path / "v.mp4"), write_png(frames[0], tmp_path / "p.png")
+    for path, read in ((video, read_mp4), (png, read_png)):
+        data = path.read_bytes()
+        path.write_bytes({"truncated": data[: len(data) // 3], "empty": b"", "garbage": b"\xff" * 500}[damage])
+        with pytest.raises(TTTGraphError, match=str(path.name)):
+            read(path)
+    with pytest.raises(TTTGraphError, match="does not exist"):
+        read_mp4(tmp_path / "missing.mp4")

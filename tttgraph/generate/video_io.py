@@ -81,12 +81,21 @@ def write_mp4(frames: np.ndarray, path: str | os.PathLike, fps: int = DEFAULT_FP
 
 
 def read_mp4(path: str | os.PathLike) -> tuple[np.ndarray, float]:
-    """(uint8 frames [T, H, W, 3], fps) of a video file."""
+    """(uint8 frames [T, H, W, 3], fps) of a video file; a missing or damaged file raises TTTGraphError."""
+    from tttgraph.safe_read import check_file
+
+    fix = "write the video again (tttgraph generate), or pass another file"
+    check_file(Path(path), "video", fix, TTTGraphError)
     ffmpeg = _imageio_ffmpeg()
-    reader = ffmpeg.read_frames(str(path))
-    meta = next(reader)
-    w, h = meta["size"]
-    frames = [np.frombuffer(buf, np.uint8).reshape(h, w, 3) for buf in reader]
+    try:
+        reader = ffmpeg.read_frames(str(path))
+        meta = next(reader)
+        w, h = meta["size"]
+        frames = [np.frombuffer(buf, np.uint8).reshape(h, w, 3) for buf in reader]
+    except (RuntimeError, OSError, StopIteration, ValueError, KeyError) as err:  # ffmpeg's view of a bad file
+        raise TTTGraphError(f"video {path} can't be decoded ({type(err).__name__}: {str(err)[:200]}); {fix}") from None
+    if not frames:
+        raise TTTGraphError(f"video {path} holds no frames; {fix}")
     return np.stack(frames), float(meta["fps"])
 
 
@@ -113,6 +122,16 @@ def read_png(path: str | os.PathLike) -> np.ndarray:
     data = Path(path).read_bytes()
     if data[:8] != b"\x89PNG\r\n\x1a\n":
         raise TTTGraphError(f"{path} is not a PNG file")
+    try:
+        return _decode_png(data, path)
+    except TTTGraphError:
+        raise
+    except (struct.error, zlib.error, ValueError, TypeError) as err:
+        raise TTTGraphError(f"{path} is a damaged PNG ({type(err).__name__}: {err}); write it again") from None
+
+
+def _decode_png(data: bytes, path) -> np.ndarray:
+    """The pixels of PNG ``data`` (its signature checked); a cut-off file fails in struct or zlib."""
     pos, idat, size = 8, b"", None
     while pos < len(data):
         (length,), kind = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
