@@ -23,9 +23,10 @@ Text chunks. The layout expects one text chunk of ``text_tokens_per_segment`` to
 exactly one chunk and the video has n > 1 segments, the processor repeats that chunk per segment
 (every segment attends to the same prompt; the TTT reads ``[txt | vid_0 | txt | vid_1 | ...]``) and
 returns the text stream's output as the **mean over the n chunks**, so the block's text residual
-keeps its length ``Lt``. The mean is the choice that makes a repeated prompt behave like a
-storyboard whose paragraphs are all equal: feeding ``n`` equal chunks explicitly gives the same
-video stream (tested), and the chunks' text outputs differ only by what their segments saw.
+keeps its length ``Lt``. At the attention this is exactly "n equal chunks given explicitly, their
+text outputs averaged" (tests/test_native.py): the video stream is identical, and each chunk's text
+output differs only by what its segment saw. Over several blocks it is not the same as passing n
+equal chunks (there each chunk's text stream evolves on its own through the block's feed-forward).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from torch import Tensor, nn
 
 from tttgraph.errors import TTTGraphError
 from tttgraph.layout import SequenceLayout
-from tttgraph.segment_attention import _on_device, segment_sdpa, self_attention_index
+from tttgraph.segment_attention import SegmentIndex, segment_sdpa, self_attention_index
 
 __all__ = ["CogVideoXSegmentTTTProcessor", "load_ttt_state_dict", "transform_in_place", "ttt_state_dict"]
 
@@ -62,6 +63,28 @@ class CogVideoXSegmentTTTProcessor:
 
     def __init__(self, layout: SequenceLayout | None, tokens_per_frame: int):
         self.layout, self.tokens_per_frame = layout, tokens_per_frame
+        self._indices: dict[tuple, SegmentIndex] = {}  # (frames, device type, device index) -> index
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_indices": {}}  # index tensors are a cache, not state
+
+    def segment_index(self, frames: int, device: torch.device) -> SegmentIndex:
+        """The segment gather/scatter indices for ``frames``, built once per frame count and device.
+
+        A plain dict, not an lru_cache: torch.compile ignores lru_cache wrappers and would trace the
+        index construction (whose ``bool(tensor)`` is data-dependent, so fullgraph fails); a dict hit
+        is read as constants. The first call at a new frame count must therefore run eagerly.
+        """
+        key = (frames, device.type, device.index)
+        index = self._indices.get(key)
+        if index is None:
+            if torch.compiler.is_compiling():
+                raise TTTGraphError(
+                    f"the segment index for {frames} frames is built eagerly: run one eager forward at this frame "
+                    "count before the compiled one"
+                )
+            index = self._indices[key] = self_attention_index(self.layout, frames).to(device)
+        return index
 
     # ---------------------------------------------------------------- shapes
 
@@ -121,8 +144,7 @@ class CogVideoXSegmentTTTProcessor:
         """Segment-local SDPA (full SDPA without segments). q, k, v: [B, H, N, D] -> [B, H, N, D]."""
         if self.layout is None or self.layout.frames_per_segment is None:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False)
-        index = _on_device(self_attention_index(self.layout, frames), q.device)
-        return segment_sdpa(q, k, v, index, attn_mask=mask)
+        return segment_sdpa(q, k, v, self.segment_index(frames, q.device), attn_mask=mask)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(layout={self.layout}, tokens_per_frame={self.tokens_per_frame})"
