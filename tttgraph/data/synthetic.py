@@ -60,22 +60,27 @@ class Storyboard:
 
     def paragraphs(self) -> list[str]:
         """One paragraph per segment, with scene markers where scenes start and end."""
-        out = []
-        for i, seg in enumerate(self.segments):
-            text = seg.text
-            if i == 0 or self.segments[i - 1].scene != seg.scene:
-                text = "<start_scene> " + text
-            if i == len(self.segments) - 1 or self.segments[i + 1].scene != seg.scene:
-                text = text + " <end_scene>"
-            out.append(text)
-        return out
+        return mark_scenes([s.text for s in self.segments], [s.scene for s in self.segments])
 
     def to_json(self) -> str:
         return json.dumps({"segments": [asdict(s) for s in self.segments], "paragraphs": self.paragraphs()},
                           indent=1)
 
 
-def _shape_mask(kind: str, cy: float, cx: float, r: float, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+def mark_scenes(texts: list[str], scenes: list[int]) -> list[str]:
+    """``texts`` (one per segment) with ``<start_scene>`` / ``<end_scene>`` where the scene number changes."""
+    out = []
+    for i, (text, scene) in enumerate(zip(texts, scenes, strict=True)):
+        if i == 0 or scenes[i - 1] != scene:
+            text = "<start_scene> " + text
+        if i == len(texts) - 1 or scenes[i + 1] != scene:
+            text = text + " <end_scene>"
+        out.append(text)
+    return out
+
+
+def shape_mask(kind: str, cy: float, cx: float, r: float, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """[H, W] bool mask of a shape of half-extent ``r`` centred at (cy, cx); triangles point up."""
     dy, dx = yy - cy, xx - cx
     if kind == "circle":
         return dy * dy + dx * dx <= r * r
@@ -83,8 +88,9 @@ def _shape_mask(kind: str, cy: float, cx: float, r: float, yy: np.ndarray, xx: n
         return (np.abs(dy) <= r) & (np.abs(dx) <= r)
     if kind == "diamond":
         return np.abs(dy) + np.abs(dx) <= r
-    # triangle, apex up
-    return (dy <= r) & (dy >= -r) & (np.abs(dx) <= (dy + r) / 2)
+    if kind == "triangle":
+        return (dy <= r) & (dy >= -r) & (np.abs(dx) <= (dy + r) / 2)
+    raise TTTGraphError(f"unknown shape {kind!r}; the shapes are circle, square, triangle, diamond")
 
 
 def _story(rng: np.random.Generator, segments: int) -> Storyboard:
@@ -144,7 +150,7 @@ def render_clip(board: Storyboard, height: int = 32, width: int = 48, seed: int 
                     continue
                 cy, cx = positions[name == b]
                 colour, kind = CHARACTERS[name]
-                frame[_shape_mask(kind, cy, cx, SIZES[name] * height, yy, xx)] = colour
+                frame[shape_mask(kind, cy, cx, SIZES[name] * height, yy, xx)] = colour
             if seg.action in ("hide", "reappear"):
                 frame[(xx >= wall_x - width * 0.06) & (xx <= wall_x + width * 0.06) & (yy >= height * 0.3)] = WALL
             noise = rng.integers(-4, 5, size=frame.shape)  # keeps frames from being piecewise constant

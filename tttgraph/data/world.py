@@ -24,11 +24,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from tttgraph.data.synthetic import FRAMES_PER_SEGMENT, mark_scenes, shape_mask
 from tttgraph.errors import TTTGraphError
 
-FPS = 16
-SEGMENT_SECONDS = 3
-FRAMES_PER_SEGMENT = FPS * SEGMENT_SECONDS
 MAX_SEGMENTS = 21
 
 COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (30, 160, 50), "yellow": (240, 200, 20)}
@@ -101,15 +99,7 @@ class Story:
 
     def paragraphs(self) -> list[str]:
         """One paragraph per segment, ``<start_scene>``/``<end_scene>`` at scene boundaries."""
-        out = []
-        for i, seg in enumerate(self.segments):
-            text = seg.text
-            if i == 0 or self.segments[i - 1].scene != seg.scene:
-                text = "<start_scene> " + text
-            if i == len(self.segments) - 1 or self.segments[i + 1].scene != seg.scene:
-                text = text + " <end_scene>"
-            out.append(text)
-        return out
+        return mark_scenes([s.text for s in self.segments], [s.scene for s in self.segments])
 
     def to_dict(self) -> dict:
         return {"format": "tttgraph-world-story", "version": 1, "seed": self.seed, "split": self.split,
@@ -243,20 +233,6 @@ class Placement:
     cy: float
     cx: float
     radius: float
-
-
-def shape_mask(kind: str, cy: float, cx: float, r: float, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-    """[H, W] bool mask of a shape of half-extent ``r`` centred at (cy, cx); triangles point up."""
-    dy, dx = yy - cy, xx - cx
-    if kind == "circle":
-        return dy * dy + dx * dx <= r * r
-    if kind == "square":
-        return (np.abs(dy) <= r) & (np.abs(dx) <= r)
-    if kind == "diamond":
-        return np.abs(dy) + np.abs(dx) <= r
-    if kind == "triangle":
-        return (dy <= r) & (dy >= -r) & (np.abs(dx) <= (dy + r) / 2)
-    raise TTTGraphError(f"unknown shape {kind!r}; the shapes are {SHAPES}")
 
 
 def placements(story: Story, segment: int, t: float, height: int, width: int) -> list[Placement]:

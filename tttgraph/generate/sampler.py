@@ -32,7 +32,6 @@ from torch import Tensor
 from tttgraph.config import atomic_path, clear_stale
 from tttgraph.errors import TTTGraphError
 from tttgraph.generate.guidance import DEFAULT_GUIDANCE_SCALE, dynamic_cfg_scale, guide
-from tttgraph.generate.video_io import file_mode
 
 CHECKPOINT_FORMAT = "tttgraph-generate-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -159,7 +158,7 @@ class LatentCheckpoint:
                 "fingerprint": json.dumps(self.job, sort_keys=True)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         clear_stale(self.path)  # left by a run killed while writing
-        with atomic_path(self.path, mode=file_mode()) as tmp:
+        with atomic_path(self.path) as tmp:
             save_file(tensors, tmp, metadata=meta)
 
     def remove(self) -> None:

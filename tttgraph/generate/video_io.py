@@ -31,18 +31,11 @@ def _imageio_ffmpeg():
     return imageio_ffmpeg
 
 
-def file_mode() -> int:
-    """The mode a newly created file gets (0o666 minus the umask); mkstemp's files are 0o600."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def _atomic_path(path: Path):
     """A temporary path beside ``path`` with its suffix (ffmpeg and PNG writers go by it), readable
     like any new file, that replaces ``path`` on success."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_path(path, suffix=path.suffix, mode=file_mode())
+    return atomic_path(path, suffix=path.suffix)
 
 
 def _check_frames(frames: np.ndarray) -> None:
