@@ -33,7 +33,7 @@ from tttgraph.passes.infra import GraphPass, PassResult
 
 SDPA = torch.ops.aten.scaled_dot_product_attention.default
 
-__all__ = ["InsertTTT", "TTTSite", "insertion_point"]
+__all__ = ["InsertTTT", "TTTSite", "insertion_point", "placement"]
 
 
 @dataclass(frozen=True)
@@ -98,8 +98,10 @@ class InsertTTT(GraphPass):
 
     name = "insert_ttt"
 
-    def __init__(self, plan: list[TTTSite], cfg: TTTConfig, evaluate: Callable | None = None):
+    def __init__(self, plan: list[TTTSite], cfg: TTTConfig, evaluate: Callable | None = None,
+                 layers: dict[str, torch.nn.Module] | None = None):
         self.plan, self.cfg, self.evaluate = plan, cfg, evaluate
+        self.layers = layers or {}  # module path -> an existing layer to insert instead of a new one
 
     def call(self, gm: torch.fx.GraphModule) -> PassResult:
         nodes = {n.name: n for n in gm.graph.nodes}
@@ -109,6 +111,10 @@ class InsertTTT(GraphPass):
             site = item.site
             point = insertion_point(nodes[site.name], site.module_path, item.joint_tokens, self.evaluate)
             width = point.meta["val"].shape[-1]
+            if item.module_path in self.layers:
+                self._insert(gm, item, point, self.layers[item.module_path])
+                counts["inserted"] += 1
+                continue
             # Built on the model's device: 42 CogVideoX-5B layers are 1.66B parameters to initialise.
             with torch.device(ref.device if ref is not None else "cpu"):
                 layer = GatedBidirectionalTTT(
@@ -121,15 +127,19 @@ class InsertTTT(GraphPass):
             if ref is not None:
                 layer = layer.to(dtype=ref.dtype)
             layer.train(gm.training)
-            gm.add_submodule(item.module_path, layer)
-            with gm.graph.inserting_after(point):
-                new = gm.graph.call_module(item.module_path, (point,))
-            new.meta = {k: v for k, v in point.meta.items() if k in ("val", "tensor_meta", "stack_trace")}
-            new.meta["nn_module_stack"] = {**(point.meta.get("nn_module_stack") or {}),
-                                           item.module_path: (item.module_path, GatedBidirectionalTTT)}
-            point.replace_all_uses_with(new, delete_user_cb=lambda user, new=new: user is not new)
+            self._insert(gm, item, point, layer)
             counts["inserted"] += 1
         return PassResult(gm, counts["inserted"] > 0, dict(counts))
+
+    @staticmethod
+    def _insert(gm: torch.fx.GraphModule, item: TTTSite, point: torch.fx.Node, layer: torch.nn.Module) -> None:
+        gm.add_submodule(item.module_path, layer)
+        with gm.graph.inserting_after(point):
+            new = gm.graph.call_module(item.module_path, (point,))
+        new.meta = {k: v for k, v in point.meta.items() if k in ("val", "tensor_meta", "stack_trace")}
+        new.meta["nn_module_stack"] = {**(point.meta.get("nn_module_stack") or {}),
+                                       item.module_path: (item.module_path, GatedBidirectionalTTT)}
+        point.replace_all_uses_with(new, delete_user_cb=lambda user, new=new: user is not new)
 
     def ensures(self, gm: torch.fx.GraphModule) -> None:
         super().ensures(gm)
@@ -139,3 +149,26 @@ class InsertTTT(GraphPass):
                 raise PassContractError(
                     f"{self.name}: {item.module_path} is called {calls[item.module_path]} times, expected once"
                 )
+
+
+# Ops that only move or retype the attention heads: a TTT after them reads the SDPA output's values.
+_HEAD_MERGE = {"permute", "transpose", "view", "_unsafe_view", "reshape", "flatten", "clone", "contiguous",
+               "_to_copy", "to", "alias", "expand", "constant_pad_nd", "pad", "cat", "unflatten", "squeeze",
+               "unsqueeze"}
+
+
+def placement(sdpa: torch.fx.Node, point: torch.fx.Node) -> str:
+    """Where the eager model applies the TTT inserted at ``point``: ``"sdpa"`` or ``"output"``.
+
+    ``"sdpa"`` when only head-merging ops lie between the SDPA and ``point`` (the TTT reads the merged
+    heads, before any projection: HunyuanVideo, Mochi); ``"output"`` otherwise (after the attention's
+    out-projection, which in every supported family is the attention module's output, possibly split
+    into a (video, text) pair).
+    """
+    node = sdpa
+    while node is not point:
+        node = next(iter(node.users))
+        name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
+        if name not in _HEAD_MERGE:
+            return "output"
+    return "sdpa"

@@ -11,6 +11,7 @@ generation resume file).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -57,7 +58,7 @@ def setup_save(root: Path):
 
     model = build_tiny("cogvideox", seed=0)
     cfg = TTTConfig(mini_batch_size=16, segment_latent_frames=2, segment_overlap_frames=1)
-    tm = transform(model, cfg, example_inputs(model, 5, text_tokens=8), progress=False)
+    tm = transform(copy.deepcopy(model), cfg, example_inputs(model, 5, text_tokens=8), progress=False)
     params = {n: p for n, p in tm.named_parameters() if ".gated_ttt." in n}
     shapes = {n: tuple(p.shape) for n, p in params.items()}
 

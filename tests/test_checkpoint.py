@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -22,7 +23,7 @@ def trained(tmp_path_factory):
     """A transformed tiny CogVideoX after one optimizer step on everything, saved."""
     model = build_tiny("cogvideox", seed=0)
     inputs = example_inputs(model, 5, text_tokens=8)
-    tm = transform(model, CFG, inputs, progress=False).train()
+    tm = transform(copy.deepcopy(model), CFG, inputs, progress=False).train()
     opt = torch.optim.SGD(tm.parameters(), lr=0.1)
     tm(**inputs, return_dict=False)[0].square().mean().backward()
     opt.step()

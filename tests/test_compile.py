@@ -6,6 +6,8 @@ here the whole transformed tiny CogVideoX is compiled and trained at two frame c
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -25,7 +27,7 @@ def _inputs(frames: int) -> dict:
 @pytest.mark.slow
 def test_compiled_transformed_model_matches_eager_outputs_and_gradients_at_two_frame_counts():
     model = build_tiny("cogvideox", seed=0)
-    tm = tttgraph.transform(model, CFG, example_inputs=_inputs(5), progress=False).train()
+    tm = tttgraph.transform(copy.deepcopy(model), CFG, example_inputs=_inputs(5), progress=False).train()
     params = [p for p in tm.parameters() if p.requires_grad]
     torch._dynamo.reset()
     compiled = torch.compile(tm, dynamic=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import subprocess
@@ -116,7 +117,7 @@ def _transform(family):
 
     model = build_tiny(family)
     cfg = TTTConfig(gate_init=0.5, mini_batch_size=16, segment_latent_frames=2, segment_overlap_frames=1)
-    tm = transform(model, cfg, example_inputs(model, 5, text_tokens=8), progress=False)
+    tm = transform(copy.deepcopy(model), cfg, example_inputs(model, 5, text_tokens=8), progress=False)
     cases = []
     for frames, text in FRAMES:
         inputs = example_inputs(model, frames, text_tokens=text, seed=frames)
@@ -186,7 +187,7 @@ def test_onnx_runtime_matches_pytorch_at_two_frame_counts_from_one_file(transfor
 
 
 def test_pt2_archive_reloads_and_matches(transformed, tmp_path):
-    from tttgraph import export
+    from tttgraph import export, graph_form
 
     family, model, tm, cases = transformed
     result = export(tm, tmp_path / f"{family}.pt2")
@@ -197,7 +198,7 @@ def test_pt2_archive_reloads_and_matches(transformed, tmp_path):
     module = ep.module()
     for inputs, expected in cases:
         with torch.no_grad():
-            got = module(**{k: inputs[k] for k in tm.info.graph_inputs})
+            got = module(**{k: inputs[k] for k in graph_form(tm).info.graph_inputs})
         assert (got - expected).abs().max().item() <= 1e-5
 
 
@@ -373,7 +374,7 @@ def test_dynamic_export_needs_whole_segments():
 
     model = build_tiny("wan2.1")
     cfg = TTTConfig(mini_batch_size=16, segment_latent_frames=2, segment_overlap_frames=1)
-    tm = transform(model, cfg, example_inputs(model, 4, text_tokens=8), progress=False)
+    tm = transform(copy.deepcopy(model), cfg, example_inputs(model, 4, text_tokens=8), progress=False)
     with pytest.raises(ExportError, match="needs whole segments.*5, 7, ... frames"):
         export(tm, "unused.pt2")
 

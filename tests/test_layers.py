@@ -150,7 +150,8 @@ def test_rope_rotates_video_tokens_only_and_by_position():
     assert torch.equal(angles[0], torch.zeros(8))  # frame 0, row 0, col 0
     assert not torch.equal(angles[6], angles[0])  # frame 1
     layer = _layer(SequenceLayout(3, 6, frames_per_segment=1), rope_grid=(2, 3))
-    cos, sin = layer._rope(2, "cpu")  # TTT order [txt_0 | vid_0 | txt_1 | vid_1]: text rows are identities
+    # TTT order [txt_0 | vid_0 | txt_1 | vid_1]: text rows are identities
+    cos, sin = layer._rope(layer.layout, 2, layer.rope_grid, "cpu")
     text_rows = torch.tensor([0, 1, 2, 9, 10, 11])
     assert torch.equal(cos[text_rows], torch.ones(6, 4)) and torch.equal(sin[text_rows], torch.zeros(6, 4))
     video = video_rope_angles(2, (2, 3), 8).cos().float()  # the layer's head dim: 32 / 4

@@ -170,7 +170,7 @@ def test_reverse_pass_rotates_a_token_as_if_it_sat_at_the_mirrored_position():
     layout = SequenceLayout(2, 6, frames_per_segment=2, overlap_frames=1)
     frames, grid = 5, (2, 3)
     layer = _layer(layout, grid, 8)
-    cos, _ = layer._rope(frames, "cpu")  # TTT order, both directions
+    cos, _ = layer._rope(layer.layout, frames, layer.rope_grid, "cpu")  # TTT order, both directions
     angles = video_rope_angles(frames, grid, layer.ttt.head_dim)
     nt = layout.text_tokens(frames)
     for reverse in (False, True):

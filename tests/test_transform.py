@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 
 import pytest
@@ -43,7 +44,7 @@ def _out(model, inputs):
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_gates_at_zero_without_segments_reproduce_the_model(family):
     model, inputs = _setup(family)
-    tm = transform(model, TTTConfig(gate_init=0.0, mini_batch_size=16), inputs, progress=False)
+    tm = transform(copy.deepcopy(model), TTTConfig(gate_init=0.0, mini_batch_size=16), inputs, progress=False)
     assert len(plan_of(tm).ttt_modules) >= 1
     with torch.no_grad():
         diff = (_out(tm, inputs) - _out(model, inputs)).abs().max().item()
@@ -54,7 +55,7 @@ def test_gates_at_zero_without_segments_reproduce_the_model(family):
 def test_backward_reaches_every_new_parameter_and_keeps_pretrained_names(family):
     model, inputs = _setup(family)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    tm = transform(model, TTTConfig(mini_batch_size=16), inputs, progress=False).train()
+    tm = transform(copy.deepcopy(model), TTTConfig(mini_batch_size=16), inputs, progress=False).train()
     names = dict(tm.named_parameters())
     assert set(before) <= set(names)
     new = {n: p for n, p in names.items() if n not in before}
@@ -143,7 +144,7 @@ def test_segments_match_an_eager_per_segment_reference(family):
     pt = spec.get("patch_t", 1)  # the reference counts token frames (latent frames / temporal patch)
     model, inputs = _setup(family)
     cfg = TTTConfig(gate_init=0.0, mini_batch_size=16, segment_latent_frames=spec["seg"], segment_overlap_frames=pt)
-    tm = transform(model, cfg, inputs, progress=False)
+    tm = transform(copy.deepcopy(model), cfg, inputs, progress=False)
     plan = plan_of(tm)
     assert sum(s.segment for s in plan.sites) >= 2
     with torch.no_grad():
@@ -197,7 +198,7 @@ def test_first_segment_is_blind_to_the_last_without_ttt_and_sees_it_with_ttt(fam
     own = slice(0, spec["seg"])
     for gate, should_change in ((0.0, False), (0.5, True)):
         cfg = TTTConfig(gate_init=gate, mini_batch_size=16, segment_latent_frames=spec["seg"])
-        tm = transform(model, cfg, inputs, progress=False)
+        tm = transform(copy.deepcopy(model), cfg, inputs, progress=False)
         with torch.no_grad():
             a = _frame_outputs(_out(tm, inputs), family)[:, own]
             b = _frame_outputs(_out(tm, changed), family)[:, own]
@@ -209,7 +210,7 @@ def test_runs_at_a_longer_frame_count_than_captured(family):
     spec = FAMILIES[family]
     model, inputs = _setup(family)
     cfg = TTTConfig(gate_init=0.0, mini_batch_size=16, segment_latent_frames=spec["seg"], segment_overlap_frames=1)
-    tm = transform(model, cfg, inputs, progress=False)
+    tm = transform(copy.deepcopy(model), cfg, inputs, progress=False)
     frames = spec["frames"] + 4  # 2 more segments, 2 more text chunks
     longer = example_inputs(model, frames, text_tokens=(TEXT // 2) * len(_windows(frames, spec["seg"], 1)), seed=3)
     with torch.no_grad():
@@ -265,7 +266,7 @@ def test_graph_insertion_matches_the_hand_written_eager_insertion():
     from tests.eager_reference import add_ttt_to_cogvideox
 
     model, inputs = _setup("cogvideox")
-    tm = transform(model, TTTConfig(gate_init=0.3, mini_batch_size=16), inputs, progress=False)
+    tm = transform(copy.deepcopy(model), TTTConfig(gate_init=0.3, mini_batch_size=16), inputs, progress=False)
     eager = build_tiny("cogvideox")
     add_ttt_to_cogvideox(eager, latent_size=(8, 8), text_tokens_per_segment=TEXT, mini_batch_size=16, gate_init=0.3)
     state = {n.replace(".gated_ttt.", ".ttt."): p for n, p in tm.state_dict().items() if ".gated_ttt." in n}
@@ -288,7 +289,7 @@ def test_latte_runs_longer_than_its_position_table_with_segment_relative_positio
         inspect(model, TTTConfig(), inputs)
     cfg = TTTConfig(gate_init=0.0, mini_batch_size=16, segment_latent_frames=2, segment_overlap_frames=1)
     table = model.temp_pos_embed
-    tm = transform(model, cfg, inputs, progress=False)
+    tm = transform(copy.deepcopy(model), cfg, inputs, progress=False)
     assert model.temp_pos_embed is table  # the user's model is left as it was
     # Reference: the eager model with the table indexed by each frame's place in its segment, and
     # temporal attention cut into the same windows.
@@ -327,7 +328,7 @@ def test_transformed_model_trains_under_bf16_autocast(family):
     frames = 5
     inputs = example_inputs(model, frames, text_tokens=8)
     cfg = TTTConfig(segment_latent_frames=2, segment_overlap_frames=1, mini_batch_size=16, text_tokens_per_segment=4)
-    tm = transform(model, cfg, inputs, progress=False).train()
+    tm = transform(copy.deepcopy(model), cfg, inputs, progress=False).train()
     ref = tm(**inputs, return_dict=False)[0]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = tm(**inputs, return_dict=False)[0]

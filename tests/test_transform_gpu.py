@@ -6,6 +6,8 @@ the CPU runs the reference. Tiny configs have F = 64 (Triton needs F % 64 == 0 o
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -40,7 +42,7 @@ def test_transformed_model_on_cuda_matches_cpu(family):
         inputs = example_inputs(model, 5, text_tokens=8)
         inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else
                   tuple(t.to(device) for t in v) if isinstance(v, tuple) else v for k, v in inputs.items()}
-        tm = transform(model, cfg, inputs, progress=False).train()
+        tm = transform(copy.deepcopy(model), cfg, inputs, progress=False).train()
         # The new layers are initialised from each device's own random stream: give both the same.
         if weights is None:
             weights = {k: v.detach().clone() for k, v in tm.state_dict().items()}

@@ -2,8 +2,9 @@
 
     cfg = tttgraph.TTTConfig(segment_latent_frames=12, segment_overlap_frames=1)  # or tttgraph.presets.*
     print(tttgraph.inspect(model, cfg, example_inputs=inputs))                   # dry run
-    model = tttgraph.transform(model, cfg, example_inputs=inputs)                # trainable drop-in
+    model = tttgraph.transform(model, cfg, example_inputs=inputs)                # edits model in place
     tttgraph.save(model, "run/ttt");  model = tttgraph.restore(fresh_base, "run/ttt")
+    model.save_pretrained("out");     model = tttgraph.from_pretrained("out")
 
 Importing this package loads only torch: the compiler parts load on first use, and diffusers,
 triton, onnx and tensorrt are imported only by the code that needs them; CUDA is not initialised.
@@ -25,6 +26,10 @@ __version__ = "0.2.0"
 _LAZY = {
     "TTTConfig": "tttgraph.config",
     "transform": "tttgraph.rewrite",
+    "transform_graph": "tttgraph.rewrite",
+    "graph_form": "tttgraph.rewrite",
+    "plan_of": "tttgraph.rewrite",
+    "from_pretrained": "tttgraph.pretrained",
     "inspect": "tttgraph.rewrite",
     "TransformPlan": "tttgraph.rewrite",
     "save": "tttgraph.checkpoint",

@@ -76,7 +76,7 @@ def bind_inputs(model: nn.Module, example_inputs: Any) -> tuple[inspect.Signatur
     ``example_inputs`` is a dict of keyword arguments, a tuple of positional ones, or a single
     tensor; ``return_dict`` is dropped (the wrapper handles it).
     """
-    sig = inspect.signature(model.forward)
+    sig = inspect.signature(type(model).forward.__get__(model))  # the class's: tttgraph may wrap the instance's
     if isinstance(example_inputs, Mapping):
         args, kwargs = (), dict(example_inputs)
     elif isinstance(example_inputs, (tuple, list)):

@@ -31,6 +31,7 @@ from torch import nn
 from tttgraph.config import ConfigError, TTTConfig, atomic_path, clear_stale, write_atomic
 from tttgraph.errors import TTTGraphError
 from tttgraph.fingerprints import state_dict_fingerprints, tensor_fingerprint
+from tttgraph.input_specs import build_inputs, input_spec
 from tttgraph.layers import LAYER_SEMANTICS, semantics_mismatch
 from tttgraph.safe_read import check_fields, open_safetensors, read_json
 
@@ -53,50 +54,6 @@ def _sha256(t: torch.Tensor) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Example inputs as JSON: shapes and dtypes of tensors, values of constants.
-# ---------------------------------------------------------------------------------------------
-
-
-def input_spec(value: Any) -> Any:
-    """JSON description of a (nested) example input, enough to rebuild one of the same shapes."""
-    if isinstance(value, torch.Tensor):
-        return {"tensor": list(value.shape), "dtype": str(value.dtype).removeprefix("torch.")}
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return {"value": value}
-    if isinstance(value, (tuple, list)):
-        return {"tuple" if isinstance(value, tuple) else "list": [input_spec(v) for v in value]}
-    if isinstance(value, dict):
-        return {"dict": {str(k): input_spec(v) for k, v in value.items()}}
-    raise TTTGraphError(f"example input of type {type(value).__name__} can't be recorded in a recipe")
-
-
-def build_inputs(spec: Any, device: torch.device | str = "cpu", seed: int = 0) -> Any:
-    """Inverse of :func:`input_spec`: random floats, ones for integer and bool tensors."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def build(s):
-        if not isinstance(s, dict) or len(s) not in (1, 2):
-            raise RestoreError(f"malformed example-input entry in the recipe: {s!r}")
-        if "tensor" in s:
-            dtype = getattr(torch, str(s.get("dtype")), None)
-            if not isinstance(dtype, torch.dtype) or not all(isinstance(n, int) and n >= 0 for n in s["tensor"]):
-                raise RestoreError(f"malformed tensor entry in the recipe: {s!r}")
-            if dtype.is_floating_point:
-                return torch.randn(s["tensor"], generator=gen).to(device=device, dtype=dtype)
-            return torch.ones(s["tensor"], dtype=dtype, device=device)
-        if "value" in s:
-            return s["value"]
-        if "tuple" in s or "list" in s:
-            items = [build(v) for v in s.get("tuple", s.get("list"))]
-            return tuple(items) if "tuple" in s else items
-        if "dict" in s:
-            return {k: build(v) for k, v in s["dict"].items()}
-        raise RestoreError(f"malformed example-input entry in the recipe: {s!r}")
-
-    return build(spec)
-
-
-# ---------------------------------------------------------------------------------------------
 # save
 # ---------------------------------------------------------------------------------------------
 
@@ -108,11 +65,10 @@ def save(model: nn.Module, directory: str | os.PathLike) -> Path:
     """
     from safetensors.torch import save_file
 
-    from tttgraph.capture import capture_info
-    from tttgraph.rewrite import plan_of
+    from tttgraph.rewrite import example_inputs_of, plan_of
 
     plan = plan_of(model)
-    info = capture_info(model.graph_module)
+    example = example_inputs_of(model)
     state = model.state_dict()
     prefixes = tuple(path + "." for path in plan.ttt_modules)
     new = sorted(n for n in state if n.startswith(prefixes))
@@ -138,7 +94,7 @@ def save(model: nn.Module, directory: str | os.PathLike) -> Path:
         "adapter": plan.adapter,
         "ttt_modules": plan.ttt_modules,
         "segmented_sites": [s.module_path or s.name for s in plan.sites if s.segment],
-        "example_inputs": {k: input_spec(v) for k, v in info.example_inputs.items()},
+        "example_inputs": {k: input_spec(v) for k, v in example.items()},
         "new_tensors": new,
         "changed_tensors": changed,
         "checksums": {n: _sha256(t) for n, t in tensors.items()},
@@ -237,7 +193,7 @@ def restore(
         raise RestoreError(f"the recipe's config is invalid: {err}") from None
     if example_inputs is None:
         device = next(base_model.parameters()).device
-        example_inputs = {k: build_inputs(v, device) for k, v in recipe["example_inputs"].items()}
+        example_inputs = {k: build_inputs(v, device, error=RestoreError) for k, v in recipe["example_inputs"].items()}
     model = transform(base_model, cfg, example_inputs, progress=progress)
     if plan_of(model).ttt_modules != recipe["ttt_modules"]:
         raise RestoreError(

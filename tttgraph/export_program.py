@@ -79,18 +79,17 @@ def export_program(model: nn.Module, example_inputs: Mapping[str, Any] | None = 
     forward arguments by name and returns the model's first output. Raises like
     :func:`tttgraph.export`.
     """
-    from tttgraph.capture import CapturedModel
-    from tttgraph.rewrite import plan_of
+    from tttgraph.rewrite import graph_form, plan_of
 
-    if not isinstance(model, CapturedModel):
-        raise NotTransformedError(
-            f"export needs the model returned by tttgraph.transform, got {type(model).__name__}; call "
-            f"model = tttgraph.transform(model, cfg, example_inputs) first"
-        )
     try:
-        plan = plan_of(model)
-    except TTTGraphError as exc:
-        raise NotTransformedError(str(exc)) from None
+        plan_of(model)
+    except TTTGraphError:
+        raise NotTransformedError(
+            f"export needs a model transformed by tttgraph.transform, got an untransformed {type(model).__name__}; "
+            "transform it first: tttgraph.transform(model, cfg, example_inputs)"
+        ) from None
+    model = graph_form(model)  # what is exported is the graph form, captured afresh from the model as it is now
+    plan = plan_of(model)
     named = _named_inputs(model, example_inputs)
     with torch.no_grad():
         model(**{**model.info.constants, **named})  # checks the inputs against the graph; fills index caches

@@ -218,48 +218,55 @@ class GatedBidirectionalTTT(nn.Module):
                 gate = nn.Parameter(torch.full((width,), float(gate_init)))
                 self.register_parameter(f"{direction}_gate_{kind}", gate)
 
-    def _rope(self, num_frames: int, device) -> tuple[Tensor, Tensor] | None:
+    def _rope(self, layout: SequenceLayout, num_frames: int, grid, device) -> tuple[Tensor, Tensor] | None:
         """(cos, sin) [N, D/2] in TTT order, the same for both directions; text rows are the identity."""
-        if self.rope_grid is None:
+        if grid is None:
             return None
-        return _rope_table(self.layout, num_frames, self.rope_grid, self.ttt.head_dim, self.rope_theta,
-                           torch.device(device))
+        return _rope_table(layout, num_frames, tuple(grid), self.ttt.head_dim, self.rope_theta, torch.device(device))
 
-    def gate(self, direction: str, num_frames: int) -> Tensor:
+    def gate(self, direction: str, num_frames: int, layout: SequenceLayout | None = None) -> Tensor:
         """[N, C] tanh-gate of each joint-sequence token for the "forward" or "backward" direction."""
+        layout = self.layout if layout is None else layout
         video_gate = getattr(self, f"{direction}_gate_video")
-        if not self.layout.text_tokens_per_segment:
-            return torch.tanh(video_gate).expand(self.layout.total_tokens(num_frames), -1)
-        mask = self.layout.video_mask(num_frames).to(video_gate.device)[:, None]
+        if not layout.text_tokens_per_segment:
+            return torch.tanh(video_gate).expand(layout.total_tokens(num_frames), -1)
+        mask = layout.video_mask(num_frames).to(video_gate.device)[:, None]
         return torch.tanh(torch.where(mask, video_gate, getattr(self, f"{direction}_gate_text")))
 
-    def _direction(self, x: Tensor, num_frames: int, rope, reverse: bool) -> Tensor:
+    def _direction(self, x: Tensor, layout: SequenceLayout, num_frames: int, rope, reverse: bool) -> Tensor:
         """TTT over the (reversed) interleaved order, returned in joint order. x: [B, N, C].
 
         ``rope`` is already in TTT order: both directions rotate by position in the sequence read.
         """
-        idx = self.layout.interleave_index(num_frames, x.device, reverse)
-        inv = self.layout.deinterleave_index(num_frames, x.device, reverse)
+        idx = layout.interleave_index(num_frames, x.device, reverse)
+        inv = layout.deinterleave_index(num_frames, x.device, reverse)
         return self.ttt(x.index_select(1, idx), rope).index_select(1, inv)
 
-    def forward(self, x: Tensor, num_frames: int | None = None) -> Tensor:
+    def forward(self, x: Tensor, num_frames: int | None = None, *, layout: SequenceLayout | None = None,
+                grid: tuple[int, int] | None = None) -> Tensor:
+        """``layout`` and ``grid`` override the ones built in for this call (another resolution or text length)."""
+        layout = self.layout if layout is None else layout
+        grid = None if self.rope_grid is None else (self.rope_grid if grid is None else grid)
+        if grid is not None and grid[0] * grid[1] != layout.video_tokens_per_frame and self.fold != "t":
+            raise TTTGraphError(f"rope grid {grid} does not match the layout's {layout.video_tokens_per_frame} "
+                                "tokens per frame")
         if self.fold is not None:
-            return self._folded(x)
-        return self._joint(x, num_frames)
+            return self._folded(x, layout, grid)
+        return self._joint(x, num_frames, layout, grid)
 
-    def _joint(self, x: Tensor, num_frames: int | None) -> Tensor:
+    def _joint(self, x: Tensor, num_frames: int | None, layout: SequenceLayout, grid) -> Tensor:
         if num_frames is None:
-            num_frames = self.layout.infer_num_frames(x.shape[1])
-        self.layout._check_tokens(x, num_frames)
-        rope = self._rope(num_frames, x.device)
-        gate = self.gate("forward", num_frames).to(x.dtype)
-        z = x + gate * self._direction(x, num_frames, rope, reverse=False)
+            num_frames = layout.infer_num_frames(x.shape[1])
+        layout._check_tokens(x, num_frames)
+        rope = self._rope(layout, num_frames, grid, x.device)
+        gate = self.gate("forward", num_frames, layout).to(x.dtype)
+        z = x + gate * self._direction(x, layout, num_frames, rope, reverse=False)
         if not self.bidirectional:
             return z
-        gate = self.gate("backward", num_frames).to(x.dtype)
-        return z + gate * self._direction(z, num_frames, rope, reverse=True)
+        gate = self.gate("backward", num_frames, layout).to(x.dtype)
+        return z + gate * self._direction(z, layout, num_frames, rope, reverse=True)
 
-    def _folded(self, x: Tensor) -> Tensor:
+    def _folded(self, x: Tensor, layout: SequenceLayout, grid) -> Tensor:
         """Video whose frames ("hw": [B*F, hw, C]) or patches ("t": [B*hw, F, C]) sit in the batch dim
         (Latte's spatial and temporal blocks): unfold to the frame-major [B, F*hw, C], run, fold back."""
         b = self.fold_batch
@@ -268,10 +275,10 @@ class GatedBidirectionalTTT(nn.Module):
             raise TTTGraphError(f"folded input {tuple(x.shape)} does not split into batch {b}")
         if self.fold == "hw":
             frames = outer // b
-            return self._joint(x.reshape(b, frames * inner, width), frames).reshape(outer, inner, width)
+            return self._joint(x.reshape(b, frames * inner, width), frames, layout, grid).reshape(outer, inner, width)
         frames, patches = inner, outer // b
         flat = x.reshape(b, patches, frames, width).transpose(1, 2).reshape(b, frames * patches, width)
-        out = self._joint(flat, frames)
+        out = self._joint(flat, frames, layout, grid)
         return out.reshape(b, frames, patches, width).transpose(1, 2).reshape(outer, inner, width)
 
     def extra_repr(self) -> str:

@@ -13,6 +13,7 @@ changing anything and prints as a table.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +39,7 @@ from tttgraph.passes.verify import check_order_preserved, node_order
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SitePlan", "TransformPlan", "inspect", "transform"]
+__all__ = ["SitePlan", "TransformPlan", "graph_form", "inspect", "plan_of", "transform", "transform_graph"]
 
 PLAN_KEY = "tttgraph_plan"
 _TTT_KINDS = {("joint", "thw"), ("video", "thw"), ("video", "hw"), ("video", "t")}
@@ -80,6 +81,7 @@ class TransformPlan:
     backends: dict[str, str] = field(default_factory=dict)
     base_fingerprints: dict[str, str | None] = field(default_factory=dict, repr=False)
     evaluate: Any = field(default=None, repr=False)  # symbolic size -> its value at the example inputs
+    attention_sites: tuple[AttentionSite, ...] = field(default=(), repr=False)  # every SDPA, in graph order
 
     @property
     def ttt_modules(self) -> list[str]:
@@ -157,7 +159,7 @@ def _plan(gm: torch.fx.GraphModule, analysis: Analysis, cfg: TTTConfig, model: n
     evaluate = size_at_example(gm, info.example_inputs)
     added = sum(_count_params(item, cfg, gm, evaluate) for item in ttt_sites)
     return TransformPlan(info.model_class, analysis.adapter, layout, cfg, seg, sites, added, info.frame_range,
-                         ttt_sites, segment_sites, evaluate=evaluate)
+                         ttt_sites, segment_sites, evaluate=evaluate, attention_sites=tuple(analysis.sites))
 
 
 def _check_targets(cfg: TTTConfig, sites: tuple[AttentionSite, ...]) -> None:
@@ -222,45 +224,238 @@ def inspect(model: nn.Module, cfg: TTTConfig, example_inputs: Any, *, progress: 
     return plan
 
 
-def transform(model: nn.Module, cfg: TTTConfig, example_inputs: Any, *, progress: bool = True) -> CapturedModel:
-    """Rewrite ``model`` into the one-minute-video architecture; returns a trainable drop-in module.
-
-    Args:
-        model: a video DiT (diffusers model classes have adapters; others use the generic one).
-        cfg: what to rewrite (see :class:`TTTConfig`; presets in ``tttgraph.presets``).
-        example_inputs: the forward keyword arguments as a dict (a tuple of positional ones works);
-            the frame count is dynamic afterwards where the model family allows it.
-        progress: show capture progress.
-
-    The result shares the pretrained parameters with ``model`` (same tensors, same names) and adds
-    ``<attention>.gated_ttt`` modules; ``result.plan`` is the :class:`TransformPlan`.
-    """
-    gm, plan = _capture_and_plan(model, cfg, example_inputs, progress)
-    plan.base_fingerprints = state_dict_fingerprints(model)
+def _graph_passes(gm: torch.fx.GraphModule, plan: TransformPlan, layers: dict[str, nn.Module] | None = None) -> None:
+    """Rewrite ``gm`` by ``plan``: insert the TTT layers (``layers``: existing ones by path), segment, lower."""
+    cfg = plan.config
     lower = LowerTTT(cfg.backend)
-    passes = [InsertTTT(plan.ttt_sites, cfg, plan.evaluate)]
+    passes = [InsertTTT(plan.ttt_sites, cfg, plan.evaluate, layers)]
     if plan.segment_sites:
         passes.append(SegmentAttentionPass(plan.segment_sites))
     passes.append(lower)
-    results = {}
     for graph_pass in passes:
         before = node_order(gm)
-        results[graph_pass.name] = graph_pass(gm)
+        result = graph_pass(gm)
         check_order_preserved(before, gm, graph_pass.name)
+        log.info("transform: %s %s", graph_pass.name, result.counts)
     plan.backends = lower.chosen
-    for name, result in results.items():
-        log.info("transform: %s %s", name, result.counts)
+
+
+def transform_graph(model: nn.Module, cfg: TTTConfig, example_inputs: Any, *, progress: bool = True) -> CapturedModel:
+    """The graph form of :func:`transform`: a :class:`CapturedModel` of the rewritten graph.
+
+    What :func:`tttgraph.export` emits and the oracle :func:`transform` checks itself against. It
+    shares the pretrained parameters with ``model`` (same tensors, same names), adds
+    ``<attention>.gated_ttt`` modules, and runs at the captured batch size, resolution and dtype.
+    """
+    gm, plan = _capture_and_plan(model, cfg, example_inputs, progress)
+    plan.base_fingerprints = state_dict_fingerprints(model)
+    _graph_passes(gm, plan)
     gm.meta[PLAN_KEY] = plan
     gm.train(model.training)
     return CapturedModel(gm)
 
 
-def plan_of(model: nn.Module) -> TransformPlan:
-    """The :class:`TransformPlan` of a model returned by :func:`transform`."""
-    gm = getattr(model, "graph_module", None)
-    plan = getattr(gm, "meta", {}).get(PLAN_KEY) if gm is not None else None
-    if plan is None:
+def transform(
+    model: nn.Module, cfg: TTTConfig, example_inputs: Any, *, progress: bool = True, verify: bool = True
+) -> nn.Module:
+    """Edit ``model`` in place into the one-minute-video architecture and return it (the same object).
+
+    Args:
+        model: a video DiT (diffusers model classes have adapters; others use the generic one).
+        cfg: what to rewrite (see :class:`TTTConfig`; presets in ``tttgraph.presets``).
+        example_inputs: the forward keyword arguments as a dict (a tuple of positional ones works);
+            used to find the attention sites and the token layout. Afterwards the model runs at any
+            batch size, frame count, text length (one chunk, or one per segment), dtype and device.
+        progress: show capture progress.
+        verify: check the edited model against the graph form (:func:`transform_graph`) on
+            ``example_inputs``, with every gate opened to 0.5 for the check (two forward passes).
+
+    Every pretrained module stays what it was (same class, same tensors, same names); each selected
+    attention gets a ``gated_ttt`` submodule and segment-local attention (``tttgraph/inplace.py``).
+    ``tttgraph.plan_of(model)`` is the :class:`TransformPlan`.
+    """
+    from tttgraph.inplace import CallShape, ModelForward, edited_modules, install
+    from tttgraph.recipe import record as record_recipe
+
+    if any(True for _ in edited_modules(model)):
+        raise TTTGraphError("this model was already transformed by tttgraph; pass the original model")
+    gm, plan = _capture_and_plan(model, cfg, example_inputs, progress)
+    plan.base_fingerprints = state_dict_fingerprints(model)
+    edits = _attention_edits(gm, plan)
+    _graph_passes(gm, plan)
+    gm.train(model.training)
+    layers = {item.site.module_path: gm.get_submodule(item.module_path) for item in plan.ttt_sites}
+    _, named = bind_inputs(model, example_inputs)
+    seg = plan.segmentation
+    shape = CallShape(plan.layout.grid, seg.text_tokens_per_segment)
+    install(model, edits, layers, shape)
+    adapter = get_adapter(model)
+    if adapter.name != "generic":  # the generic adapter can't read a layout off the inputs: sizes stay the example's
+        segments = SequenceLayout(0, 1, seg.frames_per_segment, seg.overlap_frames)
+        model.forward = ModelForward(model, shape, segments, seg.text_tokens_per_segment,
+                                     adapter.temporal_position_tables)
+    gm.meta[PLAN_KEY] = plan
+    model.__dict__[STATE_KEY] = TransformState(dataclasses.replace(plan, evaluate=None), named)
+    record_recipe(model, plan, named)
+    if verify:
+        _verify(model, CapturedModel(gm), named)
+    return model
+
+
+STATE_KEY = "_tttgraph"
+
+
+@dataclass
+class TransformState:
+    """What :func:`transform` leaves on the model (``model._tttgraph``): the plan and the example inputs."""
+
+    plan: TransformPlan
+    example_inputs: dict[str, Any] = field(repr=False)
+
+
+def _attention_edits(gm: torch.fx.GraphModule, plan: TransformPlan) -> dict[str, Any]:
+    """Attention path -> :class:`~tttgraph.inplace.AttentionEdit`, read off the graph before the passes."""
+    from tttgraph.inplace import AttentionEdit, SDPAEdit
+    from tttgraph.passes.insert_ttt import insertion_point, placement
+
+    nodes = {n.name: n for n in gm.graph.nodes}
+    ttt_by_path = {item.site.module_path: item for item in plan.ttt_sites}
+    by_path: dict[str, list[AttentionSite]] = {}
+    for item in plan.ttt_sites:
+        by_path.setdefault(item.site.module_path, [])
+    for _, (site, _) in plan.segment_sites.items():
+        by_path.setdefault(site.module_path, [])
+    for site in sorted((s for s in plan.attention_sites if s.module_path in by_path), key=lambda s: s.index):
+        by_path[site.module_path].append(site)
+    edits = {}
+    for path, module_sites in by_path.items():
+        if not path:
+            raise TTTGraphError(
+                f"{plan.model_class} computes attention in its own forward, not in a submodule; tttgraph edits "
+                "attention modules: move the attention into a module of its own"
+            )
+        calls = []
+        for site in module_sites:
+            seg = plan.segment_sites.get(site.name)
+            kind = "self" if seg is None or seg[0].kind not in ("cross", "text") else seg[0].kind
+            calls.append(SDPAEdit(seg[1] if seg else None, kind))
+        ttt_at, joint = None, None
+        item = ttt_by_path.get(path)
+        if item is not None:
+            point = insertion_point(nodes[item.site.name], path, item.joint_tokens, plan.evaluate)
+            ttt_at = placement(nodes[item.site.name], point)
+            if item.site.kind == "joint":
+                joint = item.layout
+        edits[path] = AttentionEdit(tuple(calls), ttt_at, joint)
+    return edits
+
+
+def _verify(model: nn.Module, graph: CapturedModel, named: dict[str, Any]) -> None:
+    """The edited model equals the graph form on ``named`` with every TTT gate at 0.5; else TTTGraphError."""
+    from torch.utils import _pytree as pytree
+
+    gates = [p for name, p in model.named_parameters() if "_gate_" in name.rsplit(".", 1)[-1]]
+    saved = [g.detach().clone() for g in gates]
+    training = model.training
+    try:
+        with torch.no_grad():
+            for g in gates:
+                g.fill_(0.5)
+            model.eval()
+            graph.eval()
+            expected = [t for t in pytree.tree_leaves(graph(**named)) if isinstance(t, torch.Tensor)]
+            got = [t for t in pytree.tree_leaves(model(**named)) if isinstance(t, torch.Tensor)]
+    finally:
+        with torch.no_grad():
+            for g, value in zip(gates, saved, strict=True):
+                g.copy_(value)
+        model.train(training)
+        graph.train(training)
+    if len(expected) != len(got):
+        raise TTTGraphError(f"the edited model returns {len(got)} tensors, its graph form {len(expected)}")
+    for a, b in zip(got, expected, strict=True):
+        tol = 1e-4 if b.dtype in (torch.float32, torch.float64) else 3e-2
+        scale = b.detach().abs().max().item() if b.numel() else 0.0
+        diff = (a.float() - b.float()).abs().max().item() if b.numel() else 0.0
+        if a.shape != b.shape or not diff <= tol * max(scale, 1.0):
+            raise TTTGraphError(
+                f"the edited {type(model).__name__} differs from its graph form on the example inputs (shape "
+                f"{tuple(a.shape)} vs {tuple(b.shape)}, max difference {diff:.3g} at scale {scale:.3g}): the plan "
+                "could not be carried over to this model's own forward. Please report it; "
+                "tttgraph.transform_graph gives the graph form"
+            )
+
+
+def graph_form(model: nn.Module, example_inputs: Any = None) -> CapturedModel:
+    """The graph form of a model edited by :func:`transform`, sharing its TTT layers and weights.
+
+    Captured afresh from the model as it is now (its dtype, device, fused or added LoRA), at
+    ``example_inputs`` (default: the transform's).
+    """
+    from tttgraph.inplace import removed
+
+    if isinstance(model, CapturedModel):
+        return model
+    state = _state(model)
+    named = state.example_inputs if example_inputs is None else bind_inputs(model, example_inputs)[1]
+    named = _like_model(model, named)
+    cfg = state.plan.config
+    with removed(model) as layers, _root_forward_removed(model):
+        gm, plan = _capture_and_plan(model, cfg, named, progress=False)
+        plan.base_fingerprints = state.plan.base_fingerprints
+        _graph_passes(gm, plan, {f"{path}.gated_ttt": layer for path, layer in layers.items()})
+    gm.meta[PLAN_KEY] = plan
+    gm.train(model.training)
+    return CapturedModel(gm)
+
+
+@contextlib.contextmanager
+def _root_forward_removed(model: nn.Module):
+    forward = model.__dict__.pop("forward", None)
+    try:
+        yield
+    finally:
+        if forward is not None:
+            model.forward = forward
+
+
+def _like_model(model: nn.Module, named: dict[str, Any]) -> dict[str, Any]:
+    """``named`` on the model's device, floating tensors in its dtype."""
+    from torch.utils import _pytree as pytree
+
+    ref = next(model.parameters(), None)
+    if ref is None:
+        return named
+
+    def move(x):
+        if not isinstance(x, torch.Tensor):
+            return x
+        return x.to(ref.device, ref.dtype) if x.is_floating_point() else x.to(ref.device)
+
+    return pytree.tree_map(move, named)
+
+
+def _state(model: nn.Module) -> TransformState:
+    state = getattr(model, "__dict__", {}).get(STATE_KEY)
+    if state is None:
         raise TTTGraphError(
             f"{type(model).__name__} was not produced by tttgraph.transform; transform it first"
         )
-    return plan
+    return state
+
+
+def example_inputs_of(model: nn.Module) -> dict[str, Any]:
+    """The example inputs a transformed model (either form) was captured with, by argument name."""
+    if isinstance(model, CapturedModel):
+        return capture_info(model.graph_module).example_inputs
+    return _state(model).example_inputs
+
+
+def plan_of(model: nn.Module) -> TransformPlan:
+    """The :class:`TransformPlan` of a model returned by :func:`transform` (or :func:`transform_graph`)."""
+    gm = getattr(model, "graph_module", None) if isinstance(model, CapturedModel) else None
+    if gm is not None:
+        plan = gm.meta.get(PLAN_KEY)
+        if plan is not None:
+            return plan
+    return _state(model).plan

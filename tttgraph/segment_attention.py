@@ -64,8 +64,10 @@ def _group(q_lists: list[Tensor], kv_lists: list[Tensor], q_tokens: int) -> Segm
     counts = torch.zeros(q_tokens, dtype=torch.long)
     for qi in q_lists:
         counts[qi] += 1
-    assert bool((counts > 0).all()), "every query token belongs to a segment"
-    return SegmentIndex(packed, q_tokens, counts, bool((counts > 1).any()))
+    # Segments cover every query token (the windows tile the video), so a token is in two segments
+    # exactly when the segments hold more tokens than the sequence. Decided on Python ints, not on
+    # ``counts``: torch.compile traces this function and can't branch on tensor values.
+    return SegmentIndex(packed, q_tokens, counts, sum(len(qi) for qi in q_lists) > q_tokens)
 
 
 @functools.lru_cache(maxsize=64)

@@ -105,14 +105,13 @@ def test_a_stage_trains_saves_and_the_next_stage_starts_from_it(clips_3s, raw_da
     assert [s for s, _ in list_checkpoints(out / "checkpoints")] == [4, 6]  # keep=2
 
     # The stage's save restores onto a fresh base with exactly the trained weights.
-    from tttgraph.finetune.blocks import original_name
     from tttgraph.models.cogvideox_bundle import tiny_bundle
 
     final = load_file(str(out / "checkpoints" / "step-000006" / "model-rank00000.safetensors"))
     example = trainer._example_inputs(bundle, trainer.PrecomputedClips(clips_3s), 2)
     restored = tttgraph.restore(tiny_bundle(0).transformer, out / "ttt", example, progress=False)
     state = restored.state_dict()
-    assert all(torch.equal(state[original_name(n)], t) for n, t in final.items())
+    assert all(torch.equal(state[n], t) for n, t in final.items())
 
     # Stage 2 on 6 s clips starts from it and trains only TTT + attention.
     from tttgraph.finetune.precompute import precompute

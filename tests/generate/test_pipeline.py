@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -89,8 +91,8 @@ def test_trained_ttt_weights_are_restored_and_picked_up_by_default(models, refer
     # A stand-in for the fine-tuning example's output: the tiny base transformed, TTT gates changed, saved.
     bundle = tiny_bundle(0)
     example = transformer_inputs(bundle, torch.zeros(1, 25, 4, 4, 6), torch.zeros(1, 2 * TEXT, 16), torch.tensor([999]))
-    tm = tttgraph.transform(bundle.transformer, tttgraph.presets.cogvideox_5b(6, text_tokens_per_segment=TEXT),
-                            example, progress=False)
+    tm = tttgraph.transform(copy.deepcopy(bundle.transformer),
+                            tttgraph.presets.cogvideox_5b(6, text_tokens_per_segment=TEXT), example, progress=False)
     with torch.no_grad():
         for name, p in tm.named_parameters():
             if name.endswith("_gate_video"):
@@ -132,8 +134,8 @@ def test_a_default_finetune_output_that_does_not_fit_is_skipped_with_a_note(tmp_
 
     other = tiny_bundle(seed=1)  # not the base the default run uses (seed 0)
     example = transformer_inputs(other, torch.zeros(1, 13, 4, 4, 6), torch.zeros(1, TEXT, 16), torch.tensor([999]))
-    tm = tttgraph.transform(other.transformer, tttgraph.presets.cogvideox_5b(3, text_tokens_per_segment=TEXT),
-                            example, progress=False)
+    tm = tttgraph.transform(copy.deepcopy(other.transformer),
+                            tttgraph.presets.cogvideox_5b(3, text_tokens_per_segment=TEXT), example, progress=False)
     tttgraph.save(tm, tmp_path / "runs" / "finetune" / "ttt")
     monkeypatch.chdir(tmp_path)  # ./runs/finetune/ttt is the default fine-tuning output
     monkeypatch.delenv("TTTGRAPH_TTT_DIR", raising=False)

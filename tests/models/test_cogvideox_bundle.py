@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -136,7 +137,7 @@ def test_transformer_inputs_run_the_model_and_a_tttgraph_transform(bundle, clip)
     assert out.shape == latents.shape
     cfg = tttgraph.TTTConfig(segment_latent_frames=12, segment_overlap_frames=1, text_tokens_per_segment=TEXT,
                              mini_batch_size=16, backend="reference")
-    tm = tttgraph.transform(bundle.transformer, cfg, inputs, progress=False)
+    tm = tttgraph.transform(copy.deepcopy(bundle.transformer), cfg, inputs, progress=False)
     with torch.no_grad():
         assert tm(**inputs, return_dict=False)[0].shape == latents.shape
     with pytest.raises(BundleError, match="multiple of text_tokens_per_segment"):

@@ -1,4 +1,4 @@
-"""Process-group setup for ``torchrun`` and FSDP2 sharding of an outlined model.
+"""Process-group setup for ``torchrun`` and FSDP2 sharding of a transformed model, block by block.
 
 One process per device; ``torchrun --nproc_per_node N -m tttgraph finetune ...`` sets ``RANK``,
 ``WORLD_SIZE`` and the rendezvous variables. NCCL on CUDA, gloo on the CPU (tests).
@@ -71,9 +71,7 @@ def shard(model: nn.Module, blocks: list[nn.Module], ctx: DistContext, *, bf16: 
     """FSDP2: ``fully_shard`` each block, then the root (what is left: embeddings, output head).
 
     With ``bf16`` gradients are reduced in float32 and the products run in bf16 under the trainer's
-    autocast. The parameters stay float32 when unsharded: the captured graph is specialised to the
-    dtype it was captured in (torch.export bakes its casts), so bf16 parameters would meet float32
-    activations ("mat1 and mat2 must have the same dtype"), as seen on 2 GPUs.
+    autocast; the parameters stay float32 (the optimizer's master copy).
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 

@@ -8,7 +8,7 @@
 2. the data: the synthetic dataset is written under ``OUT/data`` (default) and encoded into clips
    of the stage's length (resumable; skipped when ``data.precomputed`` is given);
 3. the model: the base transformer is transformed (first stage) or the previous stage's save is
-   restored onto it; its blocks are outlined for activation checkpointing and FSDP2;
+   restored onto it (in place); its own blocks are checkpointed and sharded by FSDP2;
 4. training: AdamW on the stage's trainable set, warm-up then constant (pretrained) / cosine (TTT)
    learning rates, v-prediction loss on a zero-terminal-SNR schedule, text dropout, gradient
    clipping; metrics to ``OUT/metrics.csv`` (and TensorBoard if installed); periodic atomic
@@ -24,6 +24,7 @@ repeats an uninterrupted one exactly.
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import io
 import json
@@ -423,7 +424,7 @@ def run_stage(cfg: StageConfig, out: str | os.PathLike, *, pretrained: str | Non
     :class:`~tttgraph.interrupts.Interrupted`; ``resume=True`` continues exactly.
     """
     import tttgraph
-    from tttgraph.finetune.blocks import block_modules, original_name, outline_blocks
+    from tttgraph.finetune.blocks import block_modules, enable_checkpointing
     from tttgraph.finetune.checkpointing import load_checkpoint, save_checkpoint
     from tttgraph.finetune.plot import loss_curve_png
     from tttgraph.models.cogvideox_bundle import transformer_inputs
@@ -459,17 +460,21 @@ def run_stage(cfg: StageConfig, out: str | os.PathLike, *, pretrained: str | Non
         bf16 = cuda and cfg.parallel.mixed_precision == "bf16"
         if not fsdp:
             tm.to(ctx.device)
-        model = outline_blocks(tm, checkpointing=t.activation_checkpointing, copy_modules=fsdp)
+        if t.activation_checkpointing:
+            enable_checkpointing(tm)
+        model, template = tm, None
         if fsdp:
+            # The save at the end needs whole tensors on a model with the plan: a copy, storage freed.
+            template = copy.deepcopy(tm)
+            _free_params(template)
             # FSDP2 warns that the root returns a view; nothing here writes to the model output in place.
             warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
             distributed.shard(model, block_modules(model), ctx, bf16=bf16)
-            _free_params(tm)
         named = {n: p for n, p in model.named_parameters() if p.requires_grad}
         total_params = sum(p.numel() for p in model.parameters())
         trained_params = sum(p.numel() for p in named.values())
         new_params = sum(p.numel() for n, p in named.items() if ".gated_ttt." in n)
-        opt, sched = build_optimizer(cfg, {original_name(n): p for n, p in named.items()}, t.steps)
+        opt, sched = build_optimizer(cfg, named, t.steps)
 
         start = 0
         for line in inputs.skipped:
@@ -545,14 +550,14 @@ def run_stage(cfg: StageConfig, out: str | os.PathLike, *, pretrained: str | Non
         bar.close()
         metrics.close()
 
-        if fsdp:
-            full = {original_name(n): distributed.full(p.detach()).cpu() for n, p in model.named_parameters()}
+        if template is not None:
+            full = {n: distributed.full(p.detach()).cpu() for n, p in model.named_parameters()}
             if ctx.main:
-                _fill_params(tm, full)
+                _fill_params(template, full)
         save_dir = out / "ttt"
         history = read_metrics(out) if ctx.main else []
         if ctx.main:
-            tttgraph.save(tm, save_dir)
+            tttgraph.save(tm if template is None else template, save_dir)
             png = loss_curve_png([r["step"] for r in history], [r["loss"] for r in history], out / "loss.png",
                                  title=f"fine-tuning stage {cfg.name}: training loss (v-prediction MSE)")
         ctx.barrier()

@@ -4,7 +4,7 @@ Every process holds the whole transformed model and runs the same denoising loop
 latents. Inside each layer, the two costly head-wise parts are split: rank r of W computes heads
 ``[r*H/W, (r+1)*H/W)`` of
 
-- every segment-local attention (its ``SegmentAttention`` module: gather segments, SDPA,
+- every SDPA call of an edited attention (segment-local: gather segments, SDPA,
   average the overlap), and
 - every TTT-MLP scan (the ``tttgraph::ttt_mlp`` op of both directions),
 
@@ -27,8 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from tttgraph.errors import TTTGraphError
+from tttgraph.inplace import edited_modules, segment_attend
 from tttgraph.layers import TTTMLP
-from tttgraph.segment_attention import SegmentAttention
 
 
 @dataclass(frozen=True)
@@ -87,23 +87,20 @@ def _all_gather_heads(x: Tensor, par: Parallel) -> Tensor:
     return torch.cat(parts, dim=1)
 
 
-class HeadParallelAttention(nn.Module):
-    """A :class:`SegmentAttention` computing only this rank's heads, then gathering all of them."""
+class HeadParallelAttend:
+    """How an edited attention computes its SDPA calls: this rank's heads only, then all heads gathered."""
 
-    def __init__(self, inner: SegmentAttention, par: Parallel):
-        super().__init__()
-        self.inner, self.par = inner, par
+    def __init__(self, par: Parallel):
+        self.par = par
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+    def __call__(self, layout, kind: str, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None,
+                 **kwargs) -> Tensor:
         heads = _head_range(q.shape[1], self.par)
-        if attn_mask is not None and attn_mask.dim() == 4 and attn_mask.shape[1] != 1:
+        if attn_mask is not None and attn_mask.dim() == 4 and attn_mask.shape[1] == q.shape[1]:
             attn_mask = attn_mask[:, heads]
-        out = self.inner(q[:, heads], k[:, heads], v[:, heads], attn_mask)
+        out = segment_attend(layout, kind, q[:, heads], k[:, heads], v[:, heads], attn_mask, **kwargs)
         out = _all_gather_heads(out, self.par)
-        # Keep the memory layout SegmentAttention promises to the graph code that follows.
-        order = self.inner.memory_order
-        inverse = sorted(range(4), key=order.__getitem__)
-        return out.permute(order).contiguous().permute(inverse)
+        return out.transpose(1, 2).contiguous().transpose(1, 2)  # SDPA's own memory layout
 
 
 class HeadParallelTTTMLP(nn.Module):
@@ -127,24 +124,22 @@ class HeadParallelTTTMLP(nn.Module):
 
 
 def shard_heads(model: nn.Module, par: Parallel) -> dict[str, int]:
-    """Make every segment-local attention and TTT-MLP of a transformed ``model`` head-parallel.
+    """Make every edited attention and TTT-MLP of a transformed ``model`` head-parallel, in place.
 
-    Works in place on the modules the captured graph calls (the graph looks its submodules up by
-    path at each call). Returns counts ``{"attention": n, "ttt": m}``; a no-op when ``par.world == 1``.
+    Returns counts ``{"attention": n, "ttt": m}``; a no-op when ``par.world == 1``.
     """
     counts = {"attention": 0, "ttt": 0}
     if not par.enabled:
         return counts
-    targets = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, (SegmentAttention, TTTMLP))]
+    for _, module, _ in edited_modules(model):
+        module.forward.attend = HeadParallelAttend(par)
+        counts["attention"] += 1
+    targets = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, TTTMLP)]
     for name, mod in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        if isinstance(mod, SegmentAttention):
-            setattr(parent, child, HeadParallelAttention(mod, par))
-            counts["attention"] += 1
-        else:
-            setattr(parent, child, HeadParallelTTTMLP(mod, par))
-            counts["ttt"] += 1
+        setattr(parent, child, HeadParallelTTTMLP(mod, par))
+        counts["ttt"] += 1
     if not counts["attention"] and not counts["ttt"]:
         raise TTTGraphError("the model has no segment-local attention or TTT layer to split; transform it first")
     return counts

@@ -22,40 +22,9 @@ temporal tiles.
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any
-
 import torch
-from torch import nn
 
 from tttgraph.generate.storyboard import Storyboard
-
-
-class PipelineTransformer(nn.Module):
-    """A tttgraph-transformed transformer as a diffusers pipeline expects it.
-
-    Forwards every call to ``model`` and answers ``config``, ``dtype``, ``device`` and
-    ``cache_context`` (the pipeline's cache hook; a no-op here) as the original model does.
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        self.config = model.config
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def cache_context(self, name: str):
-        return contextlib.nullcontext()
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.model(*args, **kwargs)
 
 
 def video_frames(seconds: int) -> int:
@@ -65,12 +34,13 @@ def video_frames(seconds: int) -> int:
 
 def transform_pipeline(pipe, seconds: int, *, height: int | None = None, width: int | None = None,
                        ttt: str | None = None, guidance: bool = True, progress: bool = True):
-    """Transform ``pipe.transformer`` for ``seconds`` of video and put it back into ``pipe``.
+    """Transform ``pipe.transformer`` in place for videos of ``seconds`` (or any other length).
 
-    The transformer is captured at the shapes the pipeline will call it with: batch 2 with
-    classifier-free guidance (``guidance``), ``4 * seconds + 1`` latent frames, the pipeline's RoPE.
-    ``ttt``: a ``tttgraph.save`` directory to restore trained TTT weights from; else fresh layers
-    with the CogVideoX preset (12-frame segments + 1 overlap, text chunk per segment). Returns pipe.
+    The transform reads the model at the pipeline's shapes for a short example (two segments, or one
+    for 3 s; batch 2 with classifier-free guidance, the pipeline's RoPE); the transformed transformer
+    then runs at any frame count, batch and resolution. ``ttt``: a ``tttgraph.save`` directory to
+    restore trained TTT weights from; else fresh layers with the CogVideoX preset (12-frame segments +
+    1 overlap, a text chunk per segment). Returns pipe.
     """
     from tttgraph import presets
     from tttgraph.checkpoint import restore
@@ -80,13 +50,14 @@ def transform_pipeline(pipe, seconds: int, *, height: int | None = None, width: 
     cfg_model = model.config
     height = height or cfg_model.sample_height * pipe.vae_scale_factor_spatial
     width = width or cfg_model.sample_width * pipe.vae_scale_factor_spatial
-    frames = presets.latent_frames(seconds)
+    example_seconds = min(seconds, 6)
+    frames = presets.latent_frames(example_seconds)
     text_tokens = int(cfg_model.max_text_seq_length)
     batch = 2 if guidance else 1
     param = next(model.parameters())
     latents = torch.zeros(batch, frames, cfg_model.in_channels, height // pipe.vae_scale_factor_spatial,
                           width // pipe.vae_scale_factor_spatial, dtype=param.dtype, device=param.device)
-    text = torch.zeros(batch, seconds // 3 * text_tokens, cfg_model.text_embed_dim, dtype=param.dtype,
+    text = torch.zeros(batch, example_seconds // 3 * text_tokens, cfg_model.text_embed_dim, dtype=param.dtype,
                        device=param.device)
     rope = pipe._prepare_rotary_positional_embeddings(height, width, frames, param.device) \
         if cfg_model.use_rotary_positional_embeddings else None
@@ -97,7 +68,7 @@ def transform_pipeline(pipe, seconds: int, *, height: int | None = None, width: 
     else:
         tm = transform(model, presets.cogvideox_5b(seconds, text_tokens_per_segment=text_tokens), example,
                        progress=progress)
-    pipe.transformer = PipelineTransformer(tm.eval())
+    pipe.transformer = tm.eval()  # the same object, edited
     return pipe
 
 
