@@ -378,7 +378,24 @@ def test_torch_compile_of_each_block_fullgraph_at_two_frame_counts(pair):
             assert sum(bool(g.abs().sum() > 0) for g in grads) > len(grads) // 2
 
 
-def test_cogvideox_1_0_with_its_sincos_table_runs_beyond_sample_frames():
+def test_the_users_processor_choices_keep_segments_and_ttt(pair):
+    from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0
+
+    _, model = pair
+    model = copy.deepcopy(model)
+    inputs = _inputs(5)
+    with torch.no_grad():
+        ref = _out(model, inputs)
+        model.set_attn_processor(CogVideoXAttnProcessor2_0())  # a fresh processor object: edits stay
+        torch.testing.assert_close(_out(model, inputs), ref, rtol=0, atol=1e-6)
+        model.fuse_qkv_projections()  # diffusers swaps in fused projections and processors
+        torch.testing.assert_close(_out(model, inputs), ref, rtol=1e-5, atol=1e-5)
+        model.unfuse_qkv_projections()
+        torch.testing.assert_close(_out(model, inputs), ref, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("example_frames", [1, 2], ids=["example-not-sample", "example-at-sample"])
+def test_cogvideox_1_0_with_its_sincos_table_runs_beyond_sample_frames(example_frames):
     base = build_tiny("cogvideox")
     cfg = {**base.config, "use_rotary_positional_embeddings": False, "sample_frames": 5}  # 2 latent frames
     from diffusers import CogVideoXTransformer3DModel
@@ -387,7 +404,7 @@ def test_cogvideox_1_0_with_its_sincos_table_runs_beyond_sample_frames():
         torch.manual_seed(0)
         base = CogVideoXTransformer3DModel.from_config(cfg).eval()
     base._tttgraph_family = "cogvideox"
-    sample = (cfg["sample_frames"] - 1) // 4 + 1
+    sample = example_frames  # 2 = the table's own frame count; at 1 diffusers rebuilds the table in forward
     # The table has rows for exactly max_text_seq_length text tokens: one prompt, repeated per segment.
     text = cfg["max_text_seq_length"]
     example = {k: v for k, v in _inputs(sample, chunks=1, text=text).items() if k != "image_rotary_emb"}

@@ -61,3 +61,61 @@ def test_transformed_model_on_cuda_matches_cpu(family):
             assert g_gpu[name].abs().max() == 0, name
         else:
             assert _rel(g_gpu[name], g) < 1e-3, (name, _rel(g_gpu[name], g))
+
+
+def _head_dim_64_cogvideox(device, dtype):
+    """A tiny CogVideoX with the head shape the Hopper kernel takes (D = 64, F = 4 * 64)."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    from tttgraph.models.tiny import FAMILIES
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = CogVideoXTransformer3DModel(**{**FAMILIES["cogvideox"].config, "attention_head_dim": 64})
+    model._tttgraph_family = "cogvideox"
+    return model.to(device, dtype).eval()
+
+
+def _on(value, device, dtype):
+    if isinstance(value, torch.Tensor):
+        return value.to(device, dtype) if value.is_floating_point() else value.to(device)
+    if isinstance(value, tuple):
+        return tuple(_on(v, device, dtype) for v in value)
+    return value
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda_sm90"])
+def test_in_place_blocks_compile_fullgraph_with_inductor_on_cuda(backend):
+    """The edited model's blocks under Inductor, at two frame counts: the TorchFunctionMode of the
+    segment attention and the ttt_mlp custom op trace into one graph, forward and backward."""
+    if backend == "cuda_sm90" and torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the Hopper kernel needs an sm_90 GPU")
+    dtype = torch.bfloat16
+    model = _head_dim_64_cogvideox("cuda", dtype)
+    inputs = {k: _on(v, "cuda", dtype) for k, v in example_inputs(model, 5, text_tokens=8).items()}
+    cfg = TTTConfig(segment_latent_frames=2, segment_overlap_frames=1, mini_batch_size=64, gate_init=0.5,
+                    backend=backend)
+    tm = transform(model, cfg, inputs, progress=False).train()  # checks itself against the graph form
+    assert set(plan_of(tm).backends.values()) == {backend}
+    torch._dynamo.reset()
+    for block in tm.transformer_blocks:
+        params = [p for p in block.parameters() if p.requires_grad]
+        compiled = torch.compile(block, fullgraph=True)
+        for frames in (5, 9):
+            segments = max(1, -(-(frames - 1) // 2))
+            g = torch.Generator("cuda").manual_seed(frames)
+            rope = _on(example_inputs(model, frames, text_tokens=8)["image_rotary_emb"], "cuda", dtype)
+            video = torch.randn(1, frames * 16, 128, device="cuda", dtype=dtype, generator=g, requires_grad=True)
+            text = torch.randn(1, 4 * segments, 128, device="cuda", dtype=dtype, generator=g, requires_grad=True)
+            temb = torch.randn(1, 16, device="cuda", dtype=dtype, generator=g)
+            results = []
+            for fn in (block, compiled):
+                out = fn(video, text, temb, image_rotary_emb=rope)
+                grads = torch.autograd.grad(sum(o.float().square().mean() for o in out), [video, text, *params])
+                results.append((out, grads))
+            (eager, eager_grads), (got, got_grads) = results
+            for a, b in zip(got, eager, strict=True):
+                assert _rel(a, b) < 2e-2, (backend, frames)
+            for a, b in zip(got_grads, eager_grads, strict=True):
+                if b.abs().max() > 0:
+                    assert _rel(a, b) < 5e-2, (backend, frames)

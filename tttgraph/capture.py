@@ -161,7 +161,8 @@ def capture(
     try:
         bar.set_postfix_str("torch.export (non-strict)")
         log.info("capture: exporting %s (dynamic frames: %s)", type(model).__name__, want_dynamic)
-        ep = _export_with_frames(model, named, adapter, want_dynamic, dynamic_frames, dynamic_text)
+        with adapter.capture_patches(model):
+            ep = _export_with_frames(model, named, adapter, want_dynamic, dynamic_frames, dynamic_text)
         bar.update()
         bar.update()
         bar.set_postfix_str("unlift parameters")

@@ -41,7 +41,7 @@ from torch.overrides import TorchFunctionMode
 
 from tttgraph.errors import TTTGraphError
 from tttgraph.layout import SequenceLayout
-from tttgraph.segment_attention import cross_attention_index, segment_sdpa, self_attention_index, text_attention_index
+from tttgraph.segment_attention import segment_attend
 
 __all__ = [
     "AttentionEdit",
@@ -51,7 +51,6 @@ __all__ = [
     "edited_modules",
     "install",
     "removed",
-    "segment_attend",
 ]
 
 TTT_NAME = "gated_ttt"
@@ -149,38 +148,6 @@ def _ttt(module: nn.Module, shape: CallShape, x: Tensor) -> Tensor:
     """The module's TTT layer on ``x`` [B, N, C], at this call's grid and text chunk."""
     layer = getattr(module, TTT_NAME)
     return layer(x, layout=shape.layout(layer.layout), grid=shape.grid)
-
-
-def segment_attend(layout: SequenceLayout | None, kind: str, q: Tensor, k: Tensor, v: Tensor,
-                   attn_mask: Tensor | None = None, dropout_p: float = 0.0, is_causal: bool = False,
-                   **kwargs) -> Tensor:
-    """One SDPA call, segment-local over ``layout`` (None: global). q, k, v: [B, H, N, D] -> [B, H, Nq, Dv].
-
-    The result is laid out in memory as SDPA's own kernels lay theirs ([B, N, H, D]), so a
-    processor's ``view`` after it behaves the same.
-    """
-    if layout is None or layout.frames_per_segment is None or is_causal:
-        return _SDPA(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, **kwargs)
-    if kind == "self":
-        index = self_attention_index(layout, layout.infer_num_frames(q.shape[2]))
-    elif kind == "cross":
-        frames = q.shape[2] // layout.video_tokens_per_frame
-        if k.shape[2] == layout.text_tokens_per_segment:  # one chunk: every window reads the same keys
-            return _SDPA(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, **kwargs)
-        if k.shape[2] != layout.text_tokens(frames):
-            raise TTTGraphError(
-                f"segment cross-attention over {frames} frames needs {layout.num_segments(frames)} text chunks of "
-                f"{layout.text_tokens_per_segment} tokens ({layout.text_tokens(frames)} tokens) or one chunk; got "
-                f"{k.shape[2]} text tokens"
-            )
-        index = cross_attention_index(layout, frames)
-    else:
-        lt = layout.text_tokens_per_segment
-        if q.shape[2] % lt:
-            raise TTTGraphError(f"{q.shape[2]} text tokens are not whole chunks of {lt}; pass one chunk per segment")
-        index = text_attention_index(lt, q.shape[2] // lt)
-    out = segment_sdpa(q, k, v, index.to(q.device), attn_mask=attn_mask, dropout_p=dropout_p, **kwargs)
-    return out.transpose(1, 2).contiguous().transpose(1, 2)
 
 
 class EditedForward:

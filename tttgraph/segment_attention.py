@@ -141,6 +141,42 @@ def _gather_mask(mask: Tensor, q_idx: Tensor, kv_idx: Tensor, bsz: int) -> Tenso
     return m.permute(2, 0, 1, 3, 4).flatten(0, 1)
 
 
+def segment_attend(layout: SequenceLayout | None, kind: str, q: Tensor, k: Tensor, v: Tensor,
+                   attn_mask: Tensor | None = None, dropout_p: float = 0.0, is_causal: bool = False,
+                   **kwargs) -> Tensor:
+    """One SDPA call, segment-local over ``layout`` (None: global). q, k, v: [B, H, N, D] -> [B, H, Nq, Dv].
+
+    ``kind``: ``"self"``, ``"cross"`` (video queries, text keys: one chunk per segment, or one chunk
+    that every segment reads) or ``"text"`` (each chunk to itself). The frame count is read off the
+    query length. The result is laid out in memory as SDPA's own kernels lay theirs ([B, N, H, D]),
+    so a processor's ``view`` after it behaves the same. Both forms of a transformed model call this:
+    the eager edits (``tttgraph/inplace.py``) and the graph's :class:`SegmentAttention`.
+    """
+    if layout is None or layout.frames_per_segment is None or is_causal:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                                              **kwargs)
+    if kind == "self":
+        index = self_attention_index(layout, layout.infer_num_frames(q.shape[2]))
+    elif kind == "cross":
+        frames = q.shape[2] // layout.video_tokens_per_frame
+        if k.shape[2] == layout.text_tokens_per_segment:  # one chunk: every window reads the same keys
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, **kwargs)
+        if k.shape[2] != layout.text_tokens(frames):
+            raise TTTGraphError(
+                f"segment cross-attention over {frames} frames needs {layout.num_segments(frames)} text chunks of "
+                f"{layout.text_tokens_per_segment} tokens ({layout.text_tokens(frames)} tokens) or one chunk; got "
+                f"{k.shape[2]} text tokens"
+            )
+        index = cross_attention_index(layout, frames)
+    else:
+        lt = layout.text_tokens_per_segment
+        if q.shape[2] % lt:
+            raise TTTGraphError(f"{q.shape[2]} text tokens are not whole chunks of {lt}; pass one chunk per segment")
+        index = text_attention_index(lt, q.shape[2] // lt)
+    out = segment_sdpa(q, k, v, _on_device(index, q.device), attn_mask=attn_mask, dropout_p=dropout_p, **kwargs)
+    return out.transpose(1, 2).contiguous().transpose(1, 2)
+
+
 class SegmentAttention(torch.nn.Module):
     """Drop-in for one SDPA call: ``forward(q, k, v, attn_mask=None)``, segment-local.
 
@@ -171,26 +207,7 @@ class SegmentAttention(torch.nn.Module):
         return q_tokens // self.layout.video_tokens_per_frame
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        if self.kind == "text":
-            lt = self.layout.text_tokens_per_segment
-            if q.shape[2] % lt:
-                raise TTTGraphError(
-                    f"{q.shape[2]} text tokens are not whole chunks of {lt}; pass one chunk per segment"
-                )
-            index = text_attention_index(lt, q.shape[2] // lt)
-        elif self.kind == "self":
-            frames = self.num_frames(q.shape[2])
-            index = self_attention_index(self.layout, frames)
-        else:
-            frames = self.num_frames(q.shape[2])
-            index = cross_attention_index(self.layout, frames)
-            if k.shape[2] != self.layout.text_tokens(frames):
-                raise TTTGraphError(
-                    f"segment cross-attention over {frames} frames needs {self.layout.num_segments(frames)} text "
-                    f"chunks of {self.layout.text_tokens_per_segment} tokens ({self.layout.text_tokens(frames)} "
-                    f"tokens), got {k.shape[2]}; pass one text chunk per segment"
-                )
-        out = segment_sdpa(q, k, v, _on_device(index, q.device), attn_mask=attn_mask, scale=self.scale)
+        out = segment_attend(self.layout, self.kind, q, k, v, attn_mask, scale=self.scale)
         inverse = sorted(range(4), key=self.memory_order.__getitem__)
         return out.permute(self.memory_order).contiguous().permute(inverse)
 

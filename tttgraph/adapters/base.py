@@ -7,6 +7,7 @@ attention sequences hold, and in which order. Everything else is read from the g
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -93,6 +94,10 @@ class ModelAdapter:
     def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:
         """Token layout of ``model`` called with ``inputs``."""
         raise NotImplementedError
+
+    def capture_patches(self, model: torch.nn.Module) -> contextlib.AbstractContextManager:
+        """Within the block, ``model`` computes the same values through code torch.export can trace."""
+        return contextlib.nullcontext()
 
     def text_dynamic_shapes(self, spec: dict[str, Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
         """``spec`` with the text-length dims of ``text_inputs`` marked ``Dim.AUTO`` as well."""
