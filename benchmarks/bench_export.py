@@ -109,7 +109,7 @@ def bench_scan(lengths: list[int], repeats: int, folder: Path) -> list[str]:
     import onnxruntime as ort
 
     from tttgraph.exporter import onnx_feed
-    from tttgraph.onnx_ttt import translation_table
+    from tttgraph.kernels.ttt_mlp.onnx_lowering import translation_table
 
     heads, dim, hidden, mini_batch = 2, 64, 256, 64
     model = _ScanModel(heads, dim, hidden, mini_batch)

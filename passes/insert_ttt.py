@@ -46,6 +46,8 @@ class TTTSite:
     joint_tokens: int | None = None  # joint sequence length at the example inputs (see insertion_point)
     fold: str | None = None  # "hw"/"t": frames or patches folded into the batch (Latte); see GatedBidirectionalTTT
     fold_batch: int = 1
+    insertion: str | None = None  # name of the graph node the layer reads (insertion_point), found at planning
+    width: int | None = None  # C of that node: the layer's width
 
     @property
     def module_path(self) -> str:
@@ -109,7 +111,8 @@ class InsertTTT(GraphPass):
         ref = next(gm.parameters(), None)
         for item in self.plan:
             site = item.site
-            point = insertion_point(nodes[site.name], site.module_path, item.joint_tokens, self.evaluate)
+            point = (nodes[item.insertion] if item.insertion is not None else
+                     insertion_point(nodes[site.name], site.module_path, item.joint_tokens, self.evaluate))
             width = point.meta["val"].shape[-1]
             if item.module_path in self.layers:
                 self._insert(gm, item, point, self.layers[item.module_path])

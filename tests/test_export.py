@@ -63,7 +63,7 @@ def test_ttt_decomposition_matches_the_reference_with_a_short_last_mini_batch(tm
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     from tttgraph.exporter import onnx_feed
-    from tttgraph.onnx_ttt import translation_table
+    from tttgraph.kernels.ttt_mlp.onnx_lowering import translation_table
     from tttgraph.ops import ttt_mlp
 
     heads, dim, hidden = 2, 8, 32
@@ -206,7 +206,7 @@ def test_custom_node_form_passes_the_onnx_checker(cogvideox, tmp_path):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")
     from tttgraph import export
-    from tttgraph.onnx_ttt import register_schema
+    from tttgraph.kernels.ttt_mlp.onnx_lowering import register_schema
 
     _, tm, _ = cogvideox
     result = export(tm, tmp_path / "custom.onnx", ttt_op="custom", dynamic_frames=False)

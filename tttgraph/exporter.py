@@ -213,9 +213,10 @@ def _resolve_opset(opset: int | None) -> int:
 
 def _onnx_program(ep, named, opset: int, ttt_op: str, rule: FrameRule, frames: str):
     """The ONNX program of ``ep`` with the runtime fixes applied: (program, names, notes)."""
-    from tttgraph import onnx_fixes, onnx_ttt
+    from tttgraph import onnx_fixes
+    from tttgraph.kernels.ttt_mlp import onnx_lowering
 
-    table = {**onnx_fixes.translation_overrides(), **onnx_ttt.translation_table(ttt_op)}
+    table = {**onnx_fixes.translation_overrides(), **onnx_lowering.translation_table(ttt_op)}
     names = flat_input_names(named)
     try:
         with _quiet_onnx_export():
@@ -288,7 +289,7 @@ def _onnx_export(ep, path: Path, named, frames: str, rule: FrameRule, opset: int
     if external:
         notes.append(f"{weights / 1e6:.1f} MB of weights in {path.name}.data (keep it beside {path.name})")
     if ttt_op == "custom":
-        from tttgraph.onnx_ttt import register_schema
+        from tttgraph.kernels.ttt_mlp.onnx_lowering import register_schema
 
         register_schema()
         onnx.checker.check_model(str(path), full_check=False)

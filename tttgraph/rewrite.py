@@ -30,7 +30,7 @@ from tttgraph.fingerprints import state_dict_fingerprints
 from tttgraph.layers import GatedBidirectionalTTT
 from tttgraph.layout import SequenceLayout
 from tttgraph.passes import normalize_attention
-from tttgraph.passes.insert_ttt import InsertTTT, TTTSite
+from tttgraph.passes.insert_ttt import InsertTTT, TTTSite, insertion_point
 from tttgraph.passes.lower_ttt import LowerTTT
 from tttgraph.passes.positions import segment_relative_positions
 from tttgraph.passes.segment_attention import SegmentAttentionPass
@@ -134,6 +134,8 @@ def _plan(gm: torch.fx.GraphModule, analysis: Analysis, cfg: TTTConfig, model: n
     info = capture_info(gm)
     _check_targets(cfg, analysis.sites)
     sites, ttt_sites, segment_sites = [], [], {}
+    evaluate = size_at_example(gm, info.example_inputs)
+    nodes = {n.name: n for n in gm.graph.nodes}
     for site in analysis.sites:
         module = _module_at(model, site.module_path)
         ttt, note = _ttt_note(site, cfg, module)
@@ -153,11 +155,12 @@ def _plan(gm: torch.fx.GraphModule, analysis: Analysis, cfg: TTTConfig, model: n
             fold = site.axes if site.kind == "video" and site.axes in ("hw", "t") else None
             joint = layout.joint_tokens if site.kind == "joint" else None
             rope = layout.grid if cfg.rope else None
-            ttt_sites.append(TTTSite(site, ttt_layout, rope, joint, fold, layout.batch_size))
+            point = insertion_point(nodes[site.name], site.module_path, joint, evaluate)
+            ttt_sites.append(TTTSite(site, ttt_layout, rope, joint, fold, layout.batch_size, point.name,
+                                     int(point.meta["val"].shape[-1])))
         sites.append(SitePlan(site.name, site.module_path, site.kind, site.axes, site.q_shape, site.k_shape,
                               segment, ttt, note))
-    evaluate = size_at_example(gm, info.example_inputs)
-    added = sum(_count_params(item, cfg, gm, evaluate) for item in ttt_sites)
+    added = sum(_count_params(item, cfg) for item in ttt_sites)
     return TransformPlan(info.model_class, analysis.adapter, layout, cfg, seg, sites, added, info.frame_range,
                          ttt_sites, segment_sites, evaluate=evaluate, attention_sites=tuple(analysis.sites))
 
@@ -174,14 +177,9 @@ def _check_targets(cfg: TTTConfig, sites: tuple[AttentionSite, ...]) -> None:
             )
 
 
-def _count_params(item: TTTSite, cfg: TTTConfig, gm, evaluate) -> int:
-    from tttgraph.passes.insert_ttt import insertion_point
-
-    nodes = {n.name: n for n in gm.graph.nodes}
-    point = insertion_point(nodes[item.site.name], item.site.module_path, item.joint_tokens, evaluate)
-    width = int(point.meta["val"].shape[-1])
+def _count_params(item: TTTSite, cfg: TTTConfig) -> int:
     with torch.device("meta"):
-        layer = GatedBidirectionalTTT(width, item.site.q_shape[1], item.layout, head_dim=item.site.q_shape[3],
+        layer = GatedBidirectionalTTT(item.width, item.site.q_shape[1], item.layout, head_dim=item.site.q_shape[3],
                                       mlp_expansion=cfg.mlp_expansion, bidirectional=cfg.bidirectional)
     return sum(p.numel() for p in layer.parameters())
 
@@ -316,7 +314,7 @@ class TransformState:
 def _attention_edits(gm: torch.fx.GraphModule, plan: TransformPlan) -> dict[str, Any]:
     """Attention path -> :class:`~tttgraph.inplace.AttentionEdit`, read off the graph before the passes."""
     from tttgraph.inplace import AttentionEdit, SDPAEdit
-    from tttgraph.passes.insert_ttt import insertion_point, placement
+    from tttgraph.passes.insert_ttt import placement
 
     nodes = {n.name: n for n in gm.graph.nodes}
     ttt_by_path = {item.site.module_path: item for item in plan.ttt_sites}
@@ -342,8 +340,7 @@ def _attention_edits(gm: torch.fx.GraphModule, plan: TransformPlan) -> dict[str,
         ttt_at, joint = None, None
         item = ttt_by_path.get(path)
         if item is not None:
-            point = insertion_point(nodes[item.site.name], path, item.joint_tokens, plan.evaluate)
-            ttt_at = placement(nodes[item.site.name], point)
+            ttt_at = placement(nodes[item.site.name], nodes[item.insertion])
             if item.site.kind == "joint":
                 joint = item.layout
         edits[path] = AttentionEdit(tuple(calls), ttt_at, joint)

@@ -320,26 +320,6 @@ def build_engine(onnx_path, engine_path, profile: Mapping[str, tuple], *, fp16: 
     return engine_path
 
 
-def _reference_scan(q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, mini_batch_size, eps, backend,
-                    checkpoint_every, save_state):
-    """The reference backend's forward, mini-batch by mini-batch, without in-place writes (the
-    reference fills a preallocated output, which the decomposition pass cannot functionalize)."""
-    from tttgraph.kernels.ttt_mlp import reference as ref
-
-    assert not save_state, "exported graphs run the op for inference only"
-    bsz, heads, seq_len, dim = q.shape
-    cdt = ref.compute_dtype(q)
-    gamma, beta = ln_weight.to(cdt).unsqueeze(-2), ln_bias.to(cdt).unsqueeze(-2)
-    state = ref._initial_state(w1, b1, w2, b2, bsz, cdt)
-    outs = []
-    for sl in ref._slices(seq_len, mini_batch_size):
-        xq, xk, xv = (t[:, :, sl].to(cdt) for t in (q, k, v))
-        state, _ = ref._inner_step(state, xk, xv, eta[:, :, sl].to(cdt).unsqueeze(-1), gamma, beta, eps)
-        outs.append(ref._inner_output(state, xq, gamma, beta, eps)[0].to(q.dtype))
-    states = ref._stack_states([], bsz, heads, dim, w1.shape[-1], cdt, q.device)
-    return (torch.cat(outs, dim=2), *states)
-
-
 def decompose_ttt(ep):
     """``ep`` with every ``tttgraph::ttt_mlp`` replaced by the reference scan in aten ops.
 
@@ -361,7 +341,9 @@ def decompose_ttt(ep):
         # torch's own decomposition still uses the pytree API it deprecates (copyreg re-creates a LeafSpec).
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                                 category=FutureWarning)
-        return ep.run_decompositions({op: _reference_scan})
+        from tttgraph.kernels.ttt_mlp.reference import functional_forward
+
+        return ep.run_decompositions({op: functional_forward})
 
 
 def compile_torch_tensorrt(model, example_inputs: Mapping[str, Any] | None = None, *, ttt: str = "fallback",

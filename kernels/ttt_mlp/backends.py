@@ -1,8 +1,9 @@
 """Backend registry of ``tttgraph::ttt_mlp``: which implementation runs, and why the others don't.
 
-A backend is a module in this package exposing ``unsupported_reason``, ``forward`` and
-``backward`` with the signatures of :mod:`tttgraph.kernels.ttt_mlp.reference`. Modules are
-imported lazily, so ``import tttgraph`` never imports Triton or builds CUDA code.
+A backend is a module in this package named after its :class:`TTTBackend` value that implements
+:class:`Backend` (the signatures of :mod:`tttgraph.kernels.ttt_mlp.reference`). Modules are
+imported lazily, so ``import tttgraph`` never imports Triton or builds CUDA code; a module that
+lacks part of the interface is reported as unavailable, naming what it lacks.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import enum
 import importlib
 import logging
 from types import ModuleType
+from typing import Protocol
 
 from tttgraph.errors import BackendUnavailableError
 
@@ -32,6 +34,25 @@ class TTTBackend(str, enum.Enum):
     CUDA_SM90 = "cuda_sm90"
 
 
+class Backend(Protocol):
+    """What a backend module provides (module-level functions; shapes in ``reference.py``).
+
+    ``unsupported_reason(q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, mini_batch_size, eps)``:
+    None if the inputs can run here, else one readable sentence.
+    ``forward(..., mini_batch_size, eps, checkpoint_every, save_state) -> (out, states)``.
+    ``backward(grad_out, ..., states, mini_batch_size, eps, checkpoint_every) -> ten gradients``.
+    Optional: ``auto_backward_reason(q, ...)``, why ``auto`` should take another backend's backward.
+    """
+
+    def unsupported_reason(self, *args) -> str | None: ...
+
+    def forward(self, *args): ...
+
+    def backward(self, *args): ...
+
+
+_REQUIRED = ("unsupported_reason", "forward", "backward")
+
 # Preference order for AUTO: fastest first.
 _AUTO_ORDER = (TTTBackend.CUDA_SM90, TTTBackend.TRITON, TTTBackend.REFERENCE)
 
@@ -47,7 +68,7 @@ def parse_backend(name: str | TTTBackend) -> TTTBackend:
 def _load(backend: TTTBackend) -> tuple[ModuleType | None, str | None]:
     """Import a backend module, or say why it can't be imported."""
     try:
-        return importlib.import_module(f"tttgraph.kernels.ttt_mlp.{backend.value}"), None
+        module = importlib.import_module(f"tttgraph.kernels.ttt_mlp.{backend.value}")
     except ModuleNotFoundError as err:
         if err.name and err.name.startswith("tttgraph.kernels.ttt_mlp"):
             return None, f"the {backend.value} backend is not implemented in this version of tttgraph"
@@ -56,6 +77,10 @@ def _load(backend: TTTBackend) -> tuple[ModuleType | None, str | None]:
         return None, str(err)
     except Exception as err:  # a broken backend must not take the others down with it
         return None, f"the {backend.value} backend failed to import: {type(err).__name__}: {err}"
+    missing = [name for name in _REQUIRED if not callable(getattr(module, name, None))]
+    if missing:
+        return None, f"the {backend.value} backend module lacks {', '.join(missing)} (see backends.Backend)"
+    return module, None
 
 
 def unavailable_reason(backend: TTTBackend, args: tuple, mini_batch_size: int, eps: float) -> str | None:

@@ -153,6 +153,25 @@ def forward(q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, mini_batch_size, e
     return out, _stack_states(checkpoints, bsz, heads, dim, w1.shape[-1], cdt, q.device)
 
 
+def functional_forward(q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, mini_batch_size, eps, backend=None,
+                       checkpoint_every=None, save_state=False):
+    """:func:`forward` for inference without in-place writes, with the op's signature and outputs
+    ``(out, *states)`` (states empty): what an exported graph's ``tttgraph::ttt_mlp`` node decomposes
+    into, which a functionalising pass can trace (the forward above fills a preallocated output)."""
+    if save_state:
+        raise ValueError("functional_forward runs the op for inference only (save_state=False)")
+    bsz, heads, seq_len, dim = q.shape
+    cdt = compute_dtype(q)
+    gamma, beta = ln_weight.to(cdt).unsqueeze(-2), ln_bias.to(cdt).unsqueeze(-2)
+    state = _initial_state(w1, b1, w2, b2, bsz, cdt)
+    outs = []
+    for sl in _slices(seq_len, mini_batch_size):
+        xq, xk, xv = (t[:, :, sl].to(cdt) for t in (q, k, v))
+        state, _ = _inner_step(state, xk, xv, eta[:, :, sl].to(cdt).unsqueeze(-1), gamma, beta, eps)
+        outs.append(_inner_output(state, xq, gamma, beta, eps)[0].to(q.dtype))
+    return (torch.cat(outs, dim=2), *_stack_states([], bsz, heads, dim, w1.shape[-1], cdt, q.device))
+
+
 def _stack_states(checkpoints: list[State], bsz, heads, dim, hidden, dtype, device) -> State:
     if not checkpoints:
         f32 = dict(dtype=dtype, device=device)
