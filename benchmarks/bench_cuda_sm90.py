@@ -13,7 +13,8 @@ L2 error of each output against the float32 reference on the same inputs (layer-
 (e.g. ``git show REV:kernels/ttt_mlp/cuda_sm90/<file>`` for every source and header into DIR): the
 forward with VARIANT (default ``--baseline-variant``) and, with ``--backward``, the backward; an A/B
 within one process and card. Each baseline row says whether its output (gradients) is bitwise equal
-to the current build's.
+to the current build's. The copies must bind the kernels as the current sources do (``BINDING_ABI`` in
+``build.py``); an older version is timed from its own checkout.
 
 ``--fused`` also times the current build with the output computed by the scan (the v8 kernel;
 ``DECOUPLED_OUTPUT`` off), ``--output-workers N ...`` with at most N output-worker clusters: if

@@ -90,10 +90,7 @@ def _run(q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, eps, checkpoint_every
     # With no checkpoints the kernel never touches those pointers; pass valid ones.
     ck_args = ck if save_state else tuple(torch.empty(1, **f32) for _ in range(4))
     args = (q, k, v, *params, out, *ck_args, checkpoint_every, n_ck, save_state, with_out, float(eps), VARIANT)
-    if hasattr(ext, "forward_workers"):  # sources with the decoupled output (an A/B baseline may predate it)
-        ext.forward(*args, (MAX_OUTPUT_WORKERS or -1) if DECOUPLED_OUTPUT else 0)
-    else:
-        ext.forward(*args)
+    ext.forward(*args, (MAX_OUTPUT_WORKERS or -1) if DECOUPLED_OUTPUT else 0)
     return out, ck
 
 
@@ -160,7 +157,6 @@ def backward(grad_out, q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, states,
     # The output's backward of a chunk (ttt_mlp_bwd_out.cu), per (b, h) and mini-batch of the chunk: the
     # bf16 operands Aq, dZq1 (4 hidden chunks each) and dZq2 as [64][64] tiles, and the sums db1, db2,
     # dgamma, dbeta.
-    abi = getattr(ext, "BACKWARD_ABI", 1)
     scratch = (
         torch.empty(bsz * heads, slots, 2, 2, fl * dim, device=dev, dtype=bf),
         torch.empty(bsz * heads, slots, 2, fl + dim, **f32),
@@ -168,23 +164,11 @@ def backward(grad_out, q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, states,
         torch.empty(bsz * heads, slots - 1, 2 * hidden // 64 + 1, MINI_BATCH_BUILT, 64, device=dev, dtype=bf),
         torch.empty(bsz * heads, slots - 1, hidden + 3 * dim, **f32),
     )
-    extra = (VARIANT,)
-    if abi == 2:  # a build of older sources (an A/B baseline): no output's-backward scratch
-        scratch = (*scratch[:2], torch.empty(bsz * heads, 13, MINI_BATCH_BUILT, dim, **f32))
-    if abi < 2:  # older still (an A/B baseline): its own state scratch, no forward variant
-        scratch = (
-            torch.empty(bsz * heads, slots, dim, hidden, device=dev, dtype=bf),
-            torch.empty(bsz * heads, slots, hidden, dim, device=dev, dtype=bf),
-            torch.empty(bsz * heads, slots, hidden, **f32),
-            torch.empty(bsz * heads, 2, slots, dim, **f32),
-            torch.empty(bsz * heads, 13, MINI_BATCH_BUILT, dim, **f32),
-        )
-        extra = ()
     if POISON_BUFFERS:
         for t in (dq, dk, dv, deta, *scratch):
             t.fill_(float("nan"))
     ext.backward(q, k, v, dout, eta32, lnw, lnb, *states, dq, dk, dv, deta, dgamma, dbeta, dw1, db1, dw2, db2,
-                 *scratch, checkpoint_every, float(eps), BACKWARD_VARIANT, *extra)
+                 *scratch, checkpoint_every, float(eps), BACKWARD_VARIANT, VARIANT)
     # The initial state and the LayerNorm parameters are shared by the batch: sum their gradients.
     return (
         dq,

@@ -48,12 +48,18 @@ def _digest(src: Path = HERE) -> str:
     return h.hexdigest()[:16]
 
 
+# The argument lists __init__.py passes to the binding (binding.cpp's BACKWARD_ABI); a build of sources
+# with another ABI is refused here rather than called with the wrong arguments.
+BINDING_ABI = 3
+
+
 @functools.lru_cache(maxsize=4)
 def extension(source_dir: str | None = None):
     """The compiled extension module (built into the cache on the first call of a process).
 
     ``source_dir``: build these sources instead of the ones beside this file (a copy of an older
-    version, for benchmarks that time two versions in one process; the binding must match).
+    version, for benchmarks that time two versions in one process; its binding must have this
+    version's ABI, ``BINDING_ABI``).
     """
     from torch.utils import cpp_extension
 
@@ -66,7 +72,7 @@ def extension(source_dir: str | None = None):
     digest = _digest(src)
     build_dir = cache_root() / f"cuda_sm90-{digest}"
     build_dir.mkdir(parents=True, exist_ok=True)
-    return cpp_extension.load(
+    ext = cpp_extension.load(
         name=f"tttgraph_cuda_sm90_{digest}",
         sources=[str(src / name) for name in sources],
         extra_cflags=["-O3", "-std=c++17"],
@@ -75,6 +81,13 @@ def extension(source_dir: str | None = None):
         build_directory=str(build_dir),
         verbose=os.environ.get("TTTGRAPH_VERBOSE_BUILD") == "1",
     )
+    abi = getattr(ext, "BACKWARD_ABI", 1)
+    if abi != BINDING_ABI:
+        raise RuntimeError(
+            f"the sources in {src} bind the kernels with ABI {abi}; this tttgraph calls ABI {BINDING_ABI}. "
+            "Benchmark an older version from its own checkout"
+        )
+    return ext
 
 
 @functools.lru_cache(maxsize=1)
