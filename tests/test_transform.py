@@ -159,7 +159,7 @@ def test_segments_match_an_eager_per_segment_reference(family):
 
 @contextlib.contextmanager
 def _relative_temporal_table(model, frames, seg):
-    """Latte's frame table indexed by each frame's place in its window (what passes/positions.py does)."""
+    """Latte's frame table indexed by each frame's place in its window (what tttgraph/positions.py does)."""
     table = getattr(model, "temp_pos_embed", None)
     if table is None:
         yield
@@ -280,7 +280,7 @@ def test_graph_insertion_matches_the_hand_written_eager_insertion():
 
 def test_latte_runs_longer_than_its_position_table_with_segment_relative_positions():
     from tttgraph.layout import SequenceLayout
-    from tttgraph.passes.positions import relative_frame_positions
+    from tttgraph.positions import relative_frame_positions
 
     model = build_tiny("latte")  # temp_pos_embed has video_length = 4 rows
     frames = 8

@@ -299,7 +299,7 @@ class ModelForward:
     The adapter reads the patch grid and text length off the model's own inputs. The text is one chunk
     per segment when it holds ``segments * text_tokens_per_segment`` tokens, else one chunk for all.
     Families with per-frame position tables (``tables``: Latte's ``[1, L, C]``) read them
-    segment-relative (``passes/positions.py``): each frame takes the row of its position in its segment.
+    segment-relative (``tttgraph/positions.py``): each frame takes the row of its position in its segment.
     """
 
     def __init__(self, model: nn.Module, shape: CallShape, segments: SequenceLayout, text_chunk: int,
@@ -312,7 +312,7 @@ class ModelForward:
         self.adapter = get_adapter(model)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from tttgraph.passes.positions import segment_relative_positions
+        from tttgraph.positions import segment_relative_positions
 
         model = self.model
         named = dict(inspect.signature(self.original).bind(model, *args, **kwargs).arguments)

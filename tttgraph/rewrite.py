@@ -32,10 +32,10 @@ from tttgraph.layout import SequenceLayout
 from tttgraph.passes import normalize_attention
 from tttgraph.passes.insert_ttt import InsertTTT, TTTSite, insertion_point
 from tttgraph.passes.lower_ttt import LowerTTT
-from tttgraph.passes.positions import segment_relative_positions
 from tttgraph.passes.segment_attention import SegmentAttentionPass
-from tttgraph.passes.site_layout import Segmentation, segmentation, site_layout
 from tttgraph.passes.verify import check_order_preserved, node_order
+from tttgraph.positions import segment_relative_positions
+from tttgraph.segmentation import Segmentation, segmentation, site_layout
 
 log = logging.getLogger(__name__)
 

@@ -77,7 +77,7 @@ class ModelAdapter:
     # Inputs whose given dims count text tokens: dynamic when segments carry one text chunk each,
     # so that a longer video (more segments) can bring more text.
     text_inputs: dict[str, tuple[int, ...]] = {"encoder_hidden_states": (1,), "encoder_attention_mask": (1,)}
-    # Buffers ``[1, frames, C]`` of absolute temporal positions, by path (see passes/positions.py).
+    # Buffers ``[1, frames, C]`` of absolute temporal positions, by path (see tttgraph/positions.py).
     temporal_position_tables: tuple[str, ...] = ()
 
     def matches(self, model: torch.nn.Module) -> bool:

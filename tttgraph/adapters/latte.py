@@ -2,7 +2,7 @@
 cross-attention in the spatial blocks. ``[B, C, F, H, W]``.
 
 The frame count is baked in: a temporal position table of ``video_length`` entries is added
-(with segments, ``passes/positions.py`` makes it segment-relative so longer videos capture).
+(with segments, ``tttgraph/positions.py`` makes it segment-relative so longer videos capture).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Pre-capture pass: absolute temporal position tables made segment-relative.
+"""Absolute temporal position tables made segment-relative (around the capture, and per call in place).
 
 Some families add a learned or sincos table with one row per frame (Latte: ``temp_pos_embed``,
 ``[1, video_length, C]``), so the graph only runs at the table's frame count. With segments, each
