@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from tttgraph.errors import InputMismatchError
-from tttgraph.export_graph import frames_and_segments, interleave_positions, segment_index
-from tttgraph.layout import SequenceLayout
+from tttgraph.layout import SequenceLayout, frames_and_segments, interleave_positions
 from tttgraph.segment_attention import cross_attention_index, self_attention_index, text_attention_index
+from tttgraph.segment_attention import whole_segment_index as segment_index
 
 # Gates at 0.5 so that the TTT layers change the output; segments of 2 frames + 1 overlap, text
 # 4 tokens per segment: 5 frames = 2 segments (8 text tokens), 9 frames = 4 segments (16 tokens).

@@ -189,13 +189,13 @@ def _dynamic_spec(model, plan, named, dynamic_frames: bool):
 
 
 def _torch_export(model, plan, named, dynamic_frames):
-    from tttgraph.export_graph import exportable
+    from tttgraph.layout import indices_in_graph
 
     spec, rule, frames = _dynamic_spec(model, plan, named, dynamic_frames)
     wrapper = _FirstOutput(model.graph_module, list(named))
     index_in_graph = spec is not None  # else the eager index constants of the example's frame count
     try:
-        with torch.no_grad(), (exportable(model.graph_module) if index_in_graph else contextlib.nullcontext()):
+        with torch.no_grad(), (indices_in_graph() if index_in_graph else contextlib.nullcontext()):
             ep = torch.export.export(wrapper, (), kwargs=named, dynamic_shapes=spec, strict=False)
     except Exception as exc:
         raise ExportError(

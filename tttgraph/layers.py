@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tttgraph.errors import TTTGraphError
-from tttgraph.layout import SequenceLayout
+from tttgraph.layout import SequenceLayout, in_graph
 from tttgraph.ops import ttt_mlp
 from tttgraph.rope import apply_rope, split_head_dim, video_rope_angles
 
@@ -222,7 +222,8 @@ class GatedBidirectionalTTT(nn.Module):
         """(cos, sin) [N, D/2] in TTT order, the same for both directions; text rows are the identity."""
         if grid is None:
             return None
-        return _rope_table(layout, num_frames, tuple(grid), self.ttt.head_dim, self.rope_theta, torch.device(device))
+        table = _rope_table.__wrapped__ if in_graph(num_frames) else _rope_table  # symbolic sizes don't hash
+        return table(layout, num_frames, tuple(grid), self.ttt.head_dim, self.rope_theta, torch.device(device))
 
     def gate(self, direction: str, num_frames: int, layout: SequenceLayout | None = None) -> Tensor:
         """[N, C] tanh-gate of each joint-sequence token for the "forward" or "backward" direction."""

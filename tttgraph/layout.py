@@ -21,17 +21,43 @@ flipped video, so there the extra frames fall to the chunk of the original *last
 reads, so the rotation rows in TTT order are the same for both directions (``rope_order``): a token
 at latent (t, h, w) is rotated as (T-1-t, H-1-h, W-1-w) in the backward direction. All of these
 are permutations, built once per frame count as index tensors, so applying one is a gather.
+
+Exported graphs (``tttgraph.export``) must compute these indices from the symbolic sequence length
+instead, so that one file runs at every frame count: within :func:`indices_in_graph`, a symbolic
+frame count selects the graph-built versions below (affine functions of ``arange``, exported as
+``Range``/``Gather``/``ScatterElements``). They assume whole segments, ``F = S * n + O`` token frames
+and n text chunks, which is the frame rule export imposes; plain ints keep the cached constants.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from tttgraph.errors import TTTGraphError
+
+_IN_GRAPH = contextvars.ContextVar("tttgraph_indices_in_graph", default=False)
+
+
+@contextlib.contextmanager
+def indices_in_graph() -> Iterator[None]:
+    """Within the block, index tensors over a symbolic frame count are built in the graph (export)."""
+    token = _IN_GRAPH.set(True)
+    try:
+        yield
+    finally:
+        _IN_GRAPH.reset(token)
+
+
+def in_graph(size) -> bool:
+    """True when ``size`` is symbolic inside :func:`indices_in_graph`: build indices in the graph."""
+    return _IN_GRAPH.get() and not isinstance(size, int)
 
 
 @dataclass(frozen=True)
@@ -67,6 +93,9 @@ class SequenceLayout:
     # ------------------------------------------------------------------ counts
 
     def num_segments(self, num_frames: int) -> int:
+        if in_graph(num_frames):  # whole segments (the export's frame rule)
+            s = self.frames_per_segment
+            return 1 if s is None else (num_frames - self.overlap_frames) // s
         self._check_frames(num_frames)
         if self.frames_per_segment is None:
             return 1
@@ -84,6 +113,8 @@ class SequenceLayout:
 
     def infer_num_frames(self, total_tokens: int) -> int:
         """The frame count whose joint sequence has ``total_tokens`` tokens (it is unique)."""
+        if in_graph(total_tokens):
+            return frames_and_segments(self, total_tokens)[0]
         for frames in range(1, total_tokens // self.video_tokens_per_frame + 1):
             if self.total_tokens(frames) == total_tokens:
                 return frames
@@ -160,6 +191,8 @@ class SequenceLayout:
 
     def interleave_index(self, num_frames: int, device=None, reverse: bool = False) -> Tensor:
         """[N] indices into the joint sequence, in TTT order (of ``rev`` if ``reverse``)."""
+        if in_graph(num_frames):
+            return _inverse_positions(self.deinterleave_index(num_frames, device, reverse))
         return _placed_index(self, num_frames, reverse, False, _device(device))
 
     def rope_order(self, num_frames: int, device=None) -> Tensor:
@@ -172,6 +205,9 @@ class SequenceLayout:
 
     def deinterleave_index(self, num_frames: int, device=None, reverse: bool = False) -> Tensor:
         """[N] indices into the TTT-order sequence that restore joint-sequence order."""
+        if in_graph(num_frames):
+            n = self.num_segments(num_frames)
+            return interleave_positions(self, num_frames, n, reverse).to(_device(device))
         return _placed_index(self, num_frames, reverse, True, _device(device))
 
     def reverse_index(self, num_frames: int, device=None) -> Tensor:
@@ -191,6 +227,8 @@ class SequenceLayout:
             raise TTTGraphError(f"num_frames must be an int >= 1, got {num_frames!r}")
 
     def _check_tokens(self, x: Tensor, num_frames: int) -> None:
+        if in_graph(num_frames):  # the export's frame rule holds the sizes together
+            return
         expected = self.total_tokens(num_frames)
         if x.dim() != 3 or x.shape[1] != expected:
             raise TTTGraphError(
@@ -244,3 +282,54 @@ def _placed_index(layout: SequenceLayout, num_frames: int, reverse: bool, invers
     """The (inverse) TTT-order index, built and moved to ``device`` once: every TTT call reads it twice."""
     index = _interleave_index(layout, num_frames, reverse)
     return (_inverse(index) if inverse else index).to(device)
+
+
+# ------------------------------------------------------------------ built in the graph (export)
+
+
+def frames_and_segments(layout: SequenceLayout, total_tokens, video_only: bool = False):
+    """(F, n): token frames and segments of a joint sequence of ``total_tokens`` (whole segments).
+
+    ``video_only`` reads ``total_tokens`` as the video part alone (F * tokens per frame).
+    """
+    lt, tpf, s, o = layout.text_tokens_per_segment, layout.video_tokens_per_frame, layout.frames_per_segment, 0
+    if s is None:
+        frames = total_tokens // tpf if video_only else (total_tokens - lt) // tpf
+        return frames, 1
+    o = layout.overlap_frames
+    if video_only or lt == 0:
+        frames = total_tokens // tpf
+        return frames, (frames - o) // s
+    n = (total_tokens - o * tpf) // (lt + s * tpf)
+    return s * n + o, n
+
+
+def interleave_positions(layout: SequenceLayout, frames, n, reverse: bool = False) -> Tensor:
+    """[N] position in TTT order of each joint-sequence token (``deinterleave_index`` of the layout).
+
+    Forward order ``[txt_0 | vid_0 | ...]`` with the frames beyond ``n * S`` in the first chunk;
+    ``reverse`` gives the forward order of ``rev(x)`` (the layout module's docstring).
+    """
+    lt, tpf = layout.text_tokens_per_segment, layout.video_tokens_per_frame
+    s = layout.frames_per_segment or 0
+    extra = frames - n * s if s else 0  # frames of the first chunk beyond S
+    full = lt + s * tpf  # tokens of a chunk of S frames with its text
+    video = torch.arange(frames * tpf)
+    owner = torch.zeros_like(video) if not s else ((video // tpf - extra) // s).clamp(min=0)
+    later = (owner > 0).long()
+
+    def start(chunk: Tensor) -> Tensor:  # first TTT position of a chunk
+        return chunk * full + (chunk > 0).long() * (extra * tpf)
+
+    text_seg = torch.arange(n * lt) // max(lt, 1)
+    text_pos = start(text_seg) + torch.arange(n * lt) - text_seg * lt
+    video_pos = start(owner) + lt + video - (owner * s + later * extra) * tpf
+    if reverse:  # positions of rev(x) in forward order, read back through rev
+        text_pos = text_pos.reshape(n, lt).flip(0).reshape(-1)
+        video_pos = video_pos.flip(0)
+    parts = [text_pos, video_pos] if layout.text_first else [video_pos, text_pos]
+    return torch.cat(parts)
+
+
+def _inverse_positions(positions: Tensor) -> Tensor:
+    return torch.zeros_like(positions).scatter(0, positions, torch.arange(positions.numel()))

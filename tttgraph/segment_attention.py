@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tttgraph.errors import TTTGraphError
-from tttgraph.layout import SequenceLayout, _offsets
+from tttgraph.layout import SequenceLayout, _offsets, frames_and_segments, in_graph
 
 
 @dataclass(frozen=True, eq=False)
@@ -155,6 +155,9 @@ def segment_attend(layout: SequenceLayout | None, kind: str, q: Tensor, k: Tenso
     if layout is None or layout.frames_per_segment is None or is_causal:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                                               **kwargs)
+    if in_graph(q.shape[2]):
+        index = whole_segment_index(layout, kind, q.shape[2])
+        return segment_sdpa(q, k, v, index.to(q.device), attn_mask=attn_mask, dropout_p=dropout_p, **kwargs)
     if kind == "self":
         index = self_attention_index(layout, layout.infer_num_frames(q.shape[2]))
     elif kind == "cross":
@@ -175,6 +178,42 @@ def segment_attend(layout: SequenceLayout | None, kind: str, q: Tensor, k: Tenso
         index = text_attention_index(lt, q.shape[2] // lt)
     out = segment_sdpa(q, k, v, _on_device(index, q.device), attn_mask=attn_mask, dropout_p=dropout_p, **kwargs)
     return out.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def _window_len(layout: SequenceLayout, frames) -> int:
+    s = layout.frames_per_segment
+    return frames if s is None else s + layout.overlap_frames
+
+
+def _rows(n, step, width, start=0) -> Tensor:
+    """[n, width] with row i = start + i * step + arange(width)."""
+    return start + torch.arange(n)[:, None] * step + torch.arange(width)[None, :]
+
+
+def whole_segment_index(layout: SequenceLayout, kind: str, tokens) -> SegmentIndex:
+    """The :class:`SegmentIndex` of one attention kind ("self", "cross", "text") for whole segments,
+    built in the graph from a symbolic length (``layout.py``, "built in the graph").
+
+    ``tokens``: the query length (self: joint sequence; cross: video tokens; text: text tokens).
+    """
+    lt, tpf = layout.text_tokens_per_segment, layout.video_tokens_per_frame
+    step = (layout.frames_per_segment or 0) * tpf
+    if kind == "text":
+        n = tokens // lt
+        q = kv = _rows(n, lt, lt)
+    elif kind == "cross":
+        frames, n = frames_and_segments(layout, tokens, video_only=True)
+        q = _rows(n, step, _window_len(layout, frames) * tpf)
+        kv = _rows(n, lt, lt)
+    else:
+        frames, n = frames_and_segments(layout, tokens)
+        t0, v0 = (0, n * lt) if layout.text_first else (frames * tpf, 0)
+        q = _rows(n, step, _window_len(layout, frames) * tpf, v0)
+        if lt:
+            q = torch.cat([_rows(n, lt, lt, t0), q], dim=1)
+        kv = q
+    counts = torch.zeros(tokens, dtype=torch.long).index_add(0, q.flatten(), torch.ones(q.numel(), dtype=torch.long))
+    return SegmentIndex(((q, kv),), tokens, counts, overlap=True)
 
 
 class SegmentAttention(torch.nn.Module):
