@@ -350,6 +350,23 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_saves_less(pair):
     assert saved[1] < 0.7 * saved[0]
 
 
+def test_gradient_checkpointing_enabled_before_transforming_stays_on(pair):
+    base, model = pair
+    early = copy.deepcopy(base)
+    early.enable_gradient_checkpointing()
+    early = transform(early, CFG, _inputs(5), progress=False, verify=False)
+    early.load_state_dict(model.state_dict())
+    assert early.gradient_checkpointing
+    inputs = _inputs(5)
+    grads = []
+    for m in (copy.deepcopy(model).train(), early.train()):
+        _out(m, inputs).square().mean().backward()
+        grads.append({n: p.grad for n, p in m.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-5, atol=1e-7)
+
+
 def _block_inputs(frames: int, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     rope = _inputs(frames)["image_rotary_emb"]

@@ -280,11 +280,13 @@ def find_attention_sites(
 
 
 def analyse(
-    gm: torch.fx.GraphModule, model: torch.nn.Module, example_inputs: Mapping[str, Any] | None = None
+    gm: torch.fx.GraphModule, model: torch.nn.Module, example_inputs: Mapping[str, Any] | None = None,
+    adapter: Any = None,
 ) -> Analysis:
     """Attention sites and token layout of ``gm``, captured from ``model`` (read-only).
 
-    ``example_inputs`` default to the ones used at capture; sizes are evaluated at them.
+    ``example_inputs`` default to the ones used at capture; sizes are evaluated at them. ``adapter``:
+    the model's adapter when the caller has it already.
     Raises :class:`~tttgraph.errors.NoAttentionFoundError` when the graph has no SDPA node and
     :class:`~tttgraph.errors.LayoutInferenceError` when the layout cannot be determined.
     """
@@ -300,7 +302,7 @@ def analyse(
             f"run tttgraph.passes.normalize_attention first if attention is written as "
             f"matmul -> softmax -> matmul, or check that the model has attention layers"
         )
-    adapter = get_adapter(model)
+    adapter = adapter or get_adapter(model)
     if isinstance(adapter, GenericAdapter):
         layout = _generic_layout(gm, model, inputs, adapter)
     else:

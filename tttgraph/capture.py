@@ -122,6 +122,7 @@ def capture(
     dynamic_frames: bool | str = "auto",
     progress: bool = True,
     dynamic_text: bool = False,
+    adapter: Any = None,
 ) -> torch.fx.GraphModule:
     """Capture ``model`` called with ``example_inputs`` into a trainable GraphModule.
 
@@ -135,6 +136,7 @@ def capture(
         progress: show a progress bar of the capture stages.
         dynamic_text: with dynamic frames, make the text length dynamic too (segments that each
             carry a text chunk: a longer video brings more text).
+        adapter: the model's adapter, when the caller has looked it up already.
 
     Returns:
         An unlifted ``torch.fx.GraphModule`` whose parameters and buffers are the model's own
@@ -147,7 +149,7 @@ def capture(
     if dynamic_frames not in (True, False, "auto"):
         raise CaptureError(f"dynamic_frames={dynamic_frames!r} is not one of True, False, 'auto'")
     sig, named = bind_inputs(model, example_inputs)
-    adapter = get_adapter(model)
+    adapter = adapter or get_adapter(model)
     constants = {
         name: (named[name] if name in named else p.default)
         for name, p in sig.parameters.items()

@@ -45,7 +45,9 @@ from tttgraph.segment_attention import segment_attend
 
 __all__ = [
     "AttentionEdit",
+    "CallShape",
     "EditedForward",
+    "ModelForward",
     "SDPAEdit",
     "SegmentedSDPA",
     "edited_modules",
@@ -302,14 +304,12 @@ class ModelForward:
     segment-relative (``tttgraph/positions.py``): each frame takes the row of its position in its segment.
     """
 
-    def __init__(self, model: nn.Module, shape: CallShape, segments: SequenceLayout, text_chunk: int,
-                 tables: tuple[str, ...] = ()):
-        self.model, self.shape, self.segments, self.text_chunk, self.tables = model, shape, segments, text_chunk, tables
+    def __init__(self, model: nn.Module, adapter: Any, shape: CallShape, segments: SequenceLayout, text_chunk: int):
+        # The adapter is resolved by the caller: wrappers such as FSDP2's fully_shard rename the class later.
+        self.model, self.adapter, self.shape = model, adapter, shape
+        self.segments, self.text_chunk = segments, text_chunk
+        self.tables = tuple(adapter.temporal_position_tables)
         self.original = type(model).forward
-        # Resolved now: wrappers such as FSDP2's fully_shard change the model's class name later.
-        from tttgraph.adapters import get_adapter
-
-        self.adapter = get_adapter(model)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         from tttgraph.positions import segment_relative_positions

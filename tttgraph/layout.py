@@ -32,7 +32,6 @@ and n text chunks, which is the frame rule export imposes; plain ints keep the c
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,22 +41,27 @@ from torch import Tensor
 
 from tttgraph.errors import TTTGraphError
 
-_IN_GRAPH = contextvars.ContextVar("tttgraph_indices_in_graph", default=False)
+
+class _IndexMode:
+    """Whether index tensors over symbolic sizes are built in the graph (a plain class attribute:
+    torch.compile reads it as a guarded constant, where it could not trace a ContextVar)."""
+
+    in_graph = False
 
 
 @contextlib.contextmanager
 def indices_in_graph() -> Iterator[None]:
     """Within the block, index tensors over a symbolic frame count are built in the graph (export)."""
-    token = _IN_GRAPH.set(True)
+    before, _IndexMode.in_graph = _IndexMode.in_graph, True
     try:
         yield
     finally:
-        _IN_GRAPH.reset(token)
+        _IndexMode.in_graph = before
 
 
 def in_graph(size) -> bool:
     """True when ``size`` is symbolic inside :func:`indices_in_graph`: build indices in the graph."""
-    return _IN_GRAPH.get() and not isinstance(size, int)
+    return _IndexMode.in_graph and not isinstance(size, int)
 
 
 @dataclass(frozen=True)

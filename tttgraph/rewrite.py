@@ -198,9 +198,10 @@ def _capture_and_plan(model: nn.Module, cfg: TTTConfig, example_inputs: Any, pro
         frames = SequenceLayout(0, 1, seg.frames_per_segment, seg.overlap_frames)
         positions = segment_relative_positions(model, adapter.temporal_position_tables, frames, layout.frames)
     with positions:
-        gm = capture(model, named, progress=progress, dynamic_text=cfg.segment_latent_frames is not None)
+        gm = capture(model, named, progress=progress, dynamic_text=cfg.segment_latent_frames is not None,
+                     adapter=adapter)
     normalize_attention(gm)
-    analysis = analyse(gm, model, named)
+    analysis = analyse(gm, model, named, adapter)
     plan = _plan(gm, analysis, cfg, model)
     if not plan.ttt_sites:
         found = ", ".join(f"{s.module_path} ({s.kind}{'/' + s.axes if s.axes else ''}: {s.note})"
@@ -210,7 +211,7 @@ def _capture_and_plan(model: nn.Module, cfg: TTTConfig, example_inputs: Any, pro
             f"aten.scaled_dot_product_attention node (after normalising manual attention): {found}. "
             "Check TTTConfig.targets/exclude, or register an adapter (tttgraph.register_adapter)"
         )
-    return gm, plan
+    return gm, plan, adapter
 
 
 def inspect(model: nn.Module, cfg: TTTConfig, example_inputs: Any, *, progress: bool = False) -> TransformPlan:
@@ -218,7 +219,7 @@ def inspect(model: nn.Module, cfg: TTTConfig, example_inputs: Any, *, progress: 
 
     ``example_inputs``: the forward keyword arguments as a dict (a tuple of positional ones works).
     """
-    _, plan = _capture_and_plan(model, cfg, example_inputs, progress)
+    _, plan, _ = _capture_and_plan(model, cfg, example_inputs, progress)
     return plan
 
 
@@ -245,7 +246,7 @@ def transform_graph(model: nn.Module, cfg: TTTConfig, example_inputs: Any, *, pr
     shares the pretrained parameters with ``model`` (same tensors, same names), adds
     ``<attention>.gated_ttt`` modules, and runs at the captured batch size, resolution and dtype.
     """
-    gm, plan = _capture_and_plan(model, cfg, example_inputs, progress)
+    gm, plan, _ = _capture_and_plan(model, cfg, example_inputs, progress)
     plan.base_fingerprints = state_dict_fingerprints(model)
     _graph_passes(gm, plan)
     gm.meta[PLAN_KEY] = plan
@@ -277,7 +278,7 @@ def transform(
 
     if any(True for _ in edited_modules(model)):
         raise TTTGraphError("this model was already transformed by tttgraph; pass the original model")
-    gm, plan = _capture_and_plan(model, cfg, example_inputs, progress)
+    gm, plan, adapter = _capture_and_plan(model, cfg, example_inputs, progress)
     plan.base_fingerprints = state_dict_fingerprints(model)
     edits = _attention_edits(gm, plan)
     _graph_passes(gm, plan)
@@ -287,11 +288,9 @@ def transform(
     seg = plan.segmentation
     shape = CallShape(plan.layout.grid, seg.text_tokens_per_segment)
     install(model, edits, layers, shape)
-    adapter = get_adapter(model)
     if adapter.name != "generic":  # the generic adapter can't read a layout off the inputs: sizes stay the example's
         segments = SequenceLayout(0, 1, seg.frames_per_segment, seg.overlap_frames)
-        model.forward = ModelForward(model, shape, segments, seg.text_tokens_per_segment,
-                                     adapter.temporal_position_tables)
+        model.forward = ModelForward(model, adapter, shape, segments, seg.text_tokens_per_segment)
     gm.meta[PLAN_KEY] = plan
     model.__dict__[STATE_KEY] = TransformState(dataclasses.replace(plan, evaluate=None), named)
     record_recipe(model, plan, named)
@@ -398,7 +397,7 @@ def graph_form(model: nn.Module, example_inputs: Any = None) -> CapturedModel:
     named = _like_model(model, named)
     cfg = state.plan.config
     with removed(model) as layers, _root_forward_removed(model):
-        gm, plan = _capture_and_plan(model, cfg, named, progress=False)
+        gm, plan, _ = _capture_and_plan(model, cfg, named, progress=False)
         plan.base_fingerprints = state.plan.base_fingerprints
         _graph_passes(gm, plan, {f"{path}.gated_ttt": layer for path, layer in layers.items()})
     gm.meta[PLAN_KEY] = plan
