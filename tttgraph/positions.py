@@ -48,7 +48,7 @@ def segment_relative_positions(model: nn.Module, tables: tuple[str, ...], layout
             table = getattr(owner, name)
             rows = table.shape[1]
             if layout is None or layout.frames_per_segment is None:
-                if num_frames != rows:
+                if num_frames > rows:  # fewer frames: the model reads its table as it always does
                     raise TTTGraphError(
                         f"{type(model).__name__}.{path} holds positions for {rows} frames, the inputs have "
                         f"{num_frames}; segment the video (segment_latent_frames + segment_overlap_frames <= {rows}) "

@@ -147,6 +147,10 @@ def _plan(gm: torch.fx.GraphModule, analysis: Analysis, cfg: TTTConfig, model: n
             segment, note = False, (note + "; " if note else "") + "per-frame cross-attention: not segmented"
         if segment:
             segment_sites[site.name] = (site, seq)
+        if ttt and any(item.site.module_path == site.module_path for item in ttt_sites):
+            # One attention module calling SDPA once per sample (Mochi's loop over valid text): one layer,
+            # at the module's joint output, which every call's chain reaches.
+            ttt, note = False, (note + "; " if note else "") + "TTT with the module's first attention call"
         if ttt:
             if site.kind == "joint" or (site.kind, site.axes) == ("video", "thw"):
                 ttt_layout = seq

@@ -8,6 +8,7 @@ attention sequences hold, and in which order. Everything else is read from the g
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -96,8 +97,12 @@ class ModelAdapter:
         raise NotImplementedError
 
     def capture_patches(self, model: torch.nn.Module) -> contextlib.AbstractContextManager:
-        """Within the block, ``model`` computes the same values through code torch.export can trace."""
-        return contextlib.nullcontext()
+        """Within the block, ``model`` computes the same values through code torch.export can trace.
+
+        By default: :func:`traceable_sincos_tables` (CogVideoX 1.0 and the models built on its patch
+        embedding, e.g. ConsisID). Families override it to add their own.
+        """
+        return traceable_sincos_tables(model)
 
     def text_dynamic_shapes(self, spec: dict[str, Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
         """``spec`` with the text-length dims of ``text_inputs`` marked ``Dim.AUTO`` as well."""
@@ -110,3 +115,31 @@ class ModelAdapter:
 def mark(spec: dict[str, Any], name: str, *dims: int) -> None:
     """Mark ``dims`` of input ``name`` (a tensor or a nest of tensors) as ``Dim.AUTO``."""
     spec[name] = pytree.tree_map(lambda _: dict.fromkeys(dims, Dim.AUTO), spec[name])
+
+
+@contextlib.contextmanager
+def traceable_sincos_tables(model: torch.nn.Module):
+    """CogVideoX's patch embedding rebuilds its sincos table in ``forward`` when the frames differ from
+    ``sample_frames`` and writes it through ``.data``, which torch.export cannot trace; within the block
+    each such embedding builds the same table without it."""
+    embeds = [m for m in model.modules() if type(m).__name__ == "CogVideoXPatchEmbed"
+              and getattr(m, "use_positional_embeddings", False)]
+    for embed in embeds:
+        embed._get_positional_embeddings = functools.partial(_traceable_table, embed)
+    try:
+        yield
+    finally:
+        for embed in embeds:
+            del embed._get_positional_embeddings
+
+
+def _traceable_table(embed, sample_height: int, sample_width: int, sample_frames: int, device=None):
+    from diffusers.models.embeddings import get_3d_sincos_pos_embed
+
+    frames = (sample_frames - 1) // embed.temporal_compression_ratio + 1
+    grid = (sample_width // embed.patch_size, sample_height // embed.patch_size)
+    table = get_3d_sincos_pos_embed(embed.embed_dim, grid, frames, embed.spatial_interpolation_scale,
+                                    embed.temporal_interpolation_scale, device=device, output_type="pt")
+    table = table.flatten(0, 1)[None]
+    text = table.new_zeros(1, embed.max_text_seq_length, embed.embed_dim)
+    return torch.cat([text, table], dim=1)

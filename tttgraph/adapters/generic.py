@@ -70,7 +70,7 @@ class GenericAdapter(ModelAdapter):
         longest = max(self_attn_lengths)
         joint = joint_order is not None and text > 0
         video_len = longest - text if joint else longest
-        found = set()
+        readings = set()
         for axis in (2, 1):
             f, h, w = int(video.shape[axis]), int(video.shape[-2]), int(video.shape[-1])
             for p in _PATCHES:
@@ -78,7 +78,10 @@ class GenericAdapter(ModelAdapter):
                     if f % p_t or h % p or w % p:
                         continue
                     if (f // p_t) * (h // p) * (w // p) == video_len:
-                        found.add((f, p_t, p, h // p, w // p))
+                        readings.add((axis, f, p_t, p, h // p, w // p))
+        if len(readings) > 1:  # the model's config says which axis holds the channels, and its patch
+            readings = {r for r in readings if _fits_config(model, video, r)} or readings
+        found = {r[1:] for r in readings}
         if len(found) != 1:
             why = "no" if not found else f"{len(found)} ambiguous"
             raise _fix(
@@ -91,3 +94,21 @@ class GenericAdapter(ModelAdapter):
             frames=f // p_t, tokens_per_frame=gh * gw, grid=(gh, gw), patch_size=(p_t, p, p),
             order=joint_order if joint else "video_only",
         )
+
+
+def _fits_config(model, video: torch.Tensor, reading: tuple) -> bool:
+    """Whether a reading (frame axis, frames, temporal patch, patch, grid) agrees with ``model.config``:
+    the other axis holds ``in_channels``, the patch is ``patch_size`` (and ``patch_size_t``)."""
+    config = getattr(model, "config", None)
+    get = (lambda k: config.get(k)) if isinstance(config, dict) else (lambda k: getattr(config, k, None))
+    axis, _, p_t, p = reading[:4]
+    channels = get("in_channels") if config is not None else None
+    if isinstance(channels, int) and int(video.shape[3 - axis]) != channels:
+        return False
+    patch = get("patch_size") if config is not None else None
+    if isinstance(patch, int) and p != patch:
+        return False
+    if isinstance(patch, (tuple, list)) and len(patch) == 3 and (p_t, p) != (patch[0], patch[1]):
+        return False
+    patch_t = get("patch_size_t") if config is not None else None
+    return not (isinstance(patch_t, int) and p_t != patch_t)

@@ -1,0 +1,124 @@
+"""Which of diffusers' video transformers tttgraph transforms: gates at 0 must reproduce the model.
+
+Reads the tiny configs and dummy inputs of diffusers' own model tests (a diffusers checkout whose
+``tests/`` fits the installed diffusers), builds each video transformer class, and for each reports:
+whether ``tttgraph.transform(model, TTTConfig(gate_init=0.0), inputs)`` succeeds, the TTT layers it
+adds, and the max abs difference to the untouched model (<= 1e-5 to pass), or the error::
+
+    python benchmarks/survey_video_dits.py path/to/diffusers [--classes Wan Mochi ...]
+
+Nothing of diffusers' test code is copied: its tester classes are imported and asked for
+``model_class``, ``get_init_dict()`` and ``get_dummy_inputs()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+VIDEO_CLASSES = (
+    "WanTransformer3DModel WanVACETransformer3DModel SkyReelsV2Transformer3DModel ChronoEditTransformer3DModel "
+    "HeliosTransformer3DModel AnyFlowTransformer3DModel AnyFlowFARTransformer3DModel WanAnimateTransformer3DModel "
+    "WanAnimate2Transformer3DModel CogVideoXTransformer3DModel ConsisIDTransformer3DModel "
+    "HunyuanVideoTransformer3DModel HunyuanVideoFramepackTransformer3DModel HunyuanVideo15Transformer3DModel "
+    "LTXVideoTransformer3DModel LTX2VideoTransformer3DModel SanaWMLTX2RefinerTransformer3DModel "
+    "Kandinsky5Transformer3DModel Kandinsky6Transformer3DModel Kandinsky6SRTransformer3DModel "
+    "SanaVideoTransformer3DModel SanaWMTransformer3DModel AllegroTransformer3DModel CosmosTransformer3DModel "
+    "EasyAnimateTransformer3DModel LatteTransformer3DModel MochiTransformer3DModel MotifVideoTransformer3DModel "
+    "MiniMaxH3Transformer3DModel JoyImageEditTransformer3DModel JoyImageEditPlusTransformer3DModel "
+    "TransformerTemporalModel"
+).split()
+
+
+def tester_configs(diffusers_root: Path):
+    """(class name, tester instance) for every tester config in diffusers' transformer tests."""
+    sys.path.insert(0, str(diffusers_root))
+    seen = set()
+    for path in sorted((diffusers_root / "tests" / "models" / "transformers").glob("test_models_transformer_*.py")):
+        name = f"tests.models.transformers.{path.stem}"
+        try:
+            module = importlib.import_module(name)
+        except Exception as exc:  # a test module for another diffusers version
+            print(f"# skipped {path.name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            continue
+        for attr in vars(module).values():
+            if not isinstance(attr, type) or "model_class" not in vars(attr) or not hasattr(attr, "get_init_dict"):
+                continue
+            try:
+                tester = attr()
+                cls = tester.model_class
+            except Exception:
+                continue
+            key = (cls.__name__, attr.__name__)
+            if cls.__name__ in VIDEO_CLASSES and key not in seen:
+                seen.add(key)
+                yield cls.__name__, attr.__name__, tester
+
+
+def first_tensor(out):
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "sample"):
+        return out.sample
+    if isinstance(out, (tuple, list)):
+        return next(first_tensor(o) for o in out if first_tensor(o) is not None)
+    return None
+
+
+def survey(diffusers_root: Path, only: list[str] | None = None) -> list[dict]:
+    import tttgraph
+    from tttgraph.config import TTTConfig
+
+    rows = []
+    for cls_name, tester_name, tester in tester_configs(diffusers_root):
+        if only and not any(o.lower() in cls_name.lower() for o in only):
+            continue
+        row = {"class": cls_name, "tester": tester_name}
+        start = time.perf_counter()
+        try:
+            torch.manual_seed(0)
+            model = tester.model_class(**tester.get_init_dict()).eval()
+            inputs = tester.get_dummy_inputs()
+            with torch.no_grad():
+                ref = first_tensor(model(**inputs))
+            base = copy.deepcopy(model)
+            tm = tttgraph.transform(model, TTTConfig(gate_init=0.0, mini_batch_size=8), inputs, progress=False)
+            with torch.no_grad():
+                got = first_tensor(tm(**inputs))
+            row["ttt_layers"] = len(tttgraph.plan_of(tm).ttt_modules)
+            row["added"] = sum(p.numel() for n, p in tm.named_parameters() if ".gated_ttt." in n)
+            row["max_diff"] = float((got - ref).abs().max())
+            row["ok"] = row["max_diff"] <= 1e-5 and base is not None
+        except Exception as exc:
+            row["ok"] = False
+            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+            if "--debug" in sys.argv:
+                traceback.print_exc()
+        row["seconds"] = time.perf_counter() - start
+        rows.append(row)
+        print(f"{cls_name:45s} {'ok ' if row['ok'] else 'NO '} {row.get('ttt_layers', '-'):>3} "
+              f"{row.get('max_diff', float('nan')):9.2e} {row['seconds']:6.1f}s {row.get('error', '')}", flush=True)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("diffusers_root", type=Path)
+    p.add_argument("--classes", nargs="*", help="substrings of the class names to survey")
+    p.add_argument("--debug", action="store_true")
+    args = p.parse_args()
+    rows = survey(args.diffusers_root, args.classes)
+    done = {r["class"] for r in rows if r["ok"]}
+    print(f"\n{len(done)} of {len(VIDEO_CLASSES)} classes reproduce with gates at 0; not surveyed: "
+          f"{sorted(set(VIDEO_CLASSES) - {r['class'] for r in rows})}")
+
+
+if __name__ == "__main__":
+    main()
