@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tttgraph.adapters import TokenLayout, get_adapter
+from tttgraph.adapters import GenericAdapter, TokenLayout, get_adapter
 from tttgraph.analysis import Analysis, AttentionSite, analyse, size_at_example
 from tttgraph.capture import CapturedModel, bind_inputs, capture, capture_info
 from tttgraph.config import TTTConfig
@@ -206,6 +206,7 @@ def _capture_and_plan(model: nn.Module, cfg: TTTConfig, example_inputs: Any, pro
                      adapter=adapter)
     normalize_attention(gm)
     analysis = analyse(gm, model, named, adapter)
+    adapter = getattr(adapter, "inferred", None) or adapter  # the generic adapter's reading of this model
     plan = _plan(gm, analysis, cfg, model)
     if not plan.ttt_sites:
         found = ", ".join(f"{s.module_path} ({s.kind}{'/' + s.axes if s.axes else ''}: {s.note})"
@@ -292,7 +293,7 @@ def transform(
     seg = plan.segmentation
     shape = CallShape(plan.layout.grid, seg.text_tokens_per_segment)
     install(model, edits, layers, shape)
-    if adapter.name != "generic":  # the generic adapter can't read a layout off the inputs: sizes stay the example's
+    if not isinstance(adapter, GenericAdapter):  # it can't read a layout off the inputs: sizes stay the example's
         segments = SequenceLayout(0, 1, seg.frames_per_segment, seg.overlap_frames)
         model.forward = ModelForward(model, adapter, shape, segments, seg.text_tokens_per_segment)
     gm.meta[PLAN_KEY] = plan

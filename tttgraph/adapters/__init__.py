@@ -21,6 +21,7 @@ from tttgraph.adapters.hunyuanvideo import HunyuanVideoAdapter
 from tttgraph.adapters.latte import LatteAdapter
 from tttgraph.adapters.ltx import LTXVideoAdapter
 from tttgraph.adapters.mochi import MochiAdapter
+from tttgraph.adapters.temporal import TemporalAdapter
 from tttgraph.adapters.wan import WanAdapter
 from tttgraph.errors import TTTGraphError
 
@@ -57,6 +58,6 @@ def get_adapter(model: torch.nn.Module) -> ModelAdapter:
 
 for _adapter in (
     CogVideoXAdapter(), WanAdapter(), HunyuanVideoAdapter(), MochiAdapter(), LTXVideoAdapter(),
-    LatteAdapter(), AllegroAdapter(),
+    LatteAdapter(), AllegroAdapter(), TemporalAdapter(),
 ):
     register_adapter(_adapter.name, _adapter)

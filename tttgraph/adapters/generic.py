@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from tttgraph.adapters._video import VideoAdapter
 from tttgraph.adapters.base import ModelAdapter, TokenLayout, none_spec
 from tttgraph.errors import LayoutInferenceError
 
@@ -89,6 +90,10 @@ class GenericAdapter(ModelAdapter):
                 f"tokens (longest self-attention {longest}, text {text})"
             )
         (f, p_t, p, gh, gw), = found
+        axes = {r[0] for r in readings}
+        order = joint_order if joint else "video_only"
+        # The reading, as an adapter that reads the same layout off any later call's inputs.
+        self.inferred = InferredVideoAdapter(axes.pop(), (p_t, p, p), order) if len(axes) == 1 else None
         return TokenLayout(
             family=self.name, batch_size=int(video.shape[0]), text_tokens=text, latent_frames=f,
             frames=f // p_t, tokens_per_frame=gh * gw, grid=(gh, gw), patch_size=(p_t, p, p),
@@ -112,3 +117,17 @@ def _fits_config(model, video: torch.Tensor, reading: tuple) -> bool:
         return False
     patch_t = get("patch_size_t") if config is not None else None
     return not (isinstance(patch_t, int) and p_t != patch_t)
+
+
+class InferredVideoAdapter(VideoAdapter):
+    """The layout :meth:`GenericAdapter.infer` read off a model's graph, applied to each later call's
+    inputs (so a transformed model of an unregistered class runs at any resolution and text length)."""
+
+    name = "generic"
+    dynamic_frames = False
+
+    def __init__(self, frame_axis: int, patch: tuple[int, int, int], order: str):
+        self.frame_axis, self.patch, self.order = frame_axis, tuple(patch), order
+
+    def patch_size(self, model):
+        return self.patch

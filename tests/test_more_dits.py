@@ -1,0 +1,141 @@
+"""Video transformers beyond the eight tiny families (issue #20, in progress): tiny random builds.
+
+Each entry: a diffusers class, a tiny config and its forward inputs at F latent frames. With gates at
+0 and no segments the transformed model reproduces the untouched one; with segments it runs at
+another frame count and the first segment stays blind to the last one's frames (gates at 0).
+``benchmarks/survey_video_dits.py`` runs diffusers' own test configs of all 32 classes.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+import tttgraph  # noqa: E402
+from tttgraph.config import TTTConfig  # noqa: E402
+
+_WAN = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
+            text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+
+
+def _g(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _text(f, g, dim=16):
+    """One text chunk of 4 tokens per segment of 2 frames: a storyboard."""
+    return torch.randn(1, 4 * max(1, -(-f // 2)), dim, generator=g)
+
+
+def _wan_inputs(f, seed, channels=4):
+    g = _g(seed)
+    return {"hidden_states": torch.randn(1, channels, f, 8, 8, generator=g), "encoder_hidden_states": _text(f, g),
+            "timestep": torch.tensor([500])}
+
+
+def _vace_inputs(f, seed):
+    inputs = _wan_inputs(f, seed)
+    inputs["control_hidden_states"] = torch.randn(1, 12, f, 8, 8, generator=_g(seed + 1))
+    return inputs
+
+
+def _anyflow_inputs(f, seed):
+    g = _g(seed)
+    return {"hidden_states": torch.randn(1, f, 4, 8, 8, generator=g),
+            "timestep": torch.full((1, f), 500.0), "r_timestep": torch.full((1, f), 250.0),
+            "encoder_hidden_states": _text(f, g)}
+
+
+def _easyanimate_inputs(f, seed):
+    g = _g(seed)
+    return {"hidden_states": torch.randn(1, 4, f, 8, 8, generator=g), "timestep": torch.tensor([500]),
+            "encoder_hidden_states": _text(f, g)}
+
+
+def _temporal_inputs(f, seed):
+    return {"hidden_states": torch.randn(f, 4, 4, 4, generator=_g(seed)), "num_frames": f}
+
+
+CLASSES = {
+    "SkyReelsV2Transformer3DModel": (_WAN, _wan_inputs),
+    "WanVACETransformer3DModel": ({**_WAN, "num_layers": 4, "vace_layers": [0, 2], "vace_in_channels": 12},
+                                  _vace_inputs),
+    "ChronoEditTransformer3DModel": ({**_WAN, "rope_temporal_skip_len": 8}, _wan_inputs),
+    "AnyFlowTransformer3DModel": ({k: v for k, v in _WAN.items() if k != "qk_norm"} | {"gate_value": 0.25,
+                                  "deltatime_type": "r"}, _anyflow_inputs),
+    "EasyAnimateTransformer3DModel": (dict(attention_head_dim=16, num_attention_heads=2, in_channels=4,
+                                           mmdit_layers=2, num_layers=2, out_channels=4, patch_size=2,
+                                           sample_height=16, sample_width=16, text_embed_dim=16, time_embed_dim=8,
+                                           time_position_encoding_type="3d_rope", timestep_activation_fn="silu"),
+                                      _easyanimate_inputs),
+    "TransformerTemporalModel": (dict(num_attention_heads=2, attention_head_dim=8, in_channels=4, num_layers=1,
+                                      norm_num_groups=1), _temporal_inputs),
+}
+
+
+def _build(name):
+    import diffusers
+
+    config, inputs = CLASSES[name]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = getattr(diffusers, name)(**config).eval()
+    return model, inputs
+
+
+def _out(model, inputs):
+    out = model(**inputs, return_dict=False)[0]
+    return out.sample if hasattr(out, "sample") else out
+
+
+@pytest.mark.parametrize("name", list(CLASSES))
+def test_gates_at_zero_reproduce_the_model_and_add_ttt_layers(name):
+    model, make = _build(name)
+    inputs = make(3, 0)
+    with torch.no_grad():
+        ref = _out(model, inputs)
+    before = {n for n, _ in model.named_parameters()}
+    tm = tttgraph.transform(model, TTTConfig(gate_init=0.0, mini_batch_size=8), inputs, progress=False)
+    added = [n for n, _ in tm.named_parameters() if n not in before]
+    assert added and all(".gated_ttt." in n for n in added)
+    with torch.no_grad():
+        assert (_out(tm, inputs) - ref).abs().max() <= 1e-5
+    assert str(tttgraph.inspect(copy.deepcopy(_build(name)[0]), TTTConfig(), inputs)).startswith(
+        f"tttgraph plan for {name}")
+
+
+@pytest.mark.parametrize("name", list(CLASSES))
+def test_segments_run_at_another_frame_count_and_keep_the_first_segment_blind(name):
+    model, make = _build(name)
+    # No overlap: with overlapping windows the shared frames relay information one segment per layer.
+    cfg = TTTConfig(gate_init=0.0, mini_batch_size=8, segment_latent_frames=2, segment_overlap_frames=0)
+    tm = tttgraph.transform(model, cfg, make(4, 0), progress=False)
+    inputs = make(7, 1)
+    other = make(7, 1)
+    frame_axis = {"AnyFlowTransformer3DModel": 1}.get(name, 2)
+    if name == "TransformerTemporalModel":  # [F, C, H, W]: frames are the batch
+        other["hidden_states"] = other["hidden_states"].clone()
+        other["hidden_states"][-2:] += 1.0
+    else:
+        index = [slice(None)] * 5
+        index[frame_axis] = slice(-2, None)
+        other["hidden_states"] = other["hidden_states"].clone()
+        other["hidden_states"][tuple(index)] += 1.0
+    with torch.no_grad():
+        a, b = _out(tm, inputs), _out(tm, other)
+    assert a.shape == inputs["hidden_states"].shape and torch.isfinite(a).all()
+    first = [slice(None)] * a.dim()
+    if name == "TransformerTemporalModel":
+        first[0] = slice(0, 2)
+    else:
+        first[frame_axis] = slice(0, 2)
+    assert not torch.equal(a, b)
+    if name == "TransformerTemporalModel":
+        return  # its input GroupNorm normalises over all frames at once: every frame sees the others there
+    # The first segment's frames (window [0, 2)) see nothing of frames 5-6 through attention.
+    assert torch.equal(a[tuple(first)], b[tuple(first)])
