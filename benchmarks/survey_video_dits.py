@@ -89,7 +89,15 @@ def survey(diffusers_root: Path, only: list[str] | None = None) -> list[dict]:
             with torch.no_grad():
                 ref = first_tensor(model(**inputs))
             base = copy.deepcopy(model)
-            tm = tttgraph.transform(model, TTTConfig(gate_init=0.0, mini_batch_size=8), inputs, progress=False)
+            try:
+                tm = tttgraph.transform(model, TTTConfig(gate_init=0.0, mini_batch_size=8), inputs, progress=False)
+            except tttgraph.TTTGraphError as exc:
+                if "rope=False" not in str(exc):
+                    raise
+                row["note"] = "rope=False (heads too small for 3D RoPE)"
+                model = copy.deepcopy(base)
+                tm = tttgraph.transform(model, TTTConfig(gate_init=0.0, mini_batch_size=8, rope=False), inputs,
+                                        progress=False)
             with torch.no_grad():
                 got = first_tensor(tm(**inputs))
             row["ttt_layers"] = len(tttgraph.plan_of(tm).ttt_modules)
@@ -103,8 +111,9 @@ def survey(diffusers_root: Path, only: list[str] | None = None) -> list[dict]:
                 traceback.print_exc()
         row["seconds"] = time.perf_counter() - start
         rows.append(row)
+        detail = row.get("error", row.get("note", ""))
         print(f"{cls_name:45s} {'ok ' if row['ok'] else 'NO '} {row.get('ttt_layers', '-'):>3} "
-              f"{row.get('max_diff', float('nan')):9.2e} {row['seconds']:6.1f}s {row.get('error', '')}", flush=True)
+              f"{row.get('max_diff', float('nan')):9.2e} {row['seconds']:6.1f}s {detail}", flush=True)
     return rows
 
 

@@ -159,6 +159,13 @@ def _plan(gm: torch.fx.GraphModule, analysis: Analysis, cfg: TTTConfig, model: n
             fold = site.axes if site.kind == "video" and site.axes in ("hw", "t") else None
             joint = layout.joint_tokens if site.kind == "joint" else None
             rope = layout.grid if cfg.rope else None
+            head_dim = site.q_shape[3]
+            if rope is not None and (head_dim < 6 or head_dim % 2):
+                raise TTTGraphError(
+                    f"{site.module_path}: the TTT layer's 3D RoPE needs an even head dim >= 6, this attention's "
+                    f"heads have {head_dim}; pass TTTConfig(rope=False) (the TTT then reads positions from the "
+                    "token order only)"
+                )
             point = insertion_point(nodes[site.name], site.module_path, joint, evaluate)
             ttt_sites.append(TTTSite(site, ttt_layout, rope, joint, fold, layout.batch_size, point.name,
                                      int(point.meta["val"].shape[-1])))
@@ -289,7 +296,7 @@ def transform(
     _graph_passes(gm, plan)
     gm.train(model.training)
     layers = {item.site.module_path: gm.get_submodule(item.module_path) for item in plan.ttt_sites}
-    _, named = bind_inputs(model, example_inputs)
+    named = capture_info(gm).example_inputs
     seg = plan.segmentation
     shape = CallShape(plan.layout.grid, seg.text_tokens_per_segment)
     install(model, edits, layers, shape)
