@@ -337,3 +337,40 @@ def test_transformed_model_trains_under_bf16_autocast(family):
     assert ((out.float() - ref).norm() / ref.norm()).item() < 3e-2
     new = [p for n, p in tm.named_parameters() if ".gated_ttt." in n]
     assert new and all(p.grad is not None and torch.isfinite(p.grad).all() for p in new)
+
+
+def _mochi_padded(model, frames, chunks, chunk, valid, seed=0):
+    """Mochi inputs of batch 2 with ``chunks`` text chunks of ``chunk`` tokens; sample b keeps the first
+    ``valid[b]`` tokens of each chunk (the pipeline pads each prompt at its end)."""
+    inputs = example_inputs(model, frames, text_tokens=chunk * chunks, batch_size=2, seed=seed)
+    mask = torch.ones(2, chunks, chunk, dtype=inputs["encoder_attention_mask"].dtype)
+    for b, v in enumerate(valid):
+        mask[b, :, v:] = 0
+    inputs["encoder_attention_mask"] = mask.flatten(1)
+    return inputs
+
+
+def test_mochi_with_padding_masks_reproduces_the_model_and_segments_at_two_frame_counts():
+    model = build_tiny("mochi")
+    # One prompt per sample, padded at its end: the untouched model is the reference. Padding inside the
+    # text (a storyboard's chunks) is only defined for the edited model: Mochi's own processor moves the
+    # valid text outputs to the front there, the edited one keeps them in place.
+    example = _mochi_padded(model, 4, 1, 8, valid=(6, 4))
+    with torch.no_grad():
+        ref = _out(model, example)
+    tm = transform(copy.deepcopy(model), TTTConfig(gate_init=0.0, mini_batch_size=16), example, progress=False)
+    with torch.no_grad():
+        assert (_out(tm, example) - ref).abs().max() <= 1e-6  # per-sample valid lengths 6 and 4 of 8
+    cfg = TTTConfig(gate_init=0.0, mini_batch_size=16, segment_latent_frames=2, segment_overlap_frames=0)
+    seg = transform(copy.deepcopy(model), cfg, _mochi_padded(model, 4, 2, 4, valid=(3, 2)), progress=False)
+    for frames in (4, 6):
+        inputs = _mochi_padded(model, frames, frames // 2, 4, valid=(3, 2), seed=frames)
+        junk = {**inputs, "encoder_hidden_states": inputs["encoder_hidden_states"].clone()}
+        junk["encoder_hidden_states"][inputs["encoder_attention_mask"] == 0] += 5.0  # only padded tokens
+        late = {**inputs, "hidden_states": inputs["hidden_states"].clone()}
+        late["hidden_states"][:, :, -2:] += 1.0  # the last segment's frames
+        with torch.no_grad():
+            out, out_junk, out_late = _out(seg, inputs), _out(seg, junk), _out(seg, late)
+        assert out.shape == inputs["hidden_states"].shape
+        assert torch.equal(out, out_junk)  # padded text tokens are never read
+        assert torch.equal(out[:, :, :2], out_late[:, :, :2]) and not torch.equal(out, out_late)

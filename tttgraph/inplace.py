@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
@@ -82,11 +83,16 @@ class AttentionEdit:
             module's output) or None (no TTT layer here).
         joint: the sequence layout of the module's attention when it is joint text+video attention
             with separate text and video streams (for the one-chunk rule), else None.
+        valid_text_mask: the module's processor drops the text tokens its ``attention_mask`` marks
+            invalid, one SDPA call per sample (Mochi); the edit passes an all-valid mask instead and
+            masks the invalid tokens out of each sample's keys (their own outputs are zero, as the
+            processor pads them).
     """
 
     calls: tuple[SDPAEdit, ...]
     ttt_at: str | None
     joint: SequenceLayout | None = None
+    valid_text_mask: bool = False  # the module's ``attention_mask`` [B, L] marks valid text (Mochi)
 
 
 class CallShape:
@@ -125,25 +131,42 @@ class SegmentedSDPA(TorchFunctionMode):
     calls are taken in order from ``edit.calls`` (cycling); every other torch function runs unchanged.
     """
 
-    def __init__(self, module: nn.Module, edit: AttentionEdit, shape: CallShape, attend=None):
+    def __init__(self, module: nn.Module, edit: AttentionEdit, shape: CallShape, attend=None,
+                 text_mask: Tensor | None = None):
         super().__init__()
         self.module, self.edit, self.shape, self.count = module, edit, shape, 0
         self.attend = attend or segment_attend
+        self.text_mask = text_mask  # [B, L] bool: valid text tokens, one SDPA call per sample
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is not _SDPA or not self.edit.calls:
             return func(*args, **kwargs)
         call = self.edit.calls[self.count % len(self.edit.calls)]
+        sample = self.count
         self.count += 1
         q, k, v = (kwargs.pop(name) if name in kwargs else None for name in ("query", "key", "value"))
         args = tuple(x for x in (q, k, v) if x is not None) + tuple(args)
+        valid = None
+        if self.text_mask is not None:  # this call is sample ``sample`` of the batch, with every text token
+            valid = _valid_tokens(self.text_mask[sample % self.text_mask.shape[0]], args[0].shape[2],
+                                  self.edit.joint)
+            kwargs["attn_mask"] = valid[None, None, None, :]
         out = self.attend(self.shape.layout(call.layout), call.kind, *args, **kwargs)  # [B, H, N, D]
+        if valid is not None:
+            out = out * valid[:, None].to(out.dtype)  # invalid text rows are zero, as the processor pads them
         if self.edit.ttt_at == "sdpa":
             merged = out.transpose(1, 2).flatten(2)  # [B, N, H*D]: what the processor merges next
             merged = _ttt(self.module, self.shape, merged)
             out = merged.unflatten(2, (out.shape[1], -1)).transpose(1, 2)
         return out
+
+
+def _valid_tokens(text_mask: Tensor, tokens: int, layout: SequenceLayout) -> Tensor:
+    """[N] bool over the joint sequence: video tokens and the valid text tokens of ``text_mask`` [L]."""
+    text = text_mask.bool()
+    video = text.new_ones(tokens - text.shape[0])
+    return torch.cat([text, video] if layout.text_first else [video, text])
 
 
 def _ttt(module: nn.Module, shape: CallShape, x: Tensor) -> Tensor:
@@ -167,11 +190,13 @@ class EditedForward:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         module, edit, shape = self.module, self.edit, self.shape
-        repeats = 1
+        repeats, text_mask = 1, None
         joint = shape.layout(edit.joint)
         if joint is not None:
             args, kwargs, repeats = _one_chunk_per_segment(module, joint, args, kwargs)
-        with SegmentedSDPA(module, edit, shape, self.attend):
+        if edit.valid_text_mask:
+            args, kwargs, text_mask = _all_text_valid(module, args, kwargs)
+        with SegmentedSDPA(module, edit, shape, self.attend, text_mask):
             out = self.original(module, *args, **kwargs)
         if edit.ttt_at == "output":
             out = _ttt_on_output(module, shape, joint, out)
@@ -225,6 +250,17 @@ def _one_chunk_per_segment(module: nn.Module, layout: SequenceLayout, args: tupl
     bound["encoder_hidden_states"] = text.repeat(1, segments, 1)
     args, kwargs = _unbind(module, args, kwargs, bound)
     return args, kwargs, segments
+
+
+def _all_text_valid(module: nn.Module, args: tuple, kwargs: dict):
+    """The module's ``attention_mask`` [B, L] replaced by ones; returns (args, kwargs, the mask as bool)."""
+    bound = _bind(module, args, kwargs)
+    mask = bound.get("attention_mask")
+    if not isinstance(mask, Tensor) or bool(mask.all()):
+        return args, kwargs, None
+    bound["attention_mask"] = torch.ones_like(mask)
+    args, kwargs = _unbind(module, args, kwargs, bound)
+    return args, kwargs, mask.bool()
 
 
 def _bind(module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:

@@ -202,6 +202,9 @@ def _capture_and_plan(model: nn.Module, cfg: TTTConfig, example_inputs: Any, pro
         raise TTTGraphError("this model was already transformed or captured; pass the original model")
     _, named = bind_inputs(model, example_inputs)
     adapter = get_adapter(model)
+    mask = named.get(adapter.valid_text_mask) if adapter.valid_text_mask else None
+    if isinstance(mask, torch.Tensor):  # captured with every text token valid (see ModelAdapter)
+        named = {**named, adapter.valid_text_mask: torch.ones_like(mask)}
     positions = contextlib.nullcontext(0)
     if adapter.temporal_position_tables:
         layout = adapter.layout(model, named)
@@ -292,7 +295,7 @@ def transform(
         raise TTTGraphError("this model was already transformed by tttgraph; pass the original model")
     gm, plan, adapter = _capture_and_plan(model, cfg, example_inputs, progress)
     plan.base_fingerprints = state_dict_fingerprints(model)
-    edits = _attention_edits(gm, plan)
+    edits = _attention_edits(gm, plan, adapter)
     _graph_passes(gm, plan)
     gm.train(model.training)
     layers = {item.site.module_path: gm.get_submodule(item.module_path) for item in plan.ttt_sites}
@@ -322,7 +325,7 @@ class TransformState:
     example_inputs: dict[str, Any] = field(repr=False)
 
 
-def _attention_edits(gm: torch.fx.GraphModule, plan: TransformPlan) -> dict[str, Any]:
+def _attention_edits(gm: torch.fx.GraphModule, plan: TransformPlan, adapter) -> dict[str, Any]:
     """Attention path -> :class:`~tttgraph.inplace.AttentionEdit`, read off the graph before the passes."""
     from tttgraph.inplace import AttentionEdit, SDPAEdit
     from tttgraph.passes.insert_ttt import placement
@@ -354,7 +357,8 @@ def _attention_edits(gm: torch.fx.GraphModule, plan: TransformPlan) -> dict[str,
             ttt_at = placement(nodes[item.site.name], nodes[item.insertion])
             if item.site.kind == "joint":
                 joint = item.layout
-        edits[path] = AttentionEdit(tuple(calls), ttt_at, joint)
+        masked = adapter.valid_text_mask is not None and joint is not None
+        edits[path] = AttentionEdit(tuple(calls), ttt_at, joint, masked)
     return edits
 
 

@@ -80,6 +80,10 @@ class ModelAdapter:
     text_inputs: dict[str, tuple[int, ...]] = {"encoder_hidden_states": (1,), "encoder_attention_mask": (1,)}
     # Buffers ``[1, frames, C]`` of absolute temporal positions, by path (see tttgraph/positions.py).
     temporal_position_tables: tuple[str, ...] = ()
+    # The model input ``[B, L]`` marking the valid text tokens, when the attention drops the others per
+    # sample (Mochi): the capture sees every token valid, and the edited attention keeps every token and
+    # masks the invalid ones instead (tttgraph/inplace.py), so the sequence keeps its layout.
+    valid_text_mask: str | None = None
 
     def matches(self, model: torch.nn.Module) -> bool:
         return type(model).__name__ in self.model_classes

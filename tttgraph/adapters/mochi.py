@@ -1,8 +1,9 @@
 """Mochi: joint self-attention over ``[video | valid text]``. ``[B, C, F, H, W]``.
 
-Mochi keeps only the text tokens its mask marks valid (``nonzero``, a data-dependent length),
-so the text count is the number of ones in ``encoder_attention_mask`` (the first sample's;
-samples of a batch with different prompt lengths give different sequence lengths).
+Mochi's attention keeps only the text tokens its mask marks valid (``nonzero``: a data-dependent
+length, one SDPA call per sample). tttgraph captures it with every token valid and, in the edited
+model, keeps every token and masks the invalid ones out of the keys (``valid_text_mask``), which
+gives the valid tokens the same outputs and keeps the sequence layout fixed.
 """
 
 from __future__ import annotations
@@ -15,9 +16,4 @@ class MochiAdapter(VideoAdapter):
     model_classes = ("MochiTransformer3DModel",)
     dynamic_frames = True
     order = "video_first"
-
-    def text_tokens(self, model, inputs):
-        mask = inputs.get("encoder_attention_mask")
-        if mask is None:
-            return super().text_tokens(model, inputs)
-        return int(mask[0].bool().sum())
+    valid_text_mask = "encoder_attention_mask"
