@@ -101,7 +101,8 @@ def export(
     """Export a model returned by :func:`tttgraph.transform` for inference.
 
     Args:
-        model: the transformed model (a :class:`~tttgraph.capture.CapturedModel` with a plan).
+        model: a model transformed by :func:`tttgraph.transform` (its graph form is captured afresh from
+            it, as it is now), or the graph form itself (:func:`tttgraph.transform_graph`).
         path: file to write; its suffix picks the format when ``format`` is None (.pt2, .onnx,
             .engine or .plan).
         format: "pt2" (``torch.export.save``), "onnx" (``torch.onnx.export(..., dynamo=True)``) or

@@ -1,13 +1,14 @@
-"""``inspect`` (dry run) and ``transform``: capture -> analyse -> plan -> rewrite -> verify -> lower.
+"""``inspect`` (dry run), ``transform`` and its graph form: capture -> analyse -> plan -> passes -> carry over.
 
-``transform(model, cfg, example_inputs)`` returns a :class:`~tttgraph.capture.CapturedModel`: it
-takes the model's original call and returns its output type, with
+``transform(model, cfg, example_inputs)`` edits ``model`` in place and returns it (docs/ARCHITECTURE.md),
+with
 
 - segment-local attention at every attention over video frames (when ``cfg`` segments), and
 - a gated bidirectional TTT-MLP layer after every selected self-attention,
 
-keeping every pretrained parameter under its own name. ``inspect`` builds the same plan without
-changing anything and prints as a table.
+keeping every pretrained module and parameter under its own name. ``transform_graph`` returns the
+rewritten graph instead (a :class:`~tttgraph.capture.CapturedModel`: the oracle ``transform`` checks
+itself against, and what ``export`` writes); ``inspect`` builds the plan without changing anything.
 """
 
 from __future__ import annotations
