@@ -181,3 +181,27 @@ def test_root_buffers_of_the_graph_follow_to():
     assert cm.graph_module.temp_pos_embed.device.type == "meta"
     out = cm(**{k: _to(v, "meta") for k, v in inputs.items()}, return_dict=False)[0]
     assert out.device.type == "meta" and out.shape == expected.shape
+
+
+class _Branchy(torch.nn.Module):
+    """Takes one of two paths on a tensor's values (as HunyuanVideo 1.5 does on its image embeddings)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 4)
+
+    def forward(self, x, image):
+        if torch.all(image == 0):
+            return self.proj(x) * 2
+        return self.proj(x) + 1
+
+
+def test_a_branch_on_tensor_values_is_captured_as_the_example_takes_it():
+    from tttgraph.capture import capture, capture_info
+
+    model, x = _Branchy(), torch.randn(2, 4)
+    for image, expected in ((torch.zeros(3), [True]), (torch.ones(3), [False])):
+        gm = capture(model, {"x": x, "image": image}, progress=False)
+        assert list(capture_info(gm).branches) == expected
+        with torch.no_grad():
+            torch.testing.assert_close(gm(x=x, image=image), model(x, image), rtol=0, atol=0)

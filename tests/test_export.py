@@ -399,3 +399,24 @@ def test_cli_export_writes_a_loadable_archive(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "exported pt2" in printed and "2*n + 1" in printed
     assert torch.export.load(out).module() is not None
+
+
+def test_a_graph_that_follows_the_examples_branches_is_not_exported(cogvideox, tmp_path, monkeypatch):
+    import dataclasses
+
+    from tttgraph import export, rewrite
+    from tttgraph.capture import _META_KEY, CapturedModel
+    from tttgraph.exporter import ExportError
+
+    _, tm, _ = cogvideox
+    real = rewrite.graph_form
+
+    def branchy(model, example_inputs=None):  # as if the model had branched on tensor values at capture
+        graph = real(model, example_inputs)
+        gm = graph.graph_module
+        gm.meta[_META_KEY] = dataclasses.replace(gm.meta[_META_KEY], branches=(True,))
+        return CapturedModel(gm)
+
+    monkeypatch.setattr(rewrite, "graph_form", branchy)
+    with pytest.raises(ExportError, match=r"branches on tensor values \(the example took \[True\]\)"):
+        export(tm, tmp_path / "m.pt2")

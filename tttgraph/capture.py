@@ -15,6 +15,7 @@ positional or keyword, ``return_dict``, same output type.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 from tttgraph.adapters import get_adapter
@@ -57,6 +59,9 @@ class CaptureInfo:
     frame_range: tuple[int, int | None] | None
     frames_note: str = ""
     config: Any = field(default=None, repr=False)
+    # Truth values of tensors the model branched on, as the example gave them: the graph follows these
+    # branches only (export refuses such a graph; the edited eager model branches at every call).
+    branches: tuple[bool, ...] = ()
 
 
 def capture_info(gm: torch.fx.GraphModule) -> CaptureInfo:
@@ -110,9 +115,46 @@ def _frame_symbol(gm: torch.fx.GraphModule, where: tuple[str, int] | None):
     return None
 
 
-def _export(model, kwargs, dynamic_shapes):
-    ep = torch.export.export(model, (), kwargs=kwargs, dynamic_shapes=dynamic_shapes, strict=False)
-    return ep
+def _export(model, kwargs, dynamic_shapes, branches: list[bool] | None = None):
+    with _Branches(branches) if branches is not None else contextlib.nullcontext():
+        return torch.export.export(model, (), kwargs=kwargs, dynamic_shapes=dynamic_shapes, strict=False)
+
+
+class _Branches(TorchFunctionMode):
+    """Records (``replay`` None) or replays the truth values the model takes of tensors (``if tensor:``).
+
+    A branch on tensor values stops torch.export; the values the example inputs give, recorded in an
+    eager run, are replayed during the capture, which then follows the branches the example took.
+    """
+
+    def __init__(self, replay: list[bool] | None = None):
+        super().__init__()
+        self.replay = None if replay is None else list(replay)
+        self.seen: list[bool] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not torch.Tensor.__bool__:
+            return func(*args, **kwargs)
+        if self.replay is not None:
+            if not self.replay:
+                raise CaptureError("the capture asked for more tensor truth values than the eager run gave")
+            return self.replay.pop(0)
+        value = func(*args, **kwargs)
+        self.seen.append(bool(value))
+        return value
+
+
+def _example_branches(model, named) -> list[bool]:
+    """The truth values of tensors the model takes on the example inputs, in order (an eager run)."""
+    with torch.no_grad(), _Branches() as branches:
+        model(**named)
+    return branches.seen
+
+
+def _data_dependent(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__}: {exc} {exc.__cause__!r}"
+    return "GuardOnDataDependentSymNode" in text or "data-dependent" in text
 
 
 def capture(
@@ -163,8 +205,17 @@ def capture(
     try:
         bar.set_postfix_str("torch.export (non-strict)")
         log.info("capture: exporting %s (dynamic frames: %s)", type(model).__name__, want_dynamic)
+        branches = None
         with adapter.capture_patches(model):
-            ep = _export_with_frames(model, named, adapter, want_dynamic, dynamic_frames, dynamic_text)
+            try:
+                ep = _export_with_frames(model, named, adapter, want_dynamic, dynamic_frames, dynamic_text)
+            except CaptureError as exc:
+                if not _data_dependent(exc) or not (branches := _example_branches(model, named)):
+                    raise
+                log.warning("capture: %s branches on tensor values; capturing the branches the example "
+                            "takes (%s)", type(model).__name__, branches)
+                ep = _export_with_frames(model, named, adapter, want_dynamic, dynamic_frames, dynamic_text,
+                                         branches)
         bar.update()
         bar.update()
         bar.set_postfix_str("unlift parameters")
@@ -193,7 +244,7 @@ def capture(
         model_class=type(model).__name__, adapter=adapter.name, signature=sig,
         graph_inputs=tuple(named), constants=constants, example_inputs=named, latent_frames=frames,
         dynamic_frames=is_dynamic, frame_range=frame_range, frames_note=note,
-        config=getattr(model, "config", None),
+        config=getattr(model, "config", None), branches=tuple(branches or ()),
     )
     log.info("capture: done, frames %s", frame_range)
     return gm
@@ -304,12 +355,12 @@ def _decide_dynamic(adapter, dynamic_frames, frames) -> tuple[bool, str]:
     return True, ""
 
 
-def _export_with_frames(model, named, adapter, want_dynamic, dynamic_frames, dynamic_text=False):
+def _export_with_frames(model, named, adapter, want_dynamic, dynamic_frames, dynamic_text=False, branches=None):
     spec = adapter.frame_dynamic_shapes(model, named) if want_dynamic else None
     if spec is not None and dynamic_text:
         spec = adapter.text_dynamic_shapes(spec, named)
     try:
-        return _export(model, named, spec)
+        return _export(model, named, spec, branches)
     except Exception as exc:
         if spec is None or dynamic_frames is True:
             raise CaptureError(
@@ -318,7 +369,13 @@ def _export_with_frames(model, named, adapter, want_dynamic, dynamic_frames, dyn
                 + ("; retry with dynamic_frames=False" if spec is not None else "")
             ) from exc
         log.warning("capture: dynamic frames failed (%s); capturing with static frames", type(exc).__name__)
-        return _export(model, named, None)
+        try:
+            return _export(model, named, None, branches)
+        except Exception as again:
+            raise CaptureError(
+                f"torch.export (non-strict) failed on {type(model).__name__}: {type(again).__name__}: "
+                f"{str(again)[:2000]}\nCheck that example_inputs are the model's real forward inputs"
+            ) from again
 
 
 def _frame_range(ep, sym, frames, is_dynamic, adapter, model) -> tuple[int, int | None] | None:

@@ -90,6 +90,12 @@ def export_program(model: nn.Module, example_inputs: Mapping[str, Any] | None = 
         ) from None
     model = graph_form(model)  # what is exported is the graph form, captured afresh from the model as it is now
     plan = plan_of(model)
+    if model.info.branches:
+        raise ExportError(
+            f"{model.info.model_class} branches on tensor values (the example took {list(model.info.branches)}); "
+            "an exported graph would always take those branches, whatever its inputs. Run the transformed model "
+            "itself (eager or torch.compile) instead"
+        )
     named = _named_inputs(model, example_inputs)
     with torch.no_grad():
         model(**{**model.info.constants, **named})  # checks the inputs against the graph; fills index caches
