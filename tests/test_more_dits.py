@@ -57,6 +57,16 @@ def _easyanimate_inputs(f, seed):
             "encoder_hidden_states": _text(f, g)}
 
 
+def _ltx2_inputs(f, seed):
+    """LTX-2: packed video [B, F*h*w, C] with its grid as ints, and an audio stream of 9 frames."""
+    g = _g(seed)
+    text = _text(f, g)
+    return {"hidden_states": torch.randn(1, f * 4 * 4, 4, generator=g), "audio_hidden_states": torch.randn(1, 9, 4),
+            "encoder_hidden_states": text, "audio_encoder_hidden_states": torch.randn(1, text.shape[1], 16),
+            "timestep": torch.tensor([500.0]), "encoder_attention_mask": torch.ones(1, text.shape[1]).bool(),
+            "num_frames": f, "height": 4, "width": 4, "audio_num_frames": 9, "fps": 25.0}
+
+
 def _temporal_inputs(f, seed):
     return {"hidden_states": torch.randn(f, 4, 4, 4, generator=_g(seed)), "num_frames": f}
 
@@ -75,6 +85,12 @@ CLASSES = {
                                       _easyanimate_inputs),
     "TransformerTemporalModel": (dict(num_attention_heads=2, attention_head_dim=8, in_channels=4, num_layers=1,
                                       norm_num_groups=1), _temporal_inputs),
+    "LTX2VideoTransformer3DModel": (dict(in_channels=4, out_channels=4, patch_size=1, patch_size_t=1,
+                                         num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16,
+                                         audio_in_channels=4, audio_out_channels=4, audio_num_attention_heads=2,
+                                         audio_attention_head_dim=4, audio_cross_attention_dim=8, num_layers=2,
+                                         qk_norm="rms_norm_across_heads", caption_channels=16,
+                                         rope_double_precision=False), _ltx2_inputs),
 }
 
 
@@ -116,26 +132,25 @@ def test_segments_run_at_another_frame_count_and_keep_the_first_segment_blind(na
     cfg = TTTConfig(gate_init=0.0, mini_batch_size=8, segment_latent_frames=2, segment_overlap_frames=0)
     tm = tttgraph.transform(model, cfg, make(4, 0), progress=False)
     inputs = make(7, 1)
-    other = make(7, 1)
-    frame_axis = {"AnyFlowTransformer3DModel": 1}.get(name, 2)
-    if name == "TransformerTemporalModel":  # [F, C, H, W]: frames are the batch
-        other["hidden_states"] = other["hidden_states"].clone()
-        other["hidden_states"][-2:] += 1.0
-    else:
-        index = [slice(None)] * 5
-        index[frame_axis] = slice(-2, None)
-        other["hidden_states"] = other["hidden_states"].clone()
-        other["hidden_states"][tuple(index)] += 1.0
+    other = {**inputs, "hidden_states": inputs["hidden_states"].clone()}
+    frames = _frames(name, other["hidden_states"])
+    frames[-2:] += 1.0  # the last segment's frames
     with torch.no_grad():
         a, b = _out(tm, inputs), _out(tm, other)
     assert a.shape == inputs["hidden_states"].shape and torch.isfinite(a).all()
-    first = [slice(None)] * a.dim()
-    if name == "TransformerTemporalModel":
-        first[0] = slice(0, 2)
-    else:
-        first[frame_axis] = slice(0, 2)
     assert not torch.equal(a, b)
     if name == "TransformerTemporalModel":
         return  # its input GroupNorm normalises over all frames at once: every frame sees the others there
+    if name == "LTX2VideoTransformer3DModel":
+        return  # its audio stream attends to every frame and every frame to it (left global)
     # The first segment's frames (window [0, 2)) see nothing of frames 5-6 through attention.
-    assert torch.equal(a[tuple(first)], b[tuple(first)])
+    assert torch.equal(_frames(name, a)[:2], _frames(name, b)[:2])
+
+
+def _frames(name: str, video: torch.Tensor) -> torch.Tensor:
+    """A view of ``video`` (the model's input or output layout) with the frames first."""
+    if name == "TransformerTemporalModel":  # [F, C, H, W]: the frames are the batch (of one video)
+        return video
+    if name == "LTX2VideoTransformer3DModel":  # packed [1, F * 16, C]
+        return video[0].unflatten(0, (-1, 16))
+    return video[0].movedim(0 if name == "AnyFlowTransformer3DModel" else 1, 0)  # [F, ...]

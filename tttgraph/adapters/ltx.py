@@ -1,7 +1,9 @@
-"""LTX-Video: video-only self-attention, text through cross-attention.
+"""LTX-Video and LTX-2: video-only self-attention, text through cross-attention.
 
 hidden_states are packed ``[B, F*H*W, C]`` and the grid comes as Python ints
-``num_frames``/``height``/``width``, so the frame count is fixed at capture.
+``num_frames``/``height``/``width``, so the frame count is fixed at capture. LTX-2 adds an audio
+stream with its own attentions and audio<->video cross-attentions; those are not over the video's
+frames and stay as they are (global).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from tttgraph.errors import LayoutInferenceError
 
 class LTXVideoAdapter(ModelAdapter):
     name = "ltx-video"
-    model_classes = ("LTXVideoTransformer3DModel",)
+    model_classes = ("LTXVideoTransformer3DModel", "LTX2VideoTransformer3DModel")
     dynamic_frames = False
     frames_reason = (
         "LTX-Video takes num_frames/height/width as Python ints that set its RoPE grid, so the "
