@@ -3,7 +3,8 @@
 Reads the tiny configs and dummy inputs of diffusers' own model tests (a diffusers checkout whose
 ``tests/`` fits the installed diffusers), builds each video transformer class, and for each reports:
 whether ``tttgraph.transform(model, TTTConfig(gate_init=0.0), inputs)`` succeeds, the TTT layers it
-adds, and the max abs difference to the untouched model (<= 1e-5 to pass), or the error::
+adds, the max abs difference to the untouched model (<= 1e-5 to pass) or the error, and the times of
+a bare capture and of the transform (which captures, plans, rewrites, edits and verifies)::
 
     python benchmarks/survey_video_dits.py path/to/diffusers [--classes Wan Mochi ...]
 
@@ -89,6 +90,15 @@ def survey(diffusers_root: Path, only: list[str] | None = None) -> list[dict]:
             with torch.no_grad():
                 ref = first_tensor(model(**inputs))
             base = copy.deepcopy(model)
+            from tttgraph.capture import capture
+
+            tick = time.perf_counter()
+            try:
+                capture(copy.deepcopy(model), inputs, progress=False)
+                row["capture_s"] = time.perf_counter() - tick
+            except Exception:
+                pass  # the transform below reports why
+            tick = time.perf_counter()
             try:
                 tm = tttgraph.transform(model, TTTConfig(gate_init=0.0, mini_batch_size=8), inputs, progress=False)
             except tttgraph.TTTGraphError as exc:
@@ -98,6 +108,7 @@ def survey(diffusers_root: Path, only: list[str] | None = None) -> list[dict]:
                 model = copy.deepcopy(base)
                 tm = tttgraph.transform(model, TTTConfig(gate_init=0.0, mini_batch_size=8, rope=False), inputs,
                                         progress=False)
+            row["transform_s"] = time.perf_counter() - tick
             with torch.no_grad():
                 got = first_tensor(tm(**inputs))
             row["ttt_layers"] = len(tttgraph.plan_of(tm).ttt_modules)
@@ -112,8 +123,10 @@ def survey(diffusers_root: Path, only: list[str] | None = None) -> list[dict]:
         row["seconds"] = time.perf_counter() - start
         rows.append(row)
         detail = row.get("error", row.get("note", ""))
+        ratio = row["transform_s"] / row["capture_s"] if "transform_s" in row and "capture_s" in row else float("nan")
         print(f"{cls_name:45s} {'ok ' if row['ok'] else 'NO '} {row.get('ttt_layers', '-'):>3} "
-              f"{row.get('max_diff', float('nan')):9.2e} {row['seconds']:6.1f}s {detail}", flush=True)
+              f"{row.get('max_diff', float('nan')):9.2e} capture {row.get('capture_s', float('nan')):5.2f}s "
+              f"transform {row.get('transform_s', float('nan')):5.2f}s ({ratio:4.2f}x) {detail}", flush=True)
     return rows
 
 
