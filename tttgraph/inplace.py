@@ -24,6 +24,11 @@ layout wants one chunk per segment (``[B, n*Lt, C]``). At joint attention the ch
 per segment (each segment attends to the prompt, the TTT reads ``[txt | vid_0 | txt | vid_1 | ...]``)
 and the text stream's output is the mean over the n chunks, so the block's text residual keeps its
 length. Cross-attention to one chunk needs nothing: every window reads the same keys.
+
+Sizes per call: the model's own ``forward`` is wrapped by :class:`ModelForward`, which reads each
+call's patch grid and text length (through the family adapter) into the :class:`CallShape` every
+edited module shares. Padded prompts whose attention drops the padding per sample (Mochi): the edit
+keeps every token and masks the padded ones out of the keys instead (``AttentionEdit.valid_text_mask``).
 """
 
 from __future__ import annotations
