@@ -67,6 +67,14 @@ def _ltx2_inputs(f, seed):
             "num_frames": f, "height": 4, "width": 4, "audio_num_frames": 9, "fps": 25.0}
 
 
+def _consisid_inputs(f, seed):
+    """ConsisID (CogVideoX 1.0 with identity conditioning): [B, F, C, H, W]; its sincos table takes exactly
+    max_text_seq_length text tokens, so the prompt is one chunk that every segment reads."""
+    g = _g(seed)
+    return {"hidden_states": torch.randn(1, f, 4, 8, 8, generator=g), "encoder_hidden_states": torch.randn(1, 8, 8),
+            "timestep": torch.tensor([500]), "id_vit_hidden": [torch.ones(1, 2, 2)], "id_cond": torch.ones(1, 2)}
+
+
 def _temporal_inputs(f, seed):
     return {"hidden_states": torch.randn(f, 4, 4, 4, generator=_g(seed)), "num_frames": f}
 
@@ -85,6 +93,14 @@ CLASSES = {
                                       _easyanimate_inputs),
     "TransformerTemporalModel": (dict(num_attention_heads=2, attention_head_dim=8, in_channels=4, num_layers=1,
                                       norm_num_groups=1), _temporal_inputs),
+    "ConsisIDTransformer3DModel": (dict(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
+                                        time_embed_dim=2, text_embed_dim=8, num_layers=1, sample_width=8,
+                                        sample_height=8, sample_frames=8, patch_size=2, temporal_compression_ratio=4,
+                                        max_text_seq_length=8, cross_attn_interval=1, is_kps=False,
+                                        is_train_face=True, cross_attn_dim_head=1, cross_attn_num_heads=1,
+                                        LFE_id_dim=2, LFE_vit_dim=2, LFE_depth=5, LFE_dim_head=8, LFE_num_heads=2,
+                                        LFE_num_id_token=1, LFE_num_querie=1, LFE_output_dim=10, LFE_ff_mult=1,
+                                        LFE_num_scale=1), _consisid_inputs),
     "LTX2VideoTransformer3DModel": (dict(in_channels=4, out_channels=4, patch_size=1, patch_size_t=1,
                                          num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16,
                                          audio_in_channels=4, audio_out_channels=4, audio_num_attention_heads=2,
@@ -130,7 +146,8 @@ def test_segments_run_at_another_frame_count_and_keep_the_first_segment_blind(na
     model, make = _build(name)
     # No overlap: with overlapping windows the shared frames relay information one segment per layer.
     cfg = TTTConfig(gate_init=0.0, mini_batch_size=8, segment_latent_frames=2, segment_overlap_frames=0)
-    tm = tttgraph.transform(model, cfg, make(4, 0), progress=False)
+    # ConsisID's one prompt serves every segment: its example holds one segment (2 frames).
+    tm = tttgraph.transform(model, cfg, make(2 if name == "ConsisIDTransformer3DModel" else 4, 0), progress=False)
     inputs = make(7, 1)
     other = {**inputs, "hidden_states": inputs["hidden_states"].clone()}
     frames = _frames(name, other["hidden_states"])
@@ -153,4 +170,5 @@ def _frames(name: str, video: torch.Tensor) -> torch.Tensor:
         return video
     if name == "LTX2VideoTransformer3DModel":  # packed [1, F * 16, C]
         return video[0].unflatten(0, (-1, 16))
-    return video[0].movedim(0 if name == "AnyFlowTransformer3DModel" else 1, 0)  # [F, ...]
+    frames_first = name in ("AnyFlowTransformer3DModel", "ConsisIDTransformer3DModel")  # [B, F, C, H, W]
+    return video[0].movedim(0 if frames_first else 1, 0)  # [F, ...]

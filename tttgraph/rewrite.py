@@ -304,7 +304,12 @@ def transform(
     seg = plan.segmentation
     shape = CallShape(plan.layout.grid, seg.text_tokens_per_segment)
     install(model, edits, layers, shape)
-    if not isinstance(adapter, GenericAdapter):  # it can't read a layout off the inputs: sizes stay the example's
+    if isinstance(adapter, GenericAdapter):
+        log.warning(
+            "transform: %s has no adapter and its frame axis is ambiguous in the example (frames = channels?); "
+            "the transformed model keeps the example's patch grid and text chunk length. Transform it at a frame "
+            "count unlike its channel count, or register an adapter (tttgraph.register_adapter)", plan.model_class)
+    else:  # the layout of every call, read off its inputs
         segments = SequenceLayout(0, 1, seg.frames_per_segment, seg.overlap_frames)
         model.forward = ModelForward(model, adapter, shape, segments, seg.text_tokens_per_segment)
     gm.meta[PLAN_KEY] = plan
