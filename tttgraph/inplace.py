@@ -283,6 +283,15 @@ def _unbind(module: nn.Module, args: tuple, kwargs: dict, bound: dict[str, Any])
 
 
 _POSITIONAL: dict[type, tuple[str, ...]] = {}
+_SIGNATURES: dict[Any, inspect.Signature] = {}
+
+
+def _signature(fn) -> inspect.Signature:
+    """``inspect.signature(fn)``, computed once per function (the model's forward runs it every call)."""
+    sig = _SIGNATURES.get(fn)
+    if sig is None:
+        sig = _SIGNATURES[fn] = inspect.signature(fn)
+    return sig
 
 
 def _positional_names(cls: type) -> tuple[str, ...]:
@@ -356,7 +365,7 @@ class ModelForward:
         from tttgraph.positions import segment_relative_positions
 
         model = self.model
-        named = dict(inspect.signature(self.original).bind(model, *args, **kwargs).arguments)
+        named = dict(_signature(self.original).bind(model, *args, **kwargs).arguments)
         call = self.adapter.layout(model, named)
         n = self.segments.num_segments(call.frames)
         text = call.text_tokens

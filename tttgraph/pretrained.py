@@ -54,16 +54,15 @@ def _weight_files(directory: Path) -> list[Path]:
 def reapply(model: nn.Module, directory: str | os.PathLike, *, progress: bool = False) -> nn.Module:
     """Transform a stock ``model`` loaded from ``directory`` again and load the saved TTT tensors into it."""
     from tttgraph.config import TTTConfig
-    from tttgraph.rewrite import transform
+    from tttgraph.rewrite import inputs_like_model, transform
 
     directory = Path(directory)
     recipe = _read_recipe(directory)
     if type(model).__name__ != recipe["model_class"]:
         raise PretrainedError(f"{directory} holds a transformed {recipe['model_class']}, the model is a "
                               f"{type(model).__name__}")
-    ref = next(model.parameters())
-    example = {k: build_inputs(v, ref.device, error=PretrainedError) for k, v in recipe["example_inputs"].items()}
-    example = {k: v.to(ref.dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in example.items()}
+    example = {k: build_inputs(v, error=PretrainedError) for k, v in recipe["example_inputs"].items()}
+    example = inputs_like_model(model, example)
     model = transform(model, TTTConfig.from_dict(recipe["config"]), example, progress=progress, verify=False)
     state = model.state_dict()
     expected = {n for n in state if ".gated_ttt." in f".{n}"}

@@ -36,6 +36,7 @@ from tttgraph.passes.lower_ttt import LowerTTT
 from tttgraph.passes.segment_attention import SegmentAttentionPass
 from tttgraph.passes.verify import check_order_preserved, node_order
 from tttgraph.positions import segment_relative_positions
+from tttgraph.rope import split_head_dim
 from tttgraph.segmentation import Segmentation, segmentation, site_layout
 
 log = logging.getLogger(__name__)
@@ -160,13 +161,14 @@ def _plan(gm: torch.fx.GraphModule, analysis: Analysis, cfg: TTTConfig, model: n
             fold = site.axes if site.kind == "video" and site.axes in ("hw", "t") else None
             joint = layout.joint_tokens if site.kind == "joint" else None
             rope = layout.grid if cfg.rope else None
-            head_dim = site.q_shape[3]
-            if rope is not None and (head_dim < 6 or head_dim % 2):
-                raise TTTGraphError(
-                    f"{site.module_path}: the TTT layer's 3D RoPE needs an even head dim >= 6, this attention's "
-                    f"heads have {head_dim}; pass TTTConfig(rope=False) (the TTT then reads positions from the "
-                    "token order only)"
-                )
+            if rope is not None:
+                try:
+                    split_head_dim(site.q_shape[3])
+                except TTTGraphError as err:
+                    raise TTTGraphError(
+                        f"{site.module_path}: {err}; for this model pass TTTConfig(rope=False) (the TTT then reads "
+                        "positions from the token order only)"
+                    ) from None
             point = insertion_point(nodes[site.name], site.module_path, joint, evaluate)
             ttt_sites.append(TTTSite(site, ttt_layout, rope, joint, fold, layout.batch_size, point.name,
                                      int(point.meta["val"].shape[-1])))
@@ -416,7 +418,7 @@ def graph_form(model: nn.Module, example_inputs: Any = None) -> CapturedModel:
         return model
     state = _state(model)
     named = state.example_inputs if example_inputs is None else bind_inputs(model, example_inputs)[1]
-    named = _like_model(model, named)
+    named = inputs_like_model(model, named)
     cfg = state.plan.config
     with removed(model) as layers, _root_forward_removed(model):
         gm, plan, _ = _capture_and_plan(model, cfg, named, progress=False)
@@ -437,7 +439,7 @@ def _root_forward_removed(model: nn.Module):
             model.forward = forward
 
 
-def _like_model(model: nn.Module, named: dict[str, Any]) -> dict[str, Any]:
+def inputs_like_model(model: nn.Module, named: dict[str, Any]) -> dict[str, Any]:
     """``named`` on the model's device, floating tensors in its dtype."""
     from torch.utils import _pytree as pytree
 
