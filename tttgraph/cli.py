@@ -7,6 +7,7 @@ Each command wraps the Python call a user would make:
     tttgraph transform [--family ...] --out D  transform, run once, save (tttgraph.save) to D
     tttgraph export [--family ...] --out F     transform, export to F (.pt2, .onnx, .engine; tttgraph.export)
     tttgraph evaluate DIR                      score videos of world stories (cross-segment consistency)
+    tttgraph train-world --out D               train the world base model on 3 s clips (GPU, minutes)
 
 Errors print one line, ``tttgraph <command>: error: <message>``, and exit with 2 (bad usage) or 1
 (the command failed: bad input, a missing file or optional package); ``--debug`` shows the traceback.
@@ -196,6 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
                             formatter_class=argparse.RawDescriptionHelpFormatter,
                             epilog="\n".join(generate_cli.__doc__.splitlines()[2:]))
     generate_cli.add_arguments(p)
+
+    from tttgraph.models import train_world
+
+    p = commands.add_parser("train-world", help="train the world base model on 3 s clips (GPU: ~10 min)",
+                            description=train_world.__doc__.splitlines()[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog="\n".join(train_world.__doc__.splitlines()[2:]))
+    train_world.add_arguments(p)
     for sub in commands.choices.values():
         add_debug_flag(sub, suppress=True)
     return parser

@@ -148,11 +148,15 @@ class CogVideoXBundle:
 # ---------------------------------------------------------------------------------------------
 
 
-def storyboard_vocabulary() -> list[str]:
-    """Every word the synthetic storyboards use, lower-cased and sorted (the tiny tokenizer's vocab).
+@functools.lru_cache(maxsize=1)
+def storyboard_vocabulary() -> tuple[str, ...]:
+    """Every word the synthetic storyboards and the world's stories use, lower-cased and sorted (the
+    tiny tokenizer's vocab).
 
-    Derived from the generator itself (every action x cast x background, a few seeds so that the
-    optional closing sentences appear), so that it follows ``tttgraph.data.synthetic``.
+    Derived from the generators themselves (every action x cast x background of
+    ``tttgraph.data.synthetic``, a few seeds so that the optional closing sentences appear; the
+    world's palettes and the paragraphs of long stories of ``tttgraph.data.world``), so that it
+    follows them.
     """
     from tttgraph.data import synthetic
 
@@ -165,10 +169,23 @@ def storyboard_vocabulary() -> list[str]:
                 for b in names:
                     for bg in sorted(synthetic.BACKGROUNDS):
                         texts.append(synthetic._describe(action, a, b, bg, rng))
+    texts += _world_texts()
     words = set()
     for text in texts:
         words.update(_words(text))
-    return sorted(words)
+    return tuple(sorted(words))
+
+
+def _world_texts() -> list[str]:
+    """Paragraphs of :mod:`tttgraph.data.world` stories and every word of its palettes."""
+    from tttgraph.data import world
+
+    texts = [" ".join((*world.NAMES, *world.COLOURS, *world.SHAPES, *world.SIZES, *world.BACKGROUNDS,
+                       *world.SLOTS, *world.ACTIONS.values()))]
+    for split in world.SPLITS:
+        for seed in range(40):
+            texts += world.make_story(seed, world.MAX_SEGMENTS, split).paragraphs()
+    return texts
 
 
 def _words(text: str) -> list[str]:
@@ -344,7 +361,11 @@ def save_bundle(bundle: CogVideoXBundle, path: str | os.PathLike) -> Path:
 
 
 def _module_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
-    p = next(module.parameters())
+    """Where a module computes: its first parameter's, else its first buffer's (the pixel autoencoder has
+    no parameters)."""
+    import itertools
+
+    p = next(itertools.chain(module.parameters(), module.buffers()))
     return p.device, p.dtype
 
 
@@ -418,6 +439,11 @@ def _decoder_batches(num_frames: int, batch: int = 2) -> list[tuple[int, int]]:
     return [(batch * i + (0 if i == 0 else rem), batch * (i + 1) + rem) for i in range(count)]
 
 
+def _to_uint8(video: Tensor) -> Tensor:
+    """[3, t, H, W] in [-1, 1] -> uint8 [3, t, H, W]."""
+    return ((video.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+
+
 @torch.no_grad()
 def decode_latents(bundle: CogVideoXBundle, latents: Tensor, *, tile_frames: int = 8,
                    progress: bool = False) -> np.ndarray:
@@ -441,6 +467,9 @@ def decode_latents(bundle: CogVideoXBundle, latents: Tensor, *, tile_frames: int
     vae = bundle.vae
     device, dtype = _module_device_dtype(vae)
     num, _, h, w = latents.shape
+    if not hasattr(vae, "decoder"):  # the pixel autoencoder: a reshape, no cache to carry between tiles
+        video = vae.decode(latents.to(device=device, dtype=dtype).transpose(0, 1)[None] / vae.config.scaling_factor)
+        return _to_uint8(video.sample[0]).permute(1, 2, 3, 0).cpu().numpy()
     out = np.empty((TEMPORAL_COMPRESSION * (num - 1) + 1, h * SPATIAL_COMPRESSION, w * SPATIAL_COMPRESSION, 3),
                    np.uint8)
     batches = _decoder_batches(num, vae.num_latent_frames_batch_size)
@@ -455,8 +484,7 @@ def decode_latents(bundle: CogVideoXBundle, latents: Tensor, *, tile_frames: int
                 z = vae.post_quant_conv(z)
             frames, cache = vae.decoder(z, conv_cache=cache)
             pieces.append(frames)
-        video = torch.cat(pieces, dim=2)[0]  # [3, t, H, W] in [-1, 1]
-        pixels = ((video.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+        pixels = _to_uint8(torch.cat(pieces, dim=2)[0])
         count = pixels.shape[1]
         out[written:written + count] = pixels.permute(1, 2, 3, 0).cpu().numpy()
         written += count
