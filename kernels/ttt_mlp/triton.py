@@ -9,7 +9,9 @@ owning F / P columns of the hidden layer; they walk the mini-batches in order an
 [BM, D] sums through an L2 exchange buffer once per mini-batch. The backward runs one program per
 (batch, head). The fp32 inner state lives in per-head scratch buffers (L2-resident at real sizes)
 read and written in tiles of BF columns of F; F is zero-padded to a multiple of 64 on GPUs (exact,
-see F_MULTIPLE); D is one tile (padded to a power of two).
+see F_MULTIPLE); D is one tile (padded to a power of two, at least 16, the smallest dot operand; the
+padded columns are masked out of every load, store and LayerNorm statistic, so any D in 1..128 and
+any F run exactly).
 Matmul operands are bf16 for bf16/fp16 inputs (split into bf16 hi + lo for the three products of the
 state update that feed the recurrence, see _mmx) and fp32 (IEEE) for fp32 inputs; the inner state,
 LayerNorm statistics and every accumulation are fp32.
@@ -61,17 +63,15 @@ def unsupported_reason(q, k, v, eta, ln_weight, ln_bias, w1, b1, w2, b2, mini_ba
     """None if the Triton kernels can run these inputs here, else a readable reason."""
     if triton is None:
         return "the package 'triton' is not installed"
-    dim, hidden = q.shape[-1], w1.shape[-1]
+    dim = q.shape[-1]
     if q.device.type == "cpu" and not _interpreting():
         return "tensors are on the CPU and TRITON_INTERPRET=1 is not set (the interpreter is for tests)"
     if q.device.type not in ("cpu", "cuda"):
         return f"device {q.device} is not a CUDA device"
     if q.dtype not in SUPPORTED_DTYPES:
         return f"dtype {q.dtype} is not one of float32, bfloat16, float16"
-    if dim % 16 or dim > MAX_HEAD_DIM:
-        return f"D={dim} is not a multiple of 16 in 16..{MAX_HEAD_DIM}"
-    if hidden % 16:
-        return f"F={hidden} is not a multiple of 16"
+    if not 1 <= dim <= MAX_HEAD_DIM:
+        return f"D={dim} is outside 1..{MAX_HEAD_DIM} (a row of D is one register tile)"
     if not MIN_MINI_BATCH <= mini_batch_size <= MAX_MINI_BATCH:
         return f"mini_batch_size={mini_batch_size} is outside {MIN_MINI_BATCH}..{MAX_MINI_BATCH}"
     return None
@@ -763,7 +763,7 @@ def _launch_config(kernel: str, dim: int, hidden: int, mini_batch_size: int, dty
     bf = next(b for b in (64, 32, 16) if hidden % b == 0)
     bm = _next_pow2(mini_batch_size)
     # KSPLIT: K is not exact in bf16 (fp16 inputs), so its low part joins the extended-precision Z1.
-    cfg = dict(BM=bm, BD=_next_pow2(dim), BF=bf, LOWP=_matmul_mode(dtype), KSPLIT=dtype == torch.float16)
+    cfg = dict(BM=bm, BD=max(16, _next_pow2(dim)), BF=bf, LOWP=_matmul_mode(dtype), KSPLIT=dtype == torch.float16)
     # Fastest measured on an H100 at D=64, F=256, T=18,048 (the sweep: README.md, "Triton backend"): forward
     # 4 warps, no software pipelining, P = 2 (8 or 16 warps, 2 stages, P = 4 and BF = 128 are all slower);
     # backward 4 warps, 2 stages.

@@ -184,16 +184,35 @@ def test_state_dtype_and_count():
     assert torch.equal(states[0][0, 0, 0], args[6][0].float())  # the first checkpoint is w1 itself
 
 
-@pytest.mark.parametrize(
-    "dim,hidden,mb,needle",
-    [(24, 64, 64, "D=24"), (16, 40, 64, "F=40"), (16, 64, 8, "mini_batch_size=8"), (160, 64, 64, "D=160")],
-)
+@pytest.mark.parametrize("dim,hidden,mb,needle", [(16, 64, 8, "mini_batch_size=8"), (160, 64, 64, "D=160")])
 def test_unsupported_reason(dim, hidden, mb, needle):
     args = make_inputs(1, 1, 4, dim, hidden)
     reason = tk.unsupported_reason(*args, mb, EPS)
     assert reason is not None and needle in reason
-    ok = make_inputs(1, 1, 4, 16, 64)
-    assert tk.unsupported_reason(*ok, 64, EPS) is None
+    for dim, hidden in ((16, 64), (24, 64), (16, 40), (72, 288), (128, 512)):
+        ok = make_inputs(1, 1, 4, dim, hidden)
+        assert tk.unsupported_reason(*ok, 64, EPS) is None, (dim, hidden)
+
+
+# Head sizes that are not multiples of 16 (Latte's 72, and D = 8, 24, 40) and hidden sizes that are
+# not either: D is padded to a power-of-two tile of at least 16 with masked columns, F zero-padded.
+ODD_CASES = [
+    pytest.param(1, 2, 37, 24, 96, 16, 2, id="T37-D24-F96"),
+    pytest.param(1, 1, 45, 72, 288, 16, 2, id="T45-D72-F288"),
+    pytest.param(1, 2, 33, 40, 100, 20, 1, id="T33-D40-F100"),
+    pytest.param(2, 1, 19, 8, 32, 16, 2, id="T19-D8-F32"),
+]
+
+
+@pytest.mark.parametrize("bsz,heads,seq_len,dim,hidden,mb,every", ODD_CASES)
+def test_odd_head_and_hidden_sizes_match_reference(bsz, heads, seq_len, dim, hidden, mb, every):
+    args = make_inputs(bsz, heads, seq_len, dim, hidden, seed=seq_len + dim)
+    check_all(args, mb, every, fwd_tol=2e-5, grad_tol=2e-5)
+
+
+def test_odd_head_size_low_precision_matches_reference():
+    args = make_inputs(1, 2, 41, 24, 96, dtype=torch.bfloat16, seed=17)
+    check_all(args, 16, 2, fwd_tol=2e-2, grad_tol=6e-2)
 
 
 def test_cpu_needs_interpreter(monkeypatch):
@@ -281,11 +300,15 @@ def test_gpu_forward_split(monkeypatch, split, dtype, fwd_tol, grad_tol, bsz, he
 @pytest.mark.parametrize(
     "dtype,bsz,heads,seq_len,dim,hidden,mb",
     [(torch.bfloat16, 2, 3, 65, 16, 48, 16), (torch.bfloat16, 1, 3, 130, 64, 80, 64),
-     (torch.float16, 2, 3, 200, 64, 256, 64)],
-    ids=["bf16-F48", "bf16-F80", "fp16-F256"],
+     (torch.float16, 2, 3, 200, 64, 256, 64), (torch.bfloat16, 1, 3, 333, 72, 288, 64),
+     (torch.bfloat16, 1, 2, 257, 96, 384, 64), (torch.float32, 1, 2, 131, 24, 100, 16),
+     (torch.bfloat16, 1, 2, 300, 128, 512, 64)],
+    ids=["bf16-F48", "bf16-F80", "fp16-F256", "bf16-D72-F288-latte", "bf16-D96-F384-allegro", "fp32-D24-F100",
+         "bf16-D128-F512-wan"],
 )
 def test_gpu_padded_hidden_and_fp16(dtype, bsz, heads, seq_len, dim, hidden, mb):
-    """F not a multiple of 64 (zero-padded on GPUs) and fp16 inputs (K split in extended precision)."""
+    """F not a multiple of 64 (zero-padded on GPUs), D not a multiple of 16 or above 64 (masked tiles), and
+    fp16 inputs (K split in extended precision)."""
     args = make_inputs(bsz, heads, seq_len, dim, hidden, dtype=dtype, seed=seq_len + hidden)
     check_all(args, mb, 2, fwd_tol=2e-2, grad_tol=6e-2)
 

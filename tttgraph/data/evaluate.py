@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tttgraph.data.scorer import StoryScore, score_ground_truth, score_video, summarize
-from tttgraph.data.world import Story, make_story, render_story
+from tttgraph.data.world import Story, write_stories
 from tttgraph.errors import TTTGraphError
 from tttgraph.safe_read import load_safetensors, read_json
 
@@ -85,19 +85,8 @@ def evaluate(pairs: list[tuple[Path, Path]]) -> tuple[list[StoryScore], dict]:
 def write_world(root: str | os.PathLike, stories: int, segments: int, split: str = "held_out", seed: int = 0,
                 height: int = 32, width: int = 48) -> Path:
     """Write ``stories`` ground-truth samples (``story_XXXXX.safetensors`` + ``.story.json``) to ``root``."""
-    from safetensors.numpy import save_file
-
-    from tttgraph.config import atomic_path, write_atomic
-
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    for i in range(stories):
-        story = make_story(seed + i, segments, split)
-        stem = root / f"story_{i:05d}"
-        with atomic_path(stem.with_suffix(".safetensors")) as tmp:
-            save_file({"video": render_story(story, height, width)[0]}, str(tmp))
-        write_atomic(root / f"story_{i:05d}{STORY_SUFFIX}", story.to_json())
-    return root
+    return write_stories(root, stories, segments, split, seed, height, width, prefix="story",
+                         story_suffix=STORY_SUFFIX)
 
 
 def _fmt(value: float | None) -> str:

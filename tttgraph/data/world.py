@@ -271,3 +271,31 @@ def render_story(story: Story, height: int = 32, width: int = 48, noise: int = 4
             truth.append(placed)
     return np.stack(frames), truth
 
+
+
+def write_stories(root, count: int, segments: int, split: str = "train", seed: int = 0, height: int = 32,
+                  width: int = 48, *, prefix: str = "sample", story_suffix: str = ".json"):
+    """Write ``count`` stories of ``split`` as ``PREFIX_XXXXX.safetensors`` (uint8 ``video``) + the story JSON.
+
+    Story ``i`` is ``make_story(seed + i, segments, split)``. The story JSON carries ``paragraphs``,
+    so with the default names the directory is a raw fine-tuning dataset
+    (:func:`tttgraph.finetune.dataset.scan_raw`) and, with ``story_suffix=".story.json"``, what
+    ``tttgraph evaluate`` reads. Resumable: complete samples are kept; each file is written atomically.
+    """
+    from pathlib import Path
+
+    from safetensors.numpy import save_file
+
+    from tttgraph.config import atomic_path, write_atomic
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        video_path, story_path = root / f"{prefix}_{i:05d}.safetensors", root / f"{prefix}_{i:05d}{story_suffix}"
+        if video_path.is_file() and story_path.is_file():
+            continue
+        story = make_story(seed + i, segments, split)
+        with atomic_path(video_path) as tmp:
+            save_file({"video": render_story(story, height, width)[0]}, str(tmp))
+        write_atomic(story_path, story.to_json())
+    return root
