@@ -77,6 +77,18 @@ def test_empty_frames_detect_nothing():
     assert score.detection == 0.0 and score.first_appearance == 0.0 and score.consistency == 0.0
 
 
+def test_noise_frames_detect_nothing():
+    """Scattered pixels that happen to match a palette colour (an untrained model's output) are no character."""
+    story = make_story(7, 3)
+    rng = np.random.default_rng(0)
+    video, _ = render_story(story)
+    for s, seg in enumerate(story.segments):
+        part = slice(s * FRAMES_PER_SEGMENT, (s + 1) * FRAMES_PER_SEGMENT)
+        noise = rng.normal(0, 60, size=video[part].shape)
+        video[part] = np.clip(np.array(BACKGROUNDS[seg.background]) + noise, 0, 255).astype(np.uint8)
+    assert score_video(video, story).detection == 0.0
+
+
 def test_a_video_too_short_for_its_story_is_refused():
     story = make_story(1, 3)
     with pytest.raises(TTTGraphError, match=r"T >= 144 \(48 frames per segment"):

@@ -33,6 +33,7 @@ FRAMES_PER_LOOK = 6  # frames read per segment
 _PALETTE = np.array([*COLOURS.values(), *BACKGROUNDS.values()], dtype=np.float32)  # [P, 3]
 _NAMES = list(COLOURS)
 MAX_COLOUR_DISTANCE = 90.0  # a pixel further than this from every palette colour is no character's
+MIN_FILL = 0.4  # below this fraction of its bounding box a region is no drawn shape (they fill >= 0.5)
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,37 @@ def colour_labels(frame: np.ndarray) -> np.ndarray:
     return np.where(is_character, nearest, -1)
 
 
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 4-connected region of ``mask`` [h, w] (bool), as a mask of the same shape."""
+    seen = np.zeros_like(mask, dtype=bool)
+    best: list[tuple[int, int]] = []
+    h, w = mask.shape
+    for y0, x0 in zip(*np.nonzero(mask), strict=True):
+        if seen[y0, x0]:
+            continue
+        seen[y0, x0] = True
+        stack, region = [(int(y0), int(x0))], []
+        while stack:
+            y, x = stack.pop()
+            region.append((y, x))
+            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
+                    seen[ny, nx] = True
+                    stack.append((ny, nx))
+        if len(region) > len(best):
+            best = region
+    out = np.zeros_like(mask, dtype=bool)
+    if best:
+        ys, xs = zip(*best, strict=True)
+        out[list(ys), list(xs)] = True
+    return out
+
+
 def classify_blob(mask: np.ndarray, height: int) -> tuple[str, str] | None:
-    """(shape, size) of the pixels ``mask`` [h, w] (bool), or None if too few to tell."""
+    """(shape, size) of the largest connected region of ``mask`` [h, w] (bool), or None if it is too
+    small or too ragged to be a drawn shape (every shape of the palette fills at least half of its
+    bounding box; scattered pixels of a noisy frame that happen to match a colour do not)."""
+    mask = largest_component(mask)
     ys, xs = np.nonzero(mask)
     min_area = 0.5 * (SIZES["small"] * height) ** 2  # half a small diamond
     if ys.size < min_area:
@@ -74,6 +104,8 @@ def classify_blob(mask: np.ndarray, height: int) -> tuple[str, str] | None:
     half_extent = max(h, w) / 2.0
     size = "big" if half_extent / height > (SIZES["small"] + SIZES["big"]) / 2 else "small"
     fill = ys.size / float(h * w)
+    if fill < MIN_FILL:
+        return None
     if fill > 0.9:
         shape = "square"
     elif fill > 0.66:
