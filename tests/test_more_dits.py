@@ -81,6 +81,50 @@ def _motif_inputs(f, seed):
             "timestep": torch.tensor([500])}
 
 
+def _hunyuan15_inputs(f, seed, image=False):
+    """HunyuanVideo 1.5, batch 2: prompts padded as the pipeline pads them (each sample's own valid length), a
+    ByT5 stream and the image stream (zero for text-to-video). One prompt for all segments."""
+    g = _g(seed)
+    mask, mask_2 = torch.ones(2, 6), torch.ones(2, 4)
+    mask[0, 4:], mask[1, 5:], mask_2[1, 2:] = 0, 0, 0
+    return {"hidden_states": torch.randn(2, 4, f, 4, 4, generator=g), "timestep": torch.tensor([500.0, 500.0]),
+            "encoder_hidden_states": torch.randn(2, 6, 16, generator=g), "encoder_attention_mask": mask,
+            "encoder_hidden_states_2": torch.randn(2, 4, 8, generator=g), "encoder_attention_mask_2": mask_2,
+            "image_embeds": torch.randn(2, 3, 12, generator=g) if image else torch.zeros(2, 3, 12)}
+
+
+def _cosmos_inputs(f, seed):
+    """Cosmos: [B, C, F, H, W], a text padding mask [B, L] and fps as a Python number."""
+    g = _g(seed)
+    text = _text(f, g)
+    return {"hidden_states": torch.randn(1, 4, f, 8, 8, generator=g), "timestep": torch.tensor([500]),
+            "encoder_hidden_states": text, "attention_mask": torch.ones(1, text.shape[1]), "fps": 30}
+
+
+def _kandinsky5_inputs(f, seed):
+    """Kandinsky 5: channels-last [B, F, H, W, C] latents with their RoPE positions as inputs."""
+    g = _g(seed)
+    text = _text(f, g)
+    return {"hidden_states": torch.randn(1, f, 8, 8, 4, generator=g), "encoder_hidden_states": text,
+            "timestep": torch.tensor([500.0]), "pooled_projections": torch.randn(1, 8, generator=g),
+            "visual_rope_pos": [torch.arange(f), torch.arange(4), torch.arange(4)],
+            "text_rope_pos": torch.arange(text.shape[1])}
+
+
+def _kandinsky6_inputs(f, seed):
+    """Kandinsky 6: channels-last [B, F, H, W, C] latents and an audio stream [B, 9, C]."""
+    g = _g(seed)
+    return {"hidden_states": torch.randn(1, f, 8, 8, 4, generator=g), "encoder_hidden_states": _text(f, g),
+            "timestep": torch.tensor([500.0]), "pooled_projections": torch.randn(1, 8, generator=g),
+            "audio_hidden_states": torch.randn(1, 9, 4, generator=g)}
+
+
+def _sana_video_inputs(f, seed):
+    g = _g(seed)
+    return {"hidden_states": torch.randn(1, 4, f, 8, 8, generator=g), "encoder_hidden_states": _text(f, g),
+            "timestep": torch.tensor([500])}
+
+
 def _temporal_inputs(f, seed):
     return {"hidden_states": torch.randn(f, 4, 4, 4, generator=_g(seed)), "num_frames": f}
 
@@ -120,7 +164,40 @@ CLASSES = {
                                          audio_attention_head_dim=4, audio_cross_attention_dim=8, num_layers=2,
                                          qk_norm="rms_norm_across_heads", caption_channels=16,
                                          rope_double_precision=False), _ltx2_inputs),
+    "HunyuanVideo15Transformer3DModel": (dict(in_channels=4, out_channels=4, num_attention_heads=2,
+                                              attention_head_dim=8, num_layers=1, num_refiner_layers=1,
+                                              mlp_ratio=2.0, patch_size=1, patch_size_t=1, text_embed_dim=16,
+                                              text_embed_2_dim=8,
+                                              image_embed_dim=12, rope_axes_dim=(2, 2, 4), target_size=16,
+                                              task_type="t2v"), _hunyuan15_inputs),
+    "CosmosTransformer3DModel": (dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=12,
+                                      num_layers=2, mlp_ratio=2, text_embed_dim=16, adaln_lora_dim=4,
+                                      max_size=(8, 32, 32), patch_size=(1, 2, 2), rope_scale=(2.0, 1.0, 1.0),
+                                      concat_padding_mask=False, extra_pos_embed_type="learnable"), _cosmos_inputs),
+    "Kandinsky5Transformer3DModel": (dict(in_visual_dim=4, in_text_dim=16, in_text_dim2=8, time_dim=16,
+                                          out_visual_dim=4, patch_size=(1, 2, 2), model_dim=32, ff_dim=32,
+                                          num_text_blocks=1, num_visual_blocks=2, axes_dims=(4, 6, 6)),
+                                     _kandinsky5_inputs),
+    "Kandinsky6Transformer3DModel": (dict(in_visual_dim=4, out_visual_dim=4, in_text_dim=16, in_text_dim2=8,
+                                          time_dim=16, patch_size=(1, 2, 2), model_dim=32, ff_dim=32,
+                                          num_text_blocks=1, num_visual_blocks=2, axes_dims=(4, 6, 6),
+                                          visual_cond=False, in_audio_dim=4, out_audio_dim=4, model_dim_a=16,
+                                          axes_dims_a=(8,)), _kandinsky6_inputs),
+    "SanaVideoTransformer3DModel": (dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=12,
+                                         num_layers=2, num_cross_attention_heads=2, cross_attention_head_dim=12,
+                                         cross_attention_dim=24, caption_channels=16, mlp_ratio=2.5,
+                                         attention_bias=False, sample_size=8, patch_size=(1, 2, 2),
+                                         norm_elementwise_affine=False, norm_eps=1e-6,
+                                         qk_norm="rms_norm_across_heads", rope_max_seq_len=32), _sana_video_inputs),
 }
+
+# Classes whose text is one prompt for every segment: their segment test transforms at one segment (2 frames).
+_ONE_PROMPT = ("ConsisIDTransformer3DModel", "HunyuanVideo15Transformer3DModel")
+
+
+# Classes that zero-initialise their modulations (adaLN-Zero): at random init their blocks would not reach the output,
+# so the tests give those parameters random values.
+_ZERO_INIT = ("Kandinsky5Transformer3DModel", "Kandinsky6Transformer3DModel")
 
 
 def _build(name):
@@ -130,11 +207,17 @@ def _build(name):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = getattr(diffusers, name)(**config).eval()
+        if name in _ZERO_INIT:
+            with torch.no_grad():
+                for p in model.parameters():
+                    if not p.any():
+                        p.normal_(0.0, 0.1)
     return model, inputs
 
 
 def _out(model, inputs):
-    out = model(**inputs, return_dict=False)[0]
+    out = model(**inputs, return_dict=False)
+    out = out if isinstance(out, torch.Tensor) else out[0]  # Kandinsky 5 returns its tensor bare
     return out.sample if hasattr(out, "sample") else out
 
 
@@ -159,8 +242,8 @@ def test_segments_run_at_another_frame_count_and_keep_the_first_segment_blind(na
     model, make = _build(name)
     # No overlap: with overlapping windows the shared frames relay information one segment per layer.
     cfg = TTTConfig(gate_init=0.0, mini_batch_size=8, segment_latent_frames=2, segment_overlap_frames=0)
-    # ConsisID's one prompt serves every segment: its example holds one segment (2 frames).
-    tm = tttgraph.transform(model, cfg, make(2 if name == "ConsisIDTransformer3DModel" else 4, 0), progress=False)
+    # One prompt serves every segment (ConsisID, HunyuanVideo 1.5): the example holds one segment (2 frames).
+    tm = tttgraph.transform(model, cfg, make(2 if name in _ONE_PROMPT else 4, 0), progress=False)
     inputs = make(7, 1)
     other = {**inputs, "hidden_states": inputs["hidden_states"].clone()}
     frames = _frames(name, other["hidden_states"])
@@ -173,6 +256,16 @@ def test_segments_run_at_another_frame_count_and_keep_the_first_segment_blind(na
         return  # its input GroupNorm normalises over all frames at once: every frame sees the others there
     if name == "LTX2VideoTransformer3DModel":
         return  # its audio stream attends to every frame and every frame to it (left global)
+    if name == "SanaVideoTransformer3DModel":  # its linear self-attention is not SDPA and stays global
+        plan = tttgraph.plan_of(tm)
+        linear = [site for site in plan.sites if site.module_path.endswith("attn1")]
+        assert linear and all(site.ttt and not site.segment for site in linear)
+        assert all(site.segment for site in plan.sites if site.module_path.endswith("attn2"))
+        return
+    if name == "Kandinsky6Transformer3DModel":  # likewise; without its audio stream the video is segment-local
+        del inputs["audio_hidden_states"], other["audio_hidden_states"]
+        with torch.no_grad():
+            a, b = _out(tm, inputs), _out(tm, other)
     # The first segment's frames (window [0, 2)) see nothing of frames 5-6 through attention.
     assert torch.equal(_frames(name, a)[:2], _frames(name, b)[:2])
 
@@ -183,5 +276,39 @@ def _frames(name: str, video: torch.Tensor) -> torch.Tensor:
         return video
     if name == "LTX2VideoTransformer3DModel":  # packed [1, F * 16, C]
         return video[0].unflatten(0, (-1, 16))
-    frames_first = name in ("AnyFlowTransformer3DModel", "ConsisIDTransformer3DModel")  # [B, F, C, H, W]
+    frames_first = name in ("AnyFlowTransformer3DModel", "ConsisIDTransformer3DModel",  # [B, F, C, H, W]
+                            "Kandinsky5Transformer3DModel", "Kandinsky6Transformer3DModel")  # [B, F, H, W, C]
     return video[0].movedim(0 if frames_first else 1, 0)  # [F, ...]
+
+
+def test_hunyuan15_two_blocks_reproduce_other_paddings_frame_counts_and_the_image_branch():
+    """Captured on text-to-video inputs (its ``if is_t2v:`` takes that branch in the graph), the edited model
+    runs the model's own forward: other paddings, another frame count and image-to-video reproduce too."""
+    import diffusers
+
+    config, make = CLASSES["HunyuanVideo15Transformer3DModel"]
+    torch.manual_seed(0)
+    model = diffusers.HunyuanVideo15Transformer3DModel(**{**config, "num_layers": 2}).eval()
+    base = copy.deepcopy(model)
+    tm = tttgraph.transform(model, TTTConfig(gate_init=0.0, mini_batch_size=8), make(3, 0), progress=False)
+    i2v = make(5, 1, image=True)
+    i2v["encoder_attention_mask"][0, 2:] = 0  # another padding than the example's
+    for inputs in (make(3, 0), i2v):
+        with torch.no_grad():
+            assert (_out(tm, inputs) - _out(base, inputs)).abs().max() <= 1e-5
+
+
+def test_module_attention_refuses_a_module_whose_output_is_not_the_video():
+    """``ModelAdapter.module_attention`` lists self-attentions over the video; any other module is refused by name."""
+    from tttgraph.adapters import get_adapter
+    from tttgraph.analysis import module_attention_sites
+    from tttgraph.capture import capture
+    from tttgraph.errors import LayoutInferenceError
+
+    model, make = _build("SanaVideoTransformer3DModel")
+    inputs = make(3, 0)
+    gm = capture(model, inputs, progress=False)
+    layout = get_adapter(model).layout(model, inputs)
+    assert len(module_attention_sites(gm, model, layout, ("transformer_blocks.*.attn1",))) == 2
+    with pytest.raises(LayoutInferenceError, match="caption_projection .* has 8 tokens where the video has 48"):
+        module_attention_sites(gm, model, layout, ("caption_projection",))

@@ -17,11 +17,12 @@ from typing import Any, Literal
 
 import networkx as nx
 import torch
+from torch.fx import _pytree as fx_pytree
 from torch.utils import _pytree as pytree
 
 from tttgraph.adapters import GenericAdapter, TokenLayout, get_adapter
 from tttgraph.capture import capture_info
-from tttgraph.errors import NoAttentionFoundError
+from tttgraph.errors import LayoutInferenceError, NoAttentionFoundError
 
 __all__ = ["Analysis", "AttentionSite", "TokenLayout", "analyse", "find_attention_sites", "to_networkx"]
 
@@ -41,7 +42,10 @@ class AttentionSite:
     ``axes`` says which video axes a ``"video"``/``"joint"`` sequence spans: ``"thw"`` all tokens,
     ``"hw"`` one frame (spatial attention, frames in the batch), ``"t"`` one patch over time.
     Shapes are ``[B, H, L, D]`` evaluated at the example inputs; ``data_dependent`` marks a length
-    that depends on input values (Mochi's valid-text selection).
+    that depends on input values (Mochi's valid-text selection). ``computed_by`` is ``"sdpa"`` for an SDPA
+    node (``name``), or ``"module"`` for an attention module whose attention is not an SDPA call (linear
+    attention, FlexAttention: :attr:`~tttgraph.adapters.ModelAdapter.module_attention`); then ``name`` is the
+    graph node of the module's output ``[B, N, C]``, and the shapes are the heads the module declares.
     """
 
     name: str
@@ -60,6 +64,7 @@ class AttentionSite:
     residual_adds: tuple[str, ...]
     residual_streams: tuple[str, ...]
     data_dependent: bool = False
+    computed_by: str = "sdpa"
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,8 @@ def to_networkx(gm: torch.fx.GraphModule) -> nx.DiGraph:
 
 
 def _symbol_values(gm: torch.fx.GraphModule, inputs: Mapping[str, Any]) -> dict:
-    """Map each plain symbolic input size (e.g. the frame symbol) to its size in ``inputs``."""
+    """Map each plain symbolic input size (e.g. the frame symbol) to its size in ``inputs``, and each
+    data-dependent size (an unbacked symbol ``u0``...) to its value at ``inputs`` (:func:`_unbacked_values`)."""
     leaves = pytree.tree_leaves(dict(inputs))
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     values = {}
@@ -95,6 +101,49 @@ def _symbol_values(gm: torch.fx.GraphModule, inputs: Mapping[str, Any]) -> dict:
             for got, size in zip(leaf.shape, val.shape, strict=False):
                 if isinstance(size, torch.SymInt) and size.node.expr.is_Symbol:
                     values[size.node.expr] = int(got)
+    values.update(_unbacked_values(gm, inputs))
+    return values
+
+
+_UNBACKED_KEY = "tttgraph_unbacked_sizes"
+
+
+def _unbacked(size: Any) -> bool:
+    return isinstance(size, torch.SymInt) and size.node.expr.is_Symbol and str(size.node.expr).startswith("u")
+
+
+def _unbacked_values(gm: torch.fx.GraphModule, inputs: Mapping[str, Any]) -> dict:
+    """The data-dependent sizes of ``gm`` at ``inputs``, read off one run of the graph on them.
+
+    A length that depends on tensor values (HunyuanVideo 1.5 gathers each sample's valid text tokens
+    with boolean masks; Mochi its valid text) is an unbacked symbol in the graph, with no value at
+    capture; the run gives each symbol that is a node's size its value. Once per graph and inputs.
+    """
+    defining = [n for n in gm.graph.nodes if isinstance(n.meta.get("val"), torch.Tensor)
+                and any(_unbacked(s) for s in n.meta["val"].shape)]
+    if not defining:
+        return {}
+    key = tuple(id(x) for x in pytree.tree_leaves(dict(inputs)))
+    cached = gm.meta.get(_UNBACKED_KEY)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    wanted, values = set(defining), {}
+
+    class _Sizes(torch.fx.Interpreter):
+        def run_node(self, node):
+            out = super().run_node(node)
+            if node in wanted and isinstance(out, torch.Tensor):
+                for size, got in zip(node.meta["val"].shape, out.shape, strict=False):
+                    if _unbacked(size):
+                        values[size.node.expr] = int(got)
+            return out
+
+    spec = getattr(gm.graph._codegen, "pytree_info", None)
+    flat = (pytree.tree_leaves(dict(inputs)) if spec is None or spec.in_spec is None
+            else fx_pytree.tree_flatten_spec(([], dict(inputs)), spec.in_spec))
+    with torch.no_grad():
+        _Sizes(gm).run(*flat, enable_io_processing=False)
+    gm.meta[_UNBACKED_KEY] = (key, values)
     return values
 
 
@@ -105,7 +154,7 @@ def _concrete(size: Any, values: dict, unbacked: int | None) -> tuple[int | None
     expr = size.node.expr
     free = {s: values[s] for s in expr.free_symbols if s in values}
     rest = [s for s in expr.free_symbols if s not in values]
-    data_dependent = any(str(s).startswith("u") for s in rest)
+    data_dependent = any(str(s).startswith("u") for s in expr.free_symbols)  # unbacked, resolved or not
     if rest and unbacked is not None:
         free.update(dict.fromkeys(rest, unbacked))
     out = expr.xreplace(free)
@@ -293,7 +342,8 @@ def analyse(
     info = capture_info(gm)
     inputs = dict(info.example_inputs if example_inputs is None else example_inputs)
     inputs = {name: inputs[name] for name in info.graph_inputs if name in inputs}
-    if not any(n.target is SDPA for n in gm.graph.nodes):
+    adapter = adapter or get_adapter(model)
+    if not any(n.target is SDPA for n in gm.graph.nodes) and not adapter.module_attention:
         ops = sorted({str(n.target) for n in gm.graph.nodes if n.op == "call_function"})
         shown = ", ".join(ops[:25]) + (" ..." if len(ops) > 25 else "")
         raise NoAttentionFoundError(
@@ -302,12 +352,55 @@ def analyse(
             f"run tttgraph.passes.normalize_attention first if attention is written as "
             f"matmul -> softmax -> matmul, or check that the model has attention layers"
         )
-    adapter = adapter or get_adapter(model)
     if isinstance(adapter, GenericAdapter):
         layout = _generic_layout(gm, model, inputs, adapter)
     else:
         layout = adapter.layout(model, inputs)
-    return Analysis(sites=find_attention_sites(gm, layout, inputs), layout=layout, adapter=adapter.name)
+    sites = find_attention_sites(gm, layout, inputs)
+    sites += module_attention_sites(gm, model, layout, adapter.module_attention, len(sites))
+    return Analysis(sites=sites, layout=layout, adapter=adapter.name)
+
+
+def module_attention_sites(
+    gm: torch.fx.GraphModule, model: torch.nn.Module, layout: TokenLayout, patterns: tuple[str, ...], start: int = 0
+) -> tuple[AttentionSite, ...]:
+    """Sites for the attention modules matching ``patterns`` (globs over module paths) that compute attention
+    without SDPA: each site is the module's output, the last ``[B, N, C]`` node of the graph inside it.
+
+    The module's sequence must be the video's tokens (self-attention over the whole video); its heads are
+    ``module.heads`` (diffusers' ``Attention``) or ``num_heads``.
+    """
+    from tttgraph.config import _compile
+
+    found = []
+    for path, module in model.named_modules():
+        if not path or not any(_compile(p).fullmatch(path) for p in patterns):
+            continue
+        inside = [n for n in gm.graph.nodes if _module_path_within(n, path)]
+        outputs = [n for n in inside if isinstance(n.meta.get("val"), torch.Tensor) and n.meta["val"].dim() == 3]
+        if not outputs:
+            continue  # not called in this capture (e.g. a branch the example does not take)
+        out = outputs[-1]
+        batch, tokens, width = (int(d) if isinstance(d, int) else d.node.hint for d in out.meta["val"].shape)
+        if tokens != layout.video_tokens:
+            raise LayoutInferenceError(
+                f"{path} ({type(module).__name__}) is listed as an attention module over the video, but its output "
+                f"has {tokens} tokens where the video has {layout.video_tokens}; list only self-attentions over "
+                "the whole video in the adapter's module_attention"
+            )
+        heads = int(getattr(module, "heads", None) or getattr(module, "num_heads", None) or 1)
+        shape = (batch, heads, tokens, width // heads)
+        found.append(AttentionSite(
+            name=out.name, index=start + len(found), module_path=path, module_type=type(module).__name__,
+            q_shape=shape, k_shape=shape, v_shape=shape, kind="video", axes="thw", has_mask=False, is_causal=False,
+            scale=None, out_projections=(), residual_adds=(), residual_streams=(), computed_by="module",
+        ))
+    return tuple(found)
+
+
+def _module_path_within(node: torch.fx.Node, path: str) -> bool:
+    stack = node.meta.get("nn_module_stack") or {}
+    return any(p == path or p.startswith(path + ".") for p, _ in stack.values())
 
 
 def _generic_layout(gm, model, inputs, adapter: GenericAdapter) -> TokenLayout:

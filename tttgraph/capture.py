@@ -116,8 +116,24 @@ def _frame_symbol(gm: torch.fx.GraphModule, where: tuple[str, int] | None):
 
 
 def _export(model, kwargs, dynamic_shapes, branches: list[bool] | None = None):
-    with _Branches(branches) if branches is not None else contextlib.nullcontext():
+    with _Branches(branches) if branches is not None else contextlib.nullcontext(), _dim_marks_removed(kwargs):
         return torch.export.export(model, (), kwargs=kwargs, dynamic_shapes=dynamic_shapes, strict=False)
+
+
+@contextlib.contextmanager
+def _dim_marks_removed(kwargs):
+    """torch.export marks the input tensors it makes dynamic (``_dynamo_dynamic_indices`` ...) and leaves the marks:
+    a later static export of the same tensors (the fallback after a failed dynamic one) would read them as
+    dynamic, and so would torch.compile. Within the block, the marks it adds are removed afterwards."""
+    tensors = [x for x in pytree.tree_leaves(kwargs) if isinstance(x, torch.Tensor)]
+    before = [set(getattr(x, "__dict__", {})) for x in tensors]
+    try:
+        yield
+    finally:
+        for x, had in zip(tensors, before, strict=True):
+            for attr in [a for a in getattr(x, "__dict__", {}) if a not in had and a.startswith(("_dynamo_",
+                                                                                                  "_has_dynamo_"))]:
+                delattr(x, attr)
 
 
 class _Branches(TorchFunctionMode):
@@ -205,17 +221,8 @@ def capture(
     try:
         bar.set_postfix_str("torch.export (non-strict)")
         log.info("capture: exporting %s (dynamic frames: %s)", type(model).__name__, want_dynamic)
-        branches = None
         with adapter.capture_patches(model):
-            try:
-                ep = _export_with_frames(model, named, adapter, want_dynamic, dynamic_frames, dynamic_text)
-            except CaptureError as exc:
-                if not _data_dependent(exc) or not (branches := _example_branches(model, named)):
-                    raise
-                log.warning("capture: %s branches on tensor values; capturing the branches the example "
-                            "takes (%s)", type(model).__name__, branches)
-                ep = _export_with_frames(model, named, adapter, want_dynamic, dynamic_frames, dynamic_text,
-                                         branches)
+            ep, branches = _export_with_frames(model, named, adapter, want_dynamic, dynamic_frames, dynamic_text)
         bar.update()
         bar.update()
         bar.set_postfix_str("unlift parameters")
@@ -355,27 +362,47 @@ def _decide_dynamic(adapter, dynamic_frames, frames) -> tuple[bool, str]:
     return True, ""
 
 
-def _export_with_frames(model, named, adapter, want_dynamic, dynamic_frames, dynamic_text=False, branches=None):
+# Model classes seen to branch on tensor values: their later captures record the branches first, rather
+# than find out from a failed torch.export.
+_BRANCHING: set[type] = set()
+
+
+def _export_with_frames(model, named, adapter, want_dynamic, dynamic_frames, dynamic_text=False):
+    """(ExportedProgram, the tensor truth values replayed or None): dynamic frames where wanted, else or on
+    failure (unless ``dynamic_frames is True``) static; a branch on tensor values follows the example's."""
     spec = adapter.frame_dynamic_shapes(model, named) if want_dynamic else None
     if spec is not None and dynamic_text:
         spec = adapter.text_dynamic_shapes(spec, named)
-    try:
-        return _export(model, named, spec, branches)
-    except Exception as exc:
-        if spec is None or dynamic_frames is True:
-            raise CaptureError(
-                f"torch.export (non-strict) failed on {type(model).__name__}: {type(exc).__name__}: "
-                f"{str(exc)[:2000]}\nCheck that example_inputs are the model's real forward inputs"
-                + ("; retry with dynamic_frames=False" if spec is not None else "")
-            ) from exc
-        log.warning("capture: dynamic frames failed (%s); capturing with static frames", type(exc).__name__)
+    failure = None
+    if type(model) not in _BRANCHING:
         try:
-            return _export(model, named, None, branches)
-        except Exception as again:
-            raise CaptureError(
-                f"torch.export (non-strict) failed on {type(model).__name__}: {type(again).__name__}: "
-                f"{str(again)[:2000]}\nCheck that example_inputs are the model's real forward inputs"
-            ) from again
+            return _export(model, named, spec), None
+        except Exception as exc:
+            failure = exc
+    branches = None
+    if (failure is None or _data_dependent(failure)) and (branches := _example_branches(model, named) or None):
+        _BRANCHING.add(type(model))
+        log.warning("capture: %s branches on tensor values; capturing the branches the example takes (%s)",
+                    type(model).__name__, branches)
+    if branches is not None or failure is None:
+        try:
+            return _export(model, named, spec, branches), branches
+        except Exception as exc:
+            failure = exc
+    if spec is None or dynamic_frames is True:
+        raise CaptureError(
+            f"torch.export (non-strict) failed on {type(model).__name__}: {type(failure).__name__}: "
+            f"{str(failure)[:2000]}\nCheck that example_inputs are the model's real forward inputs"
+            + ("; retry with dynamic_frames=False" if spec is not None else "")
+        ) from failure
+    log.warning("capture: dynamic frames failed (%s); capturing with static frames", type(failure).__name__)
+    try:
+        return _export(model, named, None, branches), branches
+    except Exception as again:
+        raise CaptureError(
+            f"torch.export (non-strict) failed on {type(model).__name__}: {type(again).__name__}: "
+            f"{str(again)[:2000]}\nCheck that example_inputs are the model's real forward inputs"
+        ) from again
 
 
 def _frame_range(ep, sym, frames, is_dynamic, adapter, model) -> tuple[int, int | None] | None:

@@ -144,6 +144,9 @@ def _plan(gm: torch.fx.GraphModule, analysis: Analysis, cfg: TTTConfig, model: n
         seq = site_layout(site, layout, seg)
         segment = (seg.frames_per_segment is not None and seq is not None and not site.is_causal
                    and not cfg.excludes(site.module_path, module))
+        if segment and site.computed_by == "module":
+            # Segment-local attention replaces SDPA calls; this module's own attention (linear, flex) stays global.
+            segment, note = False, (note + "; " if note else "") + "not SDPA: its attention stays global"
         if segment and site.kind == "cross" and site.q_shape[2] != layout.video_tokens:
             # Frames folded into the batch (Latte): each frame's queries see the whole text.
             segment, note = False, (note + "; " if note else "") + "per-frame cross-attention: not segmented"
@@ -169,7 +172,8 @@ def _plan(gm: torch.fx.GraphModule, analysis: Analysis, cfg: TTTConfig, model: n
                         f"{site.module_path}: {err}; for this model pass TTTConfig(rope=False) (the TTT then reads "
                         "positions from the token order only)"
                     ) from None
-            point = insertion_point(nodes[site.name], site.module_path, joint, evaluate)
+            point = (nodes[site.name] if site.computed_by == "module" else
+                     insertion_point(nodes[site.name], site.module_path, joint, evaluate))
             ttt_sites.append(TTTSite(site, ttt_layout, rope, joint, fold, layout.batch_size, point.name,
                                      int(point.meta["val"].shape[-1])))
         sites.append(SitePlan(site.name, site.module_path, site.kind, site.axes, site.q_shape, site.k_shape,
@@ -355,14 +359,15 @@ def _attention_edits(gm: torch.fx.GraphModule, plan: TransformPlan, adapter) -> 
                 "attention modules: move the attention into a module of its own"
             )
         calls = []
-        for site in module_sites:
+        for site in (s for s in module_sites if s.computed_by == "sdpa"):
             seg = plan.segment_sites.get(site.name)
             kind = "self" if seg is None or seg[0].kind not in ("cross", "text") else seg[0].kind
             calls.append(SDPAEdit(seg[1] if seg else None, kind))
         ttt_at, joint = None, None
         item = ttt_by_path.get(path)
         if item is not None:
-            ttt_at = placement(nodes[item.site.name], nodes[item.insertion])
+            module_output = item.site.computed_by == "module"
+            ttt_at = "output" if module_output else placement(nodes[item.site.name], nodes[item.insertion])
             if item.site.kind == "joint":
                 joint = item.layout
         masked = adapter.valid_text_mask is not None and joint is not None

@@ -4,9 +4,9 @@
 >>> register_adapter("mydit", MyDiTAdapter())    # a ModelAdapter subclass
 >>> get_adapter(model).layout(model, inputs)
 
-The built-in adapters cover CogVideoX (1.0 and 1.5), Wan 2.1, HunyuanVideo, Mochi, LTX-Video,
-Latte and Allegro; a model no adapter claims gets :class:`GenericAdapter`, which infers the
-layout from the attention shapes or says which adapter to write.
+The built-in adapters cover CogVideoX (1.0 and 1.5), Wan 2.1, HunyuanVideo (and 1.5), Mochi, LTX-Video,
+Latte, Allegro, Kandinsky 5 and 6, Cosmos and Sana-Video; a model no adapter claims gets
+:class:`GenericAdapter`, which infers the layout from the attention shapes or says which adapter to write.
 """
 
 from __future__ import annotations
@@ -16,11 +16,15 @@ import torch
 from tttgraph.adapters.allegro import AllegroAdapter
 from tttgraph.adapters.base import ModelAdapter, TokenLayout
 from tttgraph.adapters.cogvideox import CogVideoXAdapter
+from tttgraph.adapters.cosmos import CosmosAdapter
 from tttgraph.adapters.generic import GenericAdapter
 from tttgraph.adapters.hunyuanvideo import HunyuanVideoAdapter
+from tttgraph.adapters.hunyuanvideo15 import HunyuanVideo15Adapter
+from tttgraph.adapters.kandinsky import KandinskyAdapter
 from tttgraph.adapters.latte import LatteAdapter
 from tttgraph.adapters.ltx import LTXVideoAdapter
 from tttgraph.adapters.mochi import MochiAdapter
+from tttgraph.adapters.sana import SanaVideoAdapter
 from tttgraph.adapters.temporal import TemporalAdapter
 from tttgraph.adapters.wan import WanAdapter
 from tttgraph.errors import TTTGraphError
@@ -57,7 +61,8 @@ def get_adapter(model: torch.nn.Module) -> ModelAdapter:
 
 
 for _adapter in (
-    CogVideoXAdapter(), WanAdapter(), HunyuanVideoAdapter(), MochiAdapter(), LTXVideoAdapter(),
-    LatteAdapter(), AllegroAdapter(), TemporalAdapter(),
+    CogVideoXAdapter(), WanAdapter(), HunyuanVideoAdapter(), HunyuanVideo15Adapter(), MochiAdapter(),
+    LTXVideoAdapter(), LatteAdapter(), AllegroAdapter(), TemporalAdapter(), KandinskyAdapter(),
+    CosmosAdapter(), SanaVideoAdapter(),
 ):
     register_adapter(_adapter.name, _adapter)

@@ -84,6 +84,10 @@ class ModelAdapter:
     # sample (Mochi): the capture sees every token valid, and the edited attention keeps every token and
     # masks the invalid ones instead (tttgraph/inplace.py), so the sequence keeps its layout.
     valid_text_mask: str | None = None
+    # Attention modules (globs over module paths) whose self-attention over the video is not an SDPA call (linear
+    # attention, FlexAttention): each gets its TTT layer on the module's output; their own attention stays global
+    # (segment-local attention edits SDPA calls only).
+    module_attention: tuple[str, ...] = ()
 
     def matches(self, model: torch.nn.Module) -> bool:
         return type(model).__name__ in self.model_classes
