@@ -22,7 +22,7 @@ def test_pixel_autoencoder_keeps_every_fourth_frame_exactly_and_holds_it():
     ae = PixelAutoencoder(**WORLD_AUTOENCODER)
     x = _video()
     z = ae.encode(x).latent_dist.mode()
-    assert z.shape == (2, 192, 3, 2, 3)
+    assert z.shape == (2, 48, 3, 4, 6)
     assert torch.equal(ae.encode(x).latent_dist.sample(), z)
     y = ae.decode(z).sample
     assert y.shape == x.shape
@@ -36,12 +36,14 @@ def test_pixel_autoencoder_refuses_shapes_the_cogvideox_vae_would():
     ae = PixelAutoencoder(**WORLD_AUTOENCODER)
     with pytest.raises(TTTGraphError, match="4k\\+1 frames"):
         ae.encode(_video(frames=8))
-    with pytest.raises(TTTGraphError, match="multiples of 8"):
-        ae.encode(_video(height=20))
-    with pytest.raises(TTTGraphError, match="latents must be \\[N, 192"):
+    with pytest.raises(TTTGraphError, match="multiples of 4"):
+        ae.encode(_video(height=18))
+    with pytest.raises(TTTGraphError, match="latents must be \\[N, 48"):
         ae.decode(torch.zeros(1, 16, 2, 2, 3))
     with pytest.raises(TTTGraphError, match="latent_channels=16"):
         PixelAutoencoder(latent_channels=16)
+    with pytest.raises(TTTGraphError, match="spatial factor of 8"):
+        PixelAutoencoder(block_out_channels=(3, 3, 3, 3))
 
 
 def test_pixel_autoencoder_saves_and_loads_as_a_diffusers_model(tmp_path):
@@ -59,6 +61,7 @@ def test_world_bundle_runs_a_world_clip_through_every_part():
     from tttgraph.models.train_world import clip_frames
 
     bundle = world_bundle(require_weights=False)
+    assert bundle.spatial_compression == 4 and bundle.pixel_multiple == 4
     story = make_story(5, 1)
     ids = bundle.tokenizer(story.paragraphs()[0])["input_ids"]
     assert 2 not in ids  # no <unk>: the tokenizer knows every word of the world
@@ -66,11 +69,11 @@ def test_world_bundle_runs_a_world_clip_through_every_part():
     assert kept.shape == (13, 32, 48, 3)
     video = np.repeat(kept, 4, axis=0)[3:]  # 49 frames whose every 4th frame is kept[j]
     z = encode_video(bundle, video)
-    assert z.shape == (13, 192, 4, 6)
+    assert z.shape == (13, 48, 8, 12)
     assert np.array_equal(decode_latents(bundle, z)[::4], kept)
     text = encode_text(bundle, story.paragraphs())
     out = bundle.transformer(**transformer_inputs(bundle, z[None], text, torch.tensor([500])), return_dict=False)[0]
-    assert out.shape == (1, 13, 192, 4, 6) and torch.isfinite(out).all()
+    assert out.shape == (1, 13, 48, 8, 12) and torch.isfinite(out).all()
 
 
 def test_world_weights_round_trip_and_refusals(tmp_path):

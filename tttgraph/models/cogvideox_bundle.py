@@ -127,9 +127,15 @@ class CogVideoXBundle:
         return int(self.transformer.config.text_embed_dim)
 
     @property
+    def spatial_compression(self) -> int:
+        """Pixels per latent cell along H and W, as diffusers derives it from the VAE's config (8 for
+        CogVideoX's VAE; the world model's pixel autoencoder states its own)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
     def pixel_multiple(self) -> int:
-        """Heights and widths must be multiples of this (VAE 8x times the transformer's patch)."""
-        return SPATIAL_COMPRESSION * int(self.transformer.config.patch_size)
+        """Heights and widths must be multiples of this (the VAE's compression times the transformer's patch)."""
+        return self.spatial_compression * int(self.transformer.config.patch_size)
 
     def check_pixels(self, height: int, width: int) -> None:
         """Raise :class:`BundleError` unless a ``height`` x ``width`` video fits VAE and patches."""
@@ -138,7 +144,7 @@ class CogVideoXBundle:
             fix_h, fix_w = max(m, height - height % m), max(m, width - width % m)
             raise BundleError(
                 f"a {height}x{width} video does not fit CogVideoX: height and width must be positive multiples "
-                f"of {m} (VAE {SPATIAL_COMPRESSION}x times patch size {m // SPATIAL_COMPRESSION}); "
+                f"of {m} (VAE {self.spatial_compression}x times patch size {m // self.spatial_compression}); "
                 f"crop or resize to e.g. {fix_h}x{fix_w}"
             )
 
@@ -470,8 +476,8 @@ def decode_latents(bundle: CogVideoXBundle, latents: Tensor, *, tile_frames: int
     if not hasattr(vae, "decoder"):  # the pixel autoencoder: a reshape, no cache to carry between tiles
         video = vae.decode(latents.to(device=device, dtype=dtype).transpose(0, 1)[None] / vae.config.scaling_factor)
         return _to_uint8(video.sample[0]).permute(1, 2, 3, 0).cpu().numpy()
-    out = np.empty((TEMPORAL_COMPRESSION * (num - 1) + 1, h * SPATIAL_COMPRESSION, w * SPATIAL_COMPRESSION, 3),
-                   np.uint8)
+    s = bundle.spatial_compression
+    out = np.empty((TEMPORAL_COMPRESSION * (num - 1) + 1, h * s, w * s, 3), np.uint8)
     batches = _decoder_batches(num, vae.num_latent_frames_batch_size)
     per_tile = max(1, tile_frames // vae.num_latent_frames_batch_size)
     tiles = [batches[i:i + per_tile] for i in range(0, len(batches), per_tile)]

@@ -140,7 +140,7 @@ def token_ids(tokenizer, texts: list[str], length: int) -> Tensor:
 
 
 def frames_to_latents(vae, frames: Tensor) -> Tensor:
-    """uint8 [B, F, H, W, 3] kept frames -> scaled latents [B, F, 192, h, w] (the transformer's layout)."""
+    """uint8 [B, F, H, W, 3] kept frames -> scaled latents [B, F, C, h, w] (the transformer's layout)."""
     x = frames.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
     return (vae.encode_frames(x) * vae.config.scaling_factor).transpose(1, 2)
 

@@ -11,9 +11,9 @@ The parts (a :class:`~tttgraph.models.cogvideox_bundle.CogVideoXBundle`, ``sourc
 - **transformer**: diffusers ``CogVideoXTransformer3DModel`` (CogVideoX 1.0 architecture: joint
   text-video attention, 3D RoPE, adaptive LayerNorm), 6 blocks of width 128 (4 heads of 32);
 - **autoencoder**: :class:`~tttgraph.models.pixel_autoencoder.PixelAutoencoder`, a fixed reshape
-  of pixels (8x8 pixel blocks as 192 channels, every 4th frame): the model diffuses pixels of the
-  32x48 world directly, so nothing can blur the attributes the scorer reads and no VAE needs
-  training;
+  of pixels (4x4 pixel blocks as 48 channels, every 4th frame): the model diffuses pixels of the
+  32x48 world directly (an 8 x 12 grid of tokens per latent frame), so nothing can blur the
+  attributes the scorer reads and no VAE needs training;
 - **text encoder**: a 2-layer T5 encoder of width 64 over the word-level tokenizer of
   :func:`~tttgraph.models.cogvideox_bundle.tiny_tokenizer`, trained jointly with the transformer
   (a frozen random encoder would leave the transformer to bind words to attributes through
@@ -24,7 +24,7 @@ Weights ship in the package (``tttgraph/models/world_weights/``, bfloat16 safete
 :mod:`tttgraph.models.train_world` has been run and its output copied there; :func:`world_bundle`
 loads them, or a directory given explicitly.
 
-Layouts: as the CogVideoX bundle: latents ``[F, 192, 4, 6]`` per 32x48 video of ``4(F-1)+1``
+Layouts: as the CogVideoX bundle: latents ``[F, 48, 8, 12]`` per 32x48 video of ``4(F-1)+1``
 frames; text ``[S, 64, 64]``.
 """
 
@@ -40,15 +40,15 @@ from tttgraph.errors import TTTGraphError
 WORLD_HEIGHT, WORLD_WIDTH = 32, 48
 WORLD_TEXT_TOKENS = 64
 WORLD_TRANSFORMER = dict(
-    num_attention_heads=4, attention_head_dim=32, in_channels=192, out_channels=192, time_embed_dim=128,
-    text_embed_dim=64, num_layers=6, sample_width=WORLD_WIDTH // 8, sample_height=WORLD_HEIGHT // 8,
+    num_attention_heads=4, attention_head_dim=32, in_channels=48, out_channels=48, time_embed_dim=128,
+    text_embed_dim=64, num_layers=6, sample_width=WORLD_WIDTH // 4, sample_height=WORLD_HEIGHT // 4,
     sample_frames=49, patch_size=1, max_text_seq_length=WORLD_TEXT_TOKENS, use_rotary_positional_embeddings=True,
 )
 WORLD_T5 = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, relative_attention_num_buckets=16,
                 relative_attention_max_distance=64, dropout_rate=0.0, feed_forward_proj="gated-gelu")
 # The world's mean colour in [-1, 1] and 1 / its pixel std (measured over 200 training clips).
-WORLD_AUTOENCODER = dict(spatial_compression=8, temporal_compression_ratio=4, scaling_factor=1.6,
-                         shift=(0.25, 0.30, 0.10))
+WORLD_AUTOENCODER = dict(spatial_compression=4, temporal_compression_ratio=4, scaling_factor=1.6,
+                         shift=(0.25, 0.30, 0.10), latent_channels=48, block_out_channels=(3, 3, 3))
 WEIGHTS_DIR = Path(__file__).with_name("world_weights")
 WEIGHT_FILES = ("transformer.safetensors", "text_encoder.safetensors")
 
