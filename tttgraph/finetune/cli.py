@@ -4,6 +4,7 @@
     tttgraph finetune --config examples/configs/finetune/stage_3s.json --pretrained CogVideoX-5b --out runs/3s
     torchrun --nproc_per_node 8 -m tttgraph finetune --config ... --out ...      (FSDP2 over 8 GPUs)
     tttgraph finetune --config ... --out runs/3s --resume                       (continue from the last checkpoint)
+    tttgraph finetune --config examples/configs/finetune/stage_63s.json --plan --gpus 8   (memory per GPU, then stop)
 
 Writes ``OUT/metrics.csv`` (step, loss, lr, ...), ``OUT/loss.png``, ``OUT/checkpoints/`` and the
 stage result ``OUT/ttt`` (``tttgraph.restore(base, "OUT/ttt")``; the next stage's ``init_from``).
@@ -34,6 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precompute-only", action="store_true",
                         help="prepare the stage's precomputed clips under OUT/data and stop")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the memory plan per GPU (parameters, gradients, optimizer state, activations) "
+                             "and the settings that fit, then stop")
+    parser.add_argument("--gpus", type=int_at_least(1),
+                        help="with --plan: plan for this many GPUs (default: torchrun's WORLD_SIZE, else 1)")
+    parser.add_argument("--gpu-memory-gib", type=float, default=80.0,
+                        help="with --plan: memory of one GPU in GiB (default 80: H100/A100 80 GB); the plan "
+                             "keeps 10%% for the CUDA context and fragmentation")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     parser.set_defaults(run=main, interrupted=interrupted)
 
@@ -59,6 +68,9 @@ def main(args: argparse.Namespace) -> int:
     from tttgraph.finetune import trainer
 
     cfg = load_config(args)
+    if args.plan:
+        print(plan_text(cfg, args))
+        return 0
     if args.precompute_only:
         out = Path(args.out)
         inputs = trainer.check_inputs(cfg, out, pretrained=args.pretrained, resume=False, check_out=False)
@@ -71,6 +83,36 @@ def main(args: argparse.Namespace) -> int:
     trainer.run_stage(cfg, args.out, pretrained=args.pretrained, resume=args.resume, progress=args.progress,
                       device=args.device)
     return 0
+
+
+def plan_text(cfg, args: argparse.Namespace) -> str:
+    """The stage's memory plan per GPU and, on the same GPU count, the settings that fit."""
+    import os
+
+    from tttgraph.finetune import distributed, trainer
+    from tttgraph.parallel.memory_plan import GIB, fitting_settings
+
+    gpus = args.gpus or int(os.environ.get("WORLD_SIZE", "1"))
+    path = args.pretrained or cfg.model.pretrained
+    config = None
+    if cfg.model.kind == "pretrained" and path is None:  # no directory given: plan for CogVideoX-5B
+        from tttgraph.parallel.memory_plan import COGVIDEOX_5B
+
+        config = {**COGVIDEOX_5B, "max_text_seq_length": 226}
+    pretrained = Path(path).expanduser() if path and cfg.model.kind == "pretrained" or args.pretrained else None
+    capacity = args.gpu_memory_gib * GIB * distributed.USABLE_FRACTION
+    plan, arch, work = trainer.memory_plan(cfg, pretrained, gpus, capacity, config=config)
+    lines = [f"stage {cfg.name}: {cfg.clip_seconds} s clips, {work.tokens:,} tokens per sample, "
+             f"{cfg.segments} segment(s)", plan.summary()]
+    for n in sorted({gpus, 2 * gpus, 4 * gpus}):
+        for batch in (1, 2, 4):
+            fit = fitting_settings(arch, work, n, capacity, batch=batch)
+            if fit:
+                p = fit[0]
+                lines.append(f"fits on {n} GPUs: parallel.context={p.settings.context}, train.batch_size={batch}, "
+                             f"activation checkpointing {'on' if p.settings.activation_checkpointing else 'off'} "
+                             f"-> {p.settings.data * batch} sample(s) per micro-step, {p.total / GIB:.1f} GiB per GPU")
+    return "\n".join(lines)
 
 
 def drop_flag(command: list[str], flag: str) -> list[str]:

@@ -81,6 +81,16 @@ def shard(model: nn.Module, blocks: list[nn.Module], ctx: DistContext, *, bf16: 
     fully_shard(model, mesh=ctx.mesh, mp_policy=policy)
 
 
+USABLE_FRACTION = 0.9  # the rest: CUDA context, NCCL buffers, allocator fragmentation
+
+
+def device_memory(device: torch.device) -> float | None:
+    """Bytes a run may plan to use on ``device`` (a fraction of a GPU's memory); None on the CPU (no limit)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).total_memory * USABLE_FRACTION
+
+
 def local(t: torch.Tensor) -> torch.Tensor:
     """The local shard of a DTensor, or the tensor itself."""
     return t.to_local() if hasattr(t, "to_local") else t

@@ -15,7 +15,7 @@ of valid ones. Relative paths are relative to the working directory.
      "train": {"steps": 5000, "batch_size": 1, "grad_accum": 1, "trainable": "ttt_attention",
                "lr": 1e-5, "lr_ttt": 1e-5, "lr_ttt_end": 1e-5, "warmup_steps": 100, ...},
      "checkpoint": {"every": 500, "keep": 2},
-     "parallel": {"fsdp": "auto", "mixed_precision": "bf16"}}
+     "parallel": {"fsdp": "auto", "mixed_precision": "bf16", "context": 1}}
 
 ``init_from`` names the previous stage's ``tttgraph.save`` directory (``OUT/ttt`` of that run);
 the first stage has none and transforms the base model with the ``ttt`` section (a
@@ -106,10 +106,14 @@ class CheckpointSection:
 @dataclass(frozen=True)
 class ParallelSection:
     """``fsdp``: "auto" (on with several processes), "on", "off"; ``mixed_precision``: "bf16"
-    (bf16 compute on GPU: FSDP2 bf16 parameters with fp32 reduction, or bf16 autocast) or "none"."""
+    (bf16 compute on GPU: FSDP2 bf16 parameters with fp32 reduction, or bf16 autocast) or "none";
+    ``context``: processes that share one sample's sequence, split by whole segments
+    (``tttgraph.parallel``; 1 = off). The processes form a data x context mesh: the world size must
+    be a multiple of it, and it must divide the model's heads."""
 
     fsdp: str = "auto"
     mixed_precision: str = "bf16"
+    context: int = 1
 
 
 TINY_TTT = {
@@ -255,6 +259,11 @@ def _validate(cfg: StageConfig) -> None:
         raise bad(f"checkpoint.every must be >= 0 and checkpoint.keep >= 1, got {cfg.checkpoint}")
     if cfg.parallel.fsdp not in ("auto", "on", "off"):
         raise bad(f"parallel.fsdp must be 'auto', 'on' or 'off', got {cfg.parallel.fsdp!r}")
+    if cfg.parallel.context < 1:
+        raise bad(f"parallel.context must be >= 1 (processes per sample; 1 = off), got {cfg.parallel.context}")
+    if cfg.parallel.context > cfg.segments:
+        raise bad(f"parallel.context={cfg.parallel.context} is more than the {cfg.segments} segment(s) of a "
+                  f"{cfg.clip_seconds} s clip; each process needs a segment (use at most {cfg.segments})")
     if cfg.parallel.mixed_precision not in ("bf16", "none"):
         raise bad(f"parallel.mixed_precision must be 'bf16' or 'none', got {cfg.parallel.mixed_precision!r}")
     d = cfg.data

@@ -246,6 +246,37 @@ def build_model(cfg: StageConfig, bundle, data: PrecomputedClips, batch: int):
     return tm.train()
 
 
+def transformer_config(cfg: StageConfig, pretrained: Path | None) -> dict[str, Any]:
+    """The transformer's config (tiny or the pretrained directory's ``config.json``) without loading weights."""
+    if pretrained is None:
+        from tttgraph.models.cogvideox_bundle import TINY_TRANSFORMER
+
+        return dict(TINY_TRANSFORMER)
+    from tttgraph.safe_read import read_json
+
+    return read_json(pretrained / "transformer" / "config.json", "pretrained transformer config",
+                     "download it again (or the whole model directory)", error=StageConfigError)
+
+
+def memory_plan(cfg: StageConfig, pretrained: Path | None, world: int, capacity: float | None = None,
+                config: dict[str, Any] | None = None):
+    """(plan, architecture, workload): the per-rank :class:`~tttgraph.parallel.memory_plan.MemoryPlan` of a
+    training step of this stage; ``config`` overrides the transformer config read from ``pretrained``."""
+    from tttgraph.models.cogvideox_bundle import SPATIAL_COMPRESSION
+    from tttgraph.parallel.memory_plan import Architecture, Settings, Workload, training_plan
+
+    config = config or transformer_config(cfg, pretrained)
+    ttt = cfg.ttt_config() if cfg.init_from is None else None
+    arch = Architecture.cogvideox(config, cfg.train.trainable, ttt.mlp_expansion if ttt else 4)
+    p = int(config.get("patch_size", 2)) * SPATIAL_COMPRESSION
+    text = int(config.get("max_text_seq_length", 226))
+    segment, overlap = (ttt.segment_latent_frames, ttt.segment_overlap_frames) if ttt else (12, 1)
+    work = Workload.cogvideox(cfg.clip_seconds, text, (cfg.data.height // p, cfg.data.width // p), segment, overlap)
+    fsdp = cfg.parallel.fsdp == "on" or (cfg.parallel.fsdp == "auto" and world > 1)
+    settings = Settings(world, cfg.parallel.context, cfg.train.batch_size, cfg.train.activation_checkpointing, fsdp)
+    return training_plan(arch, work, settings, capacity), arch, work
+
+
 # ---------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------
@@ -428,6 +459,9 @@ def run_stage(cfg: StageConfig, out: str | os.PathLike, *, pretrained: str | Non
     from tttgraph.finetune.checkpointing import load_checkpoint, save_checkpoint
     from tttgraph.finetune.plot import loss_curve_png
     from tttgraph.models.cogvideox_bundle import transformer_inputs
+    from tttgraph.parallel import all_reduce_gradients, shard_context
+    from tttgraph.parallel.memory_plan import require_fit
+    from tttgraph.parallel.mesh import context_layout, fsdp_loss_scale
 
     out = Path(out)
     inputs = check_inputs(cfg, out, pretrained=pretrained, resume=resume)
@@ -436,6 +470,11 @@ def run_stage(cfg: StageConfig, out: str | os.PathLike, *, pretrained: str | Non
     try:
         t = cfg.train
         say = log if ctx.main else (lambda *a, **k: None)
+        capacity = distributed.device_memory(ctx.device)
+        plan, arch, work = memory_plan(cfg, inputs.pretrained, ctx.world, capacity)
+        say(plan.summary())
+        require_fit(plan, arch, work)  # before any model is loaded
+        layout = context_layout(ctx.rank, ctx.world, cfg.parallel.context, ctx.device.type)
         out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(t.seed)
         # Only the main process encodes (prepare_data); the others wait for it at a barrier.
@@ -454,8 +493,8 @@ def run_stage(cfg: StageConfig, out: str | os.PathLike, *, pretrained: str | Non
         for name, p in tm.named_parameters():
             p.requires_grad_(trainable_name(name, t.trainable))
         fsdp = cfg.parallel.fsdp == "on" or (cfg.parallel.fsdp == "auto" and ctx.world > 1)
-        if ctx.world > 1 and not fsdp:
-            raise StageConfigError("several processes need parallel.fsdp 'auto' or 'on'")
+        if layout.data_size > 1 and not fsdp:
+            raise StageConfigError("several data-parallel processes need parallel.fsdp 'auto' or 'on'")
         cuda = ctx.device.type == "cuda"
         bf16 = cuda and cfg.parallel.mixed_precision == "bf16"
         if not fsdp:
@@ -469,7 +508,12 @@ def run_stage(cfg: StageConfig, out: str | os.PathLike, *, pretrained: str | Non
             _free_params(template)
             # FSDP2 warns that the root returns a view; nothing here writes to the model output in place.
             warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+        if layout.context is not None:
+            shard_context(tm, layout.context)  # after the template copy: it holds the process group
+        if fsdp:
             distributed.shard(model, block_modules(model), ctx, bf16=bf16)
+        # FSDP2 averages over all ranks, but a context group's ranks hold shares of one sample's gradient.
+        loss_scale = fsdp_loss_scale(layout) if fsdp else 1.0
         named = {n: p for n, p in model.named_parameters() if p.requires_grad}
         total_params = sum(p.numel() for p in model.parameters())
         trained_params = sum(p.numel() for p in named.values())
@@ -487,14 +531,16 @@ def run_stage(cfg: StageConfig, out: str | os.PathLike, *, pretrained: str | Non
 
         noise_sched = CogVideoXDDIMScheduler.from_config(bundle.scheduler_config)
         num_t = noise_sched.config.num_train_timesteps
-        micro = t.batch_size * ctx.world  # samples per micro-step over all processes
+        micro = t.batch_size * layout.data_size  # samples per micro-step over all processes
         global_batch = micro * t.grad_accum
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else None
 
         say(f"stage {cfg.name}: {cfg.clip_seconds} s clips ({data.latent_frames} latent frames, {data.segments} "
             f"segment(s)), {len(data)} clips from {data_dir}; model {bundle.source} + TTT; training {t.trainable} "
             f"({trained_params:,} of {total_params:,} parameters); {ctx.world} process(es) on {ctx.device}"
-            f"{', FSDP2' if fsdp else ''}{', bf16' if bf16 else ''}; global batch {global_batch}")
+            f"{', FSDP2' if fsdp else ''}{', bf16' if bf16 else ''}"
+            f"{f', context parallel over {layout.context_size}' if layout.context is not None else ''}; "
+            f"global batch {global_batch}")
         losses: list[float] = []
         begin = time.perf_counter()
         bar = progress_bar(total=t.steps, initial=start, desc=f"finetune {cfg.name}", unit="step",
@@ -504,7 +550,7 @@ def run_stage(cfg: StageConfig, out: str | os.PathLike, *, pretrained: str | Non
             tick = time.perf_counter()
             step_loss = 0.0
             for m in range(t.grad_accum):
-                first = (step * t.grad_accum + m) * micro + ctx.rank * t.batch_size
+                first = (step * t.grad_accum + m) * micro + layout.data_rank * t.batch_size
                 x0, text, noise, steps_t = sample_batch(
                     data, list(range(first, first + t.batch_size)), seed=t.seed, data_seed=cfg.data.seed,
                     text_dropout=t.text_dropout, num_train_timesteps=num_t)
@@ -520,8 +566,10 @@ def run_stage(cfg: StageConfig, out: str | os.PathLike, *, pretrained: str | Non
                     pred = model(**fwd, return_dict=False)[0]
                 # v-prediction MSE; equal to the reference's x0-space MSE weighted by 1 / (1 - alpha_bar).
                 loss = torch.nn.functional.mse_loss(pred.float(), target.float()) / t.grad_accum
-                loss.backward()
+                (loss * loss_scale if loss_scale != 1 else loss).backward()
                 step_loss += float(loss.detach())
+            if layout.context is not None and not fsdp:  # each rank holds its tokens' share
+                all_reduce_gradients(named.values(), layout.context.group)
             grad_norm = float(distributed.full(torch.nn.utils.clip_grad_norm_(list(named.values()), t.grad_clip)))
             lrs = {g["name"].split("/")[0]: g["lr"] for g in opt.param_groups}  # the rates this step used
             opt.step()

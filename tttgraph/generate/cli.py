@@ -4,6 +4,8 @@
     tttgraph generate --storyboard story.toml --seconds 63 --out video.mp4
     tttgraph generate --pretrained CogVideoX-5b --ttt run/ttt --seconds 63 --steps 50
     torchrun --nproc-per-node 2 -m tttgraph generate ...   # attention + TTT heads split over 2 GPUs
+    torchrun --nproc-per-node 7 -m tttgraph generate --context-parallel ...   # segments split over 7 GPUs
+    tttgraph generate --pretrained CogVideoX-5b --plan --gpus 8 --context-parallel   # memory per GPU, then stop
 
 An interrupted run resumes from its latent checkpoint (``OUT.resume.safetensors``) when started
 again with the same options; Ctrl-C or SIGTERM print that command and the step saved.
@@ -49,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="model precision (default: bfloat16 for --pretrained, float32 tiny)")
     m.add_argument("--backend", default="auto", choices=[b.value for b in TTTBackend],
                    help="ttt_mlp backend (default auto: the fastest that runs here)")
+    m.add_argument("--context-parallel", action="store_true",
+                   help="under torchrun: split each sequence by segments over the processes (activations divided "
+                        "too) instead of splitting the attention and TTT heads")
     m.add_argument("--threads", type=int_at_least(1),
                    help="CPU threads for torch (default: 1 for the tiny models, whose "
                    "kilobyte-sized ops only lose from more threads; else torch's choice)")
@@ -65,6 +70,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--tile-frames", type=int_at_least(2), default=8,
                    help="latent frames per VAE decode tile (default 8)")
     o.add_argument("--dry-run", action="store_true", help="print the plan and estimates, build nothing")
+    o.add_argument("--plan", action="store_true", help="print the memory plan per GPU and stop")
+    o.add_argument("--gpus", type=int_at_least(1),
+                   help="with --plan: plan for this many GPUs (default: torchrun's WORLD_SIZE, else 1)")
+    o.add_argument("--gpu-memory-gib", type=float, default=80.0,
+                   help="GPU memory in GiB for --plan (default 80); a run on CUDA reads its device's")
     o.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     parser.set_defaults(run=main, interrupted=interrupted)
 
@@ -78,7 +88,7 @@ def options_from_args(args: argparse.Namespace):
         pretrained=args.pretrained, ttt=args.ttt, height=args.height, width=args.width,
         checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, resume=args.resume,
         keep_checkpoint=args.keep_checkpoint, tile_frames=args.tile_frames, device=args.device,
-        dtype=args.dtype, backend=args.backend, progress=args.progress,
+        dtype=args.dtype, backend=args.backend, progress=args.progress, context_parallel=args.context_parallel,
     )  # fmt: skip
 
 
@@ -93,12 +103,49 @@ def main(args: argparse.Namespace) -> int:
         # Measured on the 2-core machines with other work running: the 63 s tiny default took 25 s
         # on 1 thread and 173 s on 2 (OpenMP barriers stall on the tiny VAE's many small convolutions).
         torch.set_num_threads(threads)
+    import os
+
     options = options_from_args(args)
     if args.dry_run:
         print(plan(options).summary())
         return 0
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.plan:
+        print(memory_plan(plan(options), args.gpus or world, args.context_parallel, args.gpu_memory_gib).summary())
+        return 0
+    job = plan(options)
+    if job.device.type == "cuda":  # refuse before any model is loaded
+        import torch
+
+        from tttgraph.parallel.memory_plan import GIB
+
+        memory = torch.cuda.get_device_properties(job.device).total_memory / GIB
+        memory_plan(job, world, args.context_parallel, memory, require=True)
     generate(options)
     return 0
+
+
+def memory_plan(job, gpus: int, context: bool, gpu_memory_gib: float, require: bool = False):
+    """The per-GPU :class:`~tttgraph.parallel.memory_plan.MemoryPlan` of a denoising step of ``job``.
+
+    Head parallelism keeps every activation on every rank (a context of 1 in the plan).
+    ``require``: raise the plan's refusal (with the settings that fit) if it exceeds the GPU.
+    """
+    from tttgraph.finetune.distributed import USABLE_FRACTION
+    from tttgraph.parallel.memory_plan import GIB, Architecture, Settings, Workload, generation_plan, require_fit
+
+    arch = Architecture.cogvideox(job.transformer_config, mlp_expansion=job.ttt_config.mlp_expansion)
+    grid = (job.height // 8 // int(job.transformer_config["patch_size"]),
+            job.width // 8 // int(job.transformer_config["patch_size"]))
+    cfg = job.ttt_config
+    work = Workload.cogvideox(job.seconds, job.text_tokens_per_segment, grid, cfg.segment_latent_frames,
+                              cfg.segment_overlap_frames)
+    settings = Settings(gpus, gpus if context else 1, job.settings.batch, fsdp=False)
+    result = generation_plan(arch, work, settings, gpu_memory_gib * GIB * USABLE_FRACTION,
+                             dtype_bytes=job.dtype.itemsize)
+    if require:
+        require_fit(result, arch, work)
+    return result
 
 
 def _saved_step(path: Path) -> int | None:

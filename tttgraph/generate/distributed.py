@@ -16,6 +16,10 @@ gloo test checks it). This is tensor parallelism of the attention and scan only:
 quadratic/sequential work and the activations of the scan, not the weights or the GEMMs.
 
 H must be divisible by the world size (CogVideoX-5B's 48 heads: 1, 2, 3, 4, 6, 8, ...).
+
+The other mode, context parallelism (``Parallel.context``, ``tttgraph generate --context-parallel``;
+:mod:`tttgraph.parallel.context`), splits the sequence instead: each rank holds its segments'
+tokens, so the activations (and their memory) are divided too, not only the attention and scans.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class Parallel:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    context: bool = False  # split the sequence by segments (tttgraph.parallel), not the heads
 
     @property
     def enabled(self) -> bool:
@@ -48,11 +53,12 @@ class Parallel:
         return self.rank == 0
 
 
-def init_from_env(device: str | None = None) -> Parallel:
+def init_from_env(device: str | None = None, context: bool = False) -> Parallel:
     """Join the ``torchrun`` job described by the environment (RANK, WORLD_SIZE, LOCAL_RANK).
 
     Without those variables (a plain run) returns a one-process :class:`Parallel`. The backend is
-    NCCL when running on CUDA, else gloo; each rank uses ``cuda:LOCAL_RANK``.
+    NCCL when running on CUDA, else gloo; each rank uses ``cuda:LOCAL_RANK``. ``context`` picks context
+    parallelism over segments instead of head parallelism.
     """
     import torch.distributed as dist
 
@@ -65,7 +71,7 @@ def init_from_env(device: str | None = None) -> Parallel:
         if cuda:
             torch.cuda.set_device(local)
         dist.init_process_group("nccl" if cuda else "gloo")
-    return Parallel(rank, world, local)
+    return Parallel(rank, world, local, context)
 
 
 def _head_range(heads: int, par: Parallel) -> slice:
@@ -124,13 +130,19 @@ class HeadParallelTTTMLP(nn.Module):
 
 
 def shard_heads(model: nn.Module, par: Parallel) -> dict[str, int]:
-    """Make every edited attention and TTT-MLP of a transformed ``model`` head-parallel, in place.
+    """Make every edited attention and TTT-MLP of a transformed ``model`` head-parallel, in place
+    (context-parallel when ``par.context``: :func:`tttgraph.parallel.shard_context` over all processes).
 
     Returns counts ``{"attention": n, "ttt": m}``; a no-op when ``par.world == 1``.
     """
     counts = {"attention": 0, "ttt": 0}
     if not par.enabled:
         return counts
+    if par.context:
+        from tttgraph.parallel import ContextGroup, shard_context
+
+        sharding = shard_context(model, ContextGroup.of())
+        return {"attention": sharding.attentions, "ttt": sharding.ttt_layers}
     for _, module, _ in edited_modules(model):
         module.forward.attend = HeadParallelAttend(par)
         counts["attention"] += 1

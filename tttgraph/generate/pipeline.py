@@ -84,6 +84,8 @@ class GenerateOptions:
         tile_frames: latent frames per VAE decode tile.
         device, dtype: where and in what precision the models run (defaults: CUDA + bfloat16 if
             available and a pretrained model is used, else CPU + float32 for tiny).
+        context_parallel: under ``torchrun``, split each sequence by segments over the processes
+            (``tttgraph.parallel``) instead of splitting the attention and TTT heads.
         backend: the ``tttgraph::ttt_mlp`` backend.
         tiny_seed: seed of the tiny default's random weights.
     """
@@ -110,6 +112,7 @@ class GenerateOptions:
     backend: str = "auto"
     tiny_seed: int = 0
     progress: bool = True
+    context_parallel: bool = False  # under torchrun: split the sequence by segments, not the heads
 
     def sampler(self) -> SamplerSettings:
         return SamplerSettings(self.steps, self.guidance_scale, self.seed, self.checkpoint_every)
@@ -438,15 +441,15 @@ def generate(
     0 writes files (other ranks return ``video=None``).
     """
     options = options or GenerateOptions()
-    par = models.parallel if models is not None else init_from_env(options.device)
+    par = models.parallel if models is not None else init_from_env(options.device, options.context_parallel)
     job = plan(options, par)
     say = out if par.is_main else (lambda _msg: None)
     say(job.summary())
     if models is None:
         models = load_models(job, options=options, par=par, out=say)
         say(f"models ready in {models.seconds:.1f} s (transformed: segment-local attention + TTT layers"
-            + (f"; heads of {models.split['attention']} attentions and {models.split['ttt']} TTT layers split "
-               f"over {par.world} processes" if par.enabled else "") + ")")
+            + (f"; {'sequences' if par.context else 'heads'} of {models.split['attention']} attentions and "
+               f"{models.split['ttt']} TTT layers split over {par.world} processes" if par.enabled else "") + ")")
     elif models.latent_shape != job.latent_shape or models.batch != job.settings.batch or (
             models.ttt_dir != job.ttt_dir and not job.ttt_auto):
         raise GenerateError(
