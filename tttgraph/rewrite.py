@@ -163,7 +163,9 @@ def _plan(gm: torch.fx.GraphModule, analysis: Analysis, cfg: TTTConfig, model: n
                 ttt_layout = SequenceLayout(0, layout.tokens_per_frame, seg.frames_per_segment, seg.overlap_frames)
             fold = site.axes if site.kind == "video" and site.axes in ("hw", "t") else None
             joint = layout.joint_tokens if site.kind == "joint" else None
-            rope = layout.grid if cfg.rope else None
+            rope = layout.grid if cfg.rope and layout.raster else None
+            if cfg.rope and not layout.raster:
+                note = (note + "; " if note else "") + "no RoPE: tokens not row-major within a frame"
             if rope is not None:
                 try:
                     split_head_dim(site.q_shape[3])

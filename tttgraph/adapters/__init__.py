@@ -5,7 +5,7 @@
 >>> get_adapter(model).layout(model, inputs)
 
 The built-in adapters cover CogVideoX (1.0 and 1.5), Wan 2.1, HunyuanVideo (and 1.5), Mochi, LTX-Video,
-Latte, Allegro, Kandinsky 5 and 6, Cosmos and Sana-Video; a model no adapter claims gets
+Latte, Allegro, Kandinsky 5, 6 and 6 SR, Cosmos, Sana-Video and AnyFlow-FAR; a model no adapter claims gets
 :class:`GenericAdapter`, which infers the layout from the attention shapes or says which adapter to write.
 """
 
@@ -14,13 +14,14 @@ from __future__ import annotations
 import torch
 
 from tttgraph.adapters.allegro import AllegroAdapter
+from tttgraph.adapters.anyflow import AnyFlowFARAdapter
 from tttgraph.adapters.base import ModelAdapter, TokenLayout
 from tttgraph.adapters.cogvideox import CogVideoXAdapter
 from tttgraph.adapters.cosmos import CosmosAdapter
 from tttgraph.adapters.generic import GenericAdapter
 from tttgraph.adapters.hunyuanvideo import HunyuanVideoAdapter
 from tttgraph.adapters.hunyuanvideo15 import HunyuanVideo15Adapter
-from tttgraph.adapters.kandinsky import KandinskyAdapter
+from tttgraph.adapters.kandinsky import Kandinsky6SRAdapter, KandinskyAdapter
 from tttgraph.adapters.latte import LatteAdapter
 from tttgraph.adapters.ltx import LTXVideoAdapter
 from tttgraph.adapters.mochi import MochiAdapter
@@ -63,6 +64,6 @@ def get_adapter(model: torch.nn.Module) -> ModelAdapter:
 for _adapter in (
     CogVideoXAdapter(), WanAdapter(), HunyuanVideoAdapter(), HunyuanVideo15Adapter(), MochiAdapter(),
     LTXVideoAdapter(), LatteAdapter(), AllegroAdapter(), TemporalAdapter(), KandinskyAdapter(),
-    CosmosAdapter(), SanaVideoAdapter(),
+    CosmosAdapter(), SanaVideoAdapter(), AnyFlowFARAdapter(), Kandinsky6SRAdapter(),
 ):
     register_adapter(_adapter.name, _adapter)

@@ -32,6 +32,10 @@ class TokenLayout:
     ``order`` is ``"text_first"`` or ``"video_first"`` for joint self-attention over
     ``[text | video]`` or ``[video | text]``, and ``"video_only"`` for models whose text enters
     through cross-attention (then ``text_tokens`` is the key/value length of that attention).
+
+    ``raster`` is False when the tokens within a frame are in another fixed order than row-major (Kandinsky 6 SR
+    groups them in 8x8 blocks for its NABLA attention): frames stay contiguous, but the TTT layer's 3D RoPE, whose
+    spatial positions are row-major, would label them wrongly, so its TTT layers get no RoPE.
     """
 
     family: str
@@ -43,6 +47,7 @@ class TokenLayout:
     grid: tuple[int, int]
     patch_size: tuple[int, int, int]
     order: Order
+    raster: bool = True
 
     @property
     def video_tokens(self) -> int:
@@ -118,6 +123,20 @@ class ModelAdapter:
             if isinstance(inputs.get(name), torch.Tensor):
                 mark(spec, name, *dims)
         return spec
+
+
+@contextlib.contextmanager
+def parameters_frozen(model: torch.nn.Module):
+    """Within the block, no parameter of ``model`` requires grad (restored afterwards). For captures through
+    FlexAttention, which raises NotImplementedError on CPU inputs that require grad even while tracing."""
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in grads:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, had in grads:
+            p.requires_grad_(had)
 
 
 def mark(spec: dict[str, Any], name: str, *dims: int) -> None:

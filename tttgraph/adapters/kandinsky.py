@@ -8,14 +8,24 @@ first entry scales with the frame count; Kandinsky 6 builds it when it is None).
 tokens in spatial blocks, not frame-major: refused. Kandinsky 6 adds an audio stream
 (``audio_hidden_states`` ``[B, La, C]``) with its own attentions and audio<->video cross-attentions;
 those are not over the video's frames and stay global, as LTX-2's do.
+
+Kandinsky 6 SR (video super-resolution) takes no text: ``hidden_states`` ``[B, F, H, W, 2C+1]`` and ``timestep``.
+Its self-attention is NABLA sparse FlexAttention (a ``BlockMask`` built from q and k inside ``forward``), not SDPA:
+its TTT layer reads the module's output (``module_attention``) and the attention stays as it is (every frame
+still sees the others there). Its tokens are frame-major but grouped in 8x8 blocks within a frame, so its layout
+is not ``raster`` and the TTT layers get no RoPE. FlexAttention has no CPU backward: the capture runs with the
+parameters' ``requires_grad`` off.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+
 from torch.export import Dim
 
 from tttgraph.adapters._video import VideoAdapter
-from tttgraph.adapters.base import TokenLayout
+from tttgraph.adapters.base import TokenLayout, parameters_frozen
 from tttgraph.errors import LayoutInferenceError
 
 
@@ -55,3 +65,22 @@ class KandinskyAdapter(VideoAdapter):
             latent_frames=frames, frames=frames // p_t, tokens_per_frame=h * w, grid=(h, w),
             patch_size=(p_t, p_h, p_w), order=self.order,
         )
+
+
+class Kandinsky6SRAdapter(KandinskyAdapter):
+    name = "kandinsky6-sr"
+    model_classes = ("Kandinsky6SRTransformer3DModel",)
+    text_inputs = {}
+    frame_inputs = {}
+    module_attention = ("visual_transformer_blocks.*.self_attention",)
+
+    def text_tokens(self, model, inputs) -> int:
+        return 0
+
+    def layout(self, model, inputs) -> TokenLayout:
+        return dataclasses.replace(super().layout(model, inputs), raster=False)
+
+    @contextlib.contextmanager
+    def capture_patches(self, model):
+        with parameters_frozen(model), super().capture_patches(model):
+            yield
