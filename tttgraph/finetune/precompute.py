@@ -42,6 +42,7 @@ from tttgraph.finetune.dataset import (
     plan_clips,
     scan_raw,
 )
+from tttgraph.models.cogvideox_bundle import module_device_dtype
 from tttgraph.safe_read import check_safetensors, open_safetensors
 
 DEFAULT_SHARD_SIZE = 8
@@ -137,7 +138,7 @@ def precompute(bundle, dataset: str | os.PathLike, out: str | os.PathLike, secon
         else:
             stale.unlink(missing_ok=True)
 
-    vae_dtype = next(bundle.vae.parameters()).dtype
+    _, vae_dtype = module_device_dtype(bundle.vae)
     text_dim = int(bundle.text_encoder.config.d_model)
     manifest: dict[str, Any] = {
         "format": PRECOMPUTED_FORMAT, "version": PRECOMPUTED_VERSION, "clip_seconds": seconds,

@@ -34,6 +34,8 @@ from tttgraph.errors import TTTGraphError
 from tttgraph.models.cogvideox_bundle import TINY_TEXT_TOKENS
 
 TRAINABLE = ("all", "ttt", "ttt_attention")
+MODEL_KINDS = ("tiny", "pretrained", "world")
+GENERATED_DATASETS = ("synthetic", "world")
 STAGE_SECONDS = (3, 9, 18, 30, 63)
 
 
@@ -43,8 +45,10 @@ class StageConfigError(TTTGraphError):
 
 @dataclass(frozen=True)
 class ModelSection:
-    """``kind``: "tiny" (random weights, offline) or "pretrained" (a diffusers-format directory,
-    ``pretrained`` or ``--pretrained``); ``seed``: the tiny model's seed."""
+    """``kind``: "tiny" (random weights, offline), "pretrained" (a diffusers-format directory,
+    ``pretrained`` or ``--pretrained``) or "world" (the world base model of
+    :mod:`tttgraph.models.world_model`; ``pretrained`` optionally names a directory of its weights,
+    default the shipped ones); ``seed``: the tiny model's seed."""
 
     kind: str = "tiny"
     pretrained: str | None = None
@@ -53,8 +57,10 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class DataSection:
-    """``dataset``: "synthetic" (generated under ``OUT/data``) or a raw dataset directory;
-    ``precomputed``: a precomputed directory for this clip length (skips encoding)."""
+    """``dataset``: "synthetic" (storyboards of :mod:`tttgraph.data.synthetic`), "world" (training
+    stories of :mod:`tttgraph.data.world`; both generated under ``OUT/data``: ``synthetic_samples``
+    samples of ``synthetic_seconds`` each) or a raw dataset directory; ``precomputed``: a
+    precomputed directory for this clip length (skips encoding)."""
 
     dataset: str = "synthetic"
     precomputed: str | None = None
@@ -237,8 +243,8 @@ def _validate(cfg: StageConfig) -> None:
 
     if cfg.clip_seconds < 3 or cfg.clip_seconds % 3:
         raise bad(f"clip_seconds must be a positive multiple of 3 (one segment is 3 s), got {cfg.clip_seconds}")
-    if cfg.model.kind not in ("tiny", "pretrained"):
-        raise bad(f"model.kind must be 'tiny' or 'pretrained', got {cfg.model.kind!r}")
+    if cfg.model.kind not in MODEL_KINDS:
+        raise bad(f"model.kind must be one of {MODEL_KINDS}, got {cfg.model.kind!r}")
     t = cfg.train
     if t.trainable not in TRAINABLE:
         raise bad(f"train.trainable must be one of {TRAINABLE}, got {t.trainable!r}")

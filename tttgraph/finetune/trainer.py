@@ -45,7 +45,7 @@ from tttgraph import interrupts
 from tttgraph.finetune import distributed
 from tttgraph.finetune.checkpointing import TrainingCheckpointError, list_checkpoints, newest_intact, read_trainer_state
 from tttgraph.finetune.dataset import DatasetError, PrecomputedClips, plan_clips, read_manifest, scan_raw
-from tttgraph.finetune.stages import StageConfig, StageConfigError
+from tttgraph.finetune.stages import GENERATED_DATASETS, StageConfig, StageConfigError
 from tttgraph.progress import abandon, progress_bar
 
 METRICS = "metrics.csv"
@@ -75,7 +75,16 @@ def check_inputs(cfg: StageConfig, out: Path, *, pretrained: str | None, resume:
 
     found = Inputs()
     path = pretrained or cfg.model.pretrained
-    if cfg.model.kind == "pretrained" or pretrained:
+    if cfg.model.kind == "world":
+        from tttgraph.models.world_model import WEIGHTS_DIR, weights_available
+
+        where = Path(path).expanduser() if path else WEIGHTS_DIR
+        if not weights_available(where):
+            raise StageConfigError(
+                f"stage {cfg.name!r} fine-tunes the world base model, but {where} holds no weights of it; train "
+                "them with `tttgraph train-world --out DIR` and set model.pretrained (or --pretrained) to DIR/weights"
+            )
+    elif cfg.model.kind == "pretrained" or pretrained:
         if not path:
             raise StageConfigError(
                 f"stage {cfg.name!r} fine-tunes a pretrained CogVideoX (model.kind='pretrained'); pass "
@@ -101,7 +110,7 @@ def check_inputs(cfg: StageConfig, out: Path, *, pretrained: str | None, resume:
             )
         if not manifest["complete"]:
             raise DatasetError(f"{cfg.data.precomputed} is an unfinished precompute; re-run it (it resumes)")
-    elif cfg.data.dataset != "synthetic":
+    elif cfg.data.dataset not in GENERATED_DATASETS:
         found.raw_samples = scan_raw(cfg.data.dataset)
         plan_clips(found.raw_samples, cfg.segments, cfg.data.clip_stride_segments)
     checkpoints = list_checkpoints(out / "checkpoints") if check_out else []
@@ -202,6 +211,10 @@ def _load_bundle(cfg: StageConfig, inputs: Inputs, *, need_encoders: bool, devic
         tiny_bundle,
     )
 
+    if cfg.model.kind == "world":
+        from tttgraph.models.world_model import world_bundle
+
+        return world_bundle(cfg.model.pretrained or (str(inputs.pretrained) if inputs.pretrained else None))
     if inputs.pretrained is None:
         return tiny_bundle(cfg.model.seed)
     try:
@@ -247,7 +260,11 @@ def build_model(cfg: StageConfig, bundle, data: PrecomputedClips, batch: int):
 
 
 def transformer_config(cfg: StageConfig, pretrained: Path | None) -> dict[str, Any]:
-    """The transformer's config (tiny or the pretrained directory's ``config.json``) without loading weights."""
+    """The transformer's config (tiny, world or the pretrained directory's ``config.json``) without loading weights."""
+    if cfg.model.kind == "world":
+        from tttgraph.models.world_model import WORLD_TRANSFORMER
+
+        return dict(WORLD_TRANSFORMER)
     if pretrained is None:
         from tttgraph.models.cogvideox_bundle import TINY_TRANSFORMER
 
@@ -263,12 +280,14 @@ def memory_plan(cfg: StageConfig, pretrained: Path | None, world: int, capacity:
     """(plan, architecture, workload): the per-rank :class:`~tttgraph.parallel.memory_plan.MemoryPlan` of a
     training step of this stage; ``config`` overrides the transformer config read from ``pretrained``."""
     from tttgraph.models.cogvideox_bundle import SPATIAL_COMPRESSION
+    from tttgraph.models.world_model import WORLD_AUTOENCODER
     from tttgraph.parallel.memory_plan import Architecture, Settings, Workload, training_plan
 
     config = config or transformer_config(cfg, pretrained)
     ttt = cfg.ttt_config() if cfg.init_from is None else None
     arch = Architecture.cogvideox(config, cfg.train.trainable, ttt.mlp_expansion if ttt else 4)
-    p = int(config.get("patch_size", 2)) * SPATIAL_COMPRESSION
+    spatial = WORLD_AUTOENCODER["spatial_compression"] if cfg.model.kind == "world" else SPATIAL_COMPRESSION
+    p = int(config.get("patch_size", 2)) * spatial
     text = int(config.get("max_text_seq_length", 226))
     segment, overlap = (ttt.segment_latent_frames, ttt.segment_overlap_frames) if ttt else (12, 1)
     work = Workload.cogvideox(cfg.clip_seconds, text, (cfg.data.height // p, cfg.data.width // p), segment, overlap)
@@ -291,13 +310,19 @@ def prepare_data(cfg: StageConfig, out: Path, bundle, inputs: Inputs, ctx, progr
     target = out / "data" / f"clips_{cfg.clip_seconds}s"
     if ctx.main:
         raw, samples = cfg.data.dataset, inputs.raw_samples or None
+        d = cfg.data
+        seconds = d.synthetic_seconds or cfg.clip_seconds
         if raw == "synthetic":
             from tttgraph.data.synthetic import write_dataset
 
-            d = cfg.data
-            raw = write_dataset(out / "data" / "synthetic", d.synthetic_samples,
-                                seconds=d.synthetic_seconds or cfg.clip_seconds, height=d.height, width=d.width,
-                                seed=d.seed)
+            raw = write_dataset(out / "data" / "synthetic", d.synthetic_samples, seconds=seconds, height=d.height,
+                                width=d.width, seed=d.seed)
+            samples = None
+        elif raw == "world":
+            from tttgraph.data.world import write_stories
+
+            raw = write_stories(out / "data" / "world", d.synthetic_samples, seconds // 3, "train", d.seed,
+                                d.height, d.width)
             samples = None
         precompute(bundle, raw, target, cfg.clip_seconds, stride=cfg.data.clip_stride_segments,
                    shard_size=cfg.data.shard_size, progress=progress, samples=samples)

@@ -366,7 +366,7 @@ def save_bundle(bundle: CogVideoXBundle, path: str | os.PathLike) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
-def _module_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
+def module_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
     """Where a module computes: its first parameter's, else its first buffer's (the pixel autoencoder has
     no parameters)."""
     import itertools
@@ -388,7 +388,7 @@ def encode_text(bundle: CogVideoXBundle, paragraphs: list[str]) -> Tensor:
     length = bundle.text_tokens_per_segment
     ids = bundle.tokenizer(list(paragraphs), padding="max_length", max_length=length, truncation=True,
                            add_special_tokens=True, return_tensors="pt")["input_ids"]
-    device, _ = _module_device_dtype(bundle.text_encoder)
+    device, _ = module_device_dtype(bundle.text_encoder)
     return bundle.text_encoder(ids.to(device))[0]
 
 
@@ -432,7 +432,7 @@ def encode_videos(bundle: CogVideoXBundle, videos: list) -> Tensor:
         )
     bundle.check_pixels(height, width)
     vae = bundle.vae
-    device, dtype = _module_device_dtype(vae)
+    device, dtype = module_device_dtype(vae)
     x = video.to(device).permute(0, 4, 1, 2, 3).to(dtype) / 127.5 - 1.0  # [N, 3, T, H, W] in [-1, 1]
     latents = vae.encode(x).latent_dist.mode() * vae.config.scaling_factor  # [N, C, F, h, w]
     return latents.transpose(1, 2).contiguous()
@@ -471,7 +471,7 @@ def decode_latents(bundle: CogVideoXBundle, latents: Tensor, *, tile_frames: int
     from tttgraph.progress import progress_bar
 
     vae = bundle.vae
-    device, dtype = _module_device_dtype(vae)
+    device, dtype = module_device_dtype(vae)
     num, _, h, w = latents.shape
     if not hasattr(vae, "decoder"):  # the pixel autoencoder: a reshape, no cache to carry between tiles
         video = vae.decode(latents.to(device=device, dtype=dtype).transpose(0, 1)[None] / vae.config.scaling_factor)

@@ -1,0 +1,61 @@
+"""The world's stages: the world base model fine-tuned on world stories, through the normal stage runner."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tttgraph.finetune.stages import StageConfig, StageConfigError
+from tttgraph.finetune.trainer import read_metrics, run_stage
+
+
+@pytest.fixture(scope="module")
+def world_weights(tmp_path_factory):
+    """Freshly initialised world weights in a directory (no trained weights ship yet)."""
+    from tttgraph.models.world_model import save_world_weights, world_bundle
+
+    bundle = world_bundle(require_weights=False)
+    return save_world_weights(bundle.transformer, bundle.text_encoder, tmp_path_factory.mktemp("world_weights"))
+
+
+def _stage(weights, seconds: int, **extra) -> StageConfig:
+    data = json.loads(open(f"examples/configs/world/stage_{seconds}s.json").read())
+    data["model"]["pretrained"] = str(weights)
+    data["data"].update(synthetic_samples=2, shard_size=2)
+    data["train"].update(steps=2, batch_size=1, warmup_steps=1)
+    data["checkpoint"] = {"every": 0, "keep": 1}
+    data.pop("init_from", None)
+    if "ttt" not in data:
+        data["ttt"] = json.loads(open("examples/configs/world/stage_3s.json").read())["ttt"]
+    data["ttt"]["backend"] = "reference"
+    data.update(extra)
+    return StageConfig.from_dict(data)
+
+
+def test_a_world_stage_trains_on_world_stories(world_weights, tmp_path):
+    cfg = _stage(world_weights, 9)
+    lines: list[str] = []
+    run_stage(cfg, tmp_path / "run", progress=False, log=lines.append)
+    rows = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
+    assert (tmp_path / "run" / "ttt").is_dir()
+    stories = sorted((tmp_path / "run" / "data" / "world").glob("*.json"))
+    assert len(stories) == 2
+    story = json.loads(stories[0].read_text())
+    assert story["format"] == "tttgraph-world-story" and len(story["paragraphs"]) == 3
+    assert any("3 segment" in line for line in lines)
+
+
+def test_world_stage_without_weights_names_the_fix(tmp_path):
+    cfg = _stage(tmp_path / "empty", 3)
+    with pytest.raises(StageConfigError, match="holds no weights of it; train them with `tttgraph train-world"):
+        run_stage(cfg, tmp_path / "run", progress=False, log=lambda *a: None)
+
+
+@pytest.mark.parametrize("seconds", [3, 9, 18, 63])
+def test_world_stage_files_load_and_chain(seconds):
+    cfg = StageConfig.load(f"examples/configs/world/stage_{seconds}s.json")
+    assert cfg.model.kind == "world" and cfg.data.dataset == "world" and cfg.segments == seconds // 3
+    assert (cfg.init_from is None) == (seconds == 3)
