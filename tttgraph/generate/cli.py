@@ -3,6 +3,7 @@
     tttgraph generate                                   # bundled 63 s story, tiny models, CPU, minutes
     tttgraph generate --storyboard story.toml --seconds 63 --out video.mp4
     tttgraph generate --pretrained CogVideoX-5b --ttt run/ttt --seconds 63 --steps 50
+    tttgraph generate --world runs/world_base/weights --ttt runs/world_63s/ttt --storyboard story.json   # world
     torchrun --nproc-per-node 2 -m tttgraph generate ...   # attention + TTT heads split over 2 GPUs
     torchrun --nproc-per-node 7 -m tttgraph generate --context-parallel ...   # segments split over 7 GPUs
     tttgraph generate --pretrained CogVideoX-5b --plan --gpus 8 --context-parallel   # memory per GPU, then stop
@@ -43,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m = parser.add_argument_group("models (default: tiny CogVideoX-architecture models, random weights, offline)")
     m.add_argument("--pretrained", metavar="DIR", help="diffusers-format CogVideoX directory (transformer/, vae/, "
                    "text_encoder/, tokenizer/, scheduler/), read from local files only")
+    m.add_argument("--world", metavar="DIR", help="the world base model's weights (tttgraph train-world's OUT/weights; "
+                   "'default': the shipped ones); storyboards may then be world story JSON files")
     m.add_argument("--ttt", metavar="DIR", help="TTT weights saved by tttgraph.save (e.g. the fine-tuning "
                    "example's output); 'none' for fresh TTT layers. Default: $TTTGRAPH_TTT_DIR or "
                    "./runs/finetune/ttt if it exists (tiny default only)")
@@ -85,7 +88,7 @@ def options_from_args(args: argparse.Namespace):
     return GenerateOptions(
         storyboard=args.storyboard, seconds=args.seconds, seed=args.seed, steps=args.steps,
         guidance_scale=args.guidance_scale, out=args.out, contact_sheet=args.contact_sheet,
-        pretrained=args.pretrained, ttt=args.ttt, height=args.height, width=args.width,
+        pretrained=args.pretrained, world=args.world, ttt=args.ttt, height=args.height, width=args.width,
         checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, resume=args.resume,
         keep_checkpoint=args.keep_checkpoint, tile_frames=args.tile_frames, device=args.device,
         dtype=args.dtype, backend=args.backend, progress=args.progress, context_parallel=args.context_parallel,

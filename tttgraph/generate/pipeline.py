@@ -88,6 +88,9 @@ class GenerateOptions:
             (``tttgraph.parallel``) instead of splitting the attention and TTT heads.
         backend: the ``tttgraph::ttt_mlp`` backend.
         tiny_seed: seed of the tiny default's random weights.
+        world: the world base model (:mod:`tttgraph.models.world_model`): a directory of its weights,
+            or "default" for the shipped ones; storyboards are then world stories (``tttgraph.data.world``
+            JSON) or any storyboard in the world's words, at 32x48 pixels.
     """
 
     storyboard: str | os.PathLike | Storyboard | None = None
@@ -98,6 +101,7 @@ class GenerateOptions:
     out: str | os.PathLike = "video.mp4"
     contact_sheet: str | os.PathLike | None = None
     pretrained: str | os.PathLike | None = None
+    world: str | os.PathLike | None = None
     ttt: str | os.PathLike | None = None
     height: int | None = None
     width: int | None = None
@@ -147,7 +151,8 @@ class Plan:
     @property
     def latent_shape(self) -> tuple[int, int, int, int, int]:
         """[1, F, C, h, w]"""
-        return (1, self.latent_frames, self.latent_channels, self.height // SPATIAL, self.width // SPATIAL)
+        s = _spatial(self.source)
+        return (1, self.latent_frames, self.latent_channels, self.height // s, self.width // s)
 
     def summary(self) -> str:
         e, s = self.estimate, self.settings
@@ -157,7 +162,7 @@ class Plan:
             f"{board.num_segments} segment(s) of 3 s",
             f"video        {self.seconds} s = {self.video_frames} frames at {DEFAULT_FPS} fps, "
             f"{self.width}x{self.height} px; latents {self.latent_frames} x {self.latent_channels} x "
-            f"{self.height // SPATIAL} x {self.width // SPATIAL}",
+            f"{self.latent_shape[3]} x {self.latent_shape[4]}",
             f"tokens       {e.tokens:,} per sample = {e.segments} segments x "
             f"({self.text_tokens_per_segment} text + {e.video_tokens // self.latent_frames} per frame x "
             f"{self.ttt_config.segment_latent_frames}(+{self.ttt_config.segment_overlap_frames}) frames); "
@@ -223,14 +228,42 @@ def _resolve_ttt(options: GenerateOptions) -> tuple[Path | None, bool]:
             raise GenerateError(f"--ttt {ttt}: no such directory; pass a directory written by tttgraph.save "
                                 "(e.g. the fine-tuning example's OUT/ttt) or leave --ttt out")
         return path, False
-    if options.pretrained is not None:
-        return None, False
+    if options.pretrained is not None or options.world is not None:
+        return None, False  # the default fine-tuning output belongs to the tiny default
     default = Path(os.environ.get(TTT_DIR_ENV) or DEFAULT_TTT_DIR)
     return (default, True) if (default / "tttgraph_recipe.json").is_file() else (None, False)
 
 
+WORLD_SOURCE = "world:"  # prefix of Plan.source for the world base model: "world:<weights dir>"
+
+
+def _world_dir(options: GenerateOptions) -> Path:
+    from tttgraph.models.world_model import WEIGHTS_DIR, weights_available
+
+    where = WEIGHTS_DIR if str(options.world) == "default" else Path(options.world).expanduser()
+    if not weights_available(where):
+        raise GenerateError(f"--world {options.world}: {where} holds no world base model weights; train them with "
+                            "`tttgraph train-world --out DIR` and pass --world DIR/weights")
+    return where
+
+
+def _spatial(source: str) -> int:
+    """Pixels per latent cell of the source's autoencoder (the world's pixel autoencoder: 4)."""
+    if source.startswith(WORLD_SOURCE):
+        from tttgraph.models.world_model import WORLD_AUTOENCODER
+
+        return int(WORLD_AUTOENCODER["spatial_compression"])
+    return SPATIAL
+
+
 def _transformer_config(options: GenerateOptions) -> tuple[dict[str, Any], int, str]:
     """(transformer config, text tokens per segment, source) without loading any weights."""
+    if options.world is not None:
+        if options.pretrained is not None:
+            raise GenerateError("--world and --pretrained name two base models; pass one of them")
+        from tttgraph.models.world_model import WORLD_TEXT_TOKENS, WORLD_TRANSFORMER
+
+        return dict(WORLD_TRANSFORMER), WORLD_TEXT_TOKENS, f"{WORLD_SOURCE}{_world_dir(options)}"
     if options.pretrained is None:
         from tttgraph.models.cogvideox_bundle import TINY_TEXT_TOKENS, TINY_TRANSFORMER
 
@@ -317,16 +350,17 @@ def plan(options: GenerateOptions, par: Parallel | None = None) -> Plan:
         notes.append(f"not using the fine-tuning output {ttt_dir}: {err}")
         ttt_dir, auto = None, False
         cfg = _ttt_config(None, seconds, text_tokens, board.num_segments, options.backend)
-    height = options.height or int(config["sample_height"]) * SPATIAL
-    width = options.width or int(config["sample_width"]) * SPATIAL
-    multiple = SPATIAL * int(config["patch_size"])
+    spatial = _spatial(source)
+    height = options.height or int(config["sample_height"]) * spatial
+    width = options.width or int(config["sample_width"]) * spatial
+    multiple = spatial * int(config["patch_size"])
     if height % multiple or width % multiple or height <= 0 or width <= 0:
         raise GenerateError(f"--height/--width {height}x{width}: both must be positive multiples of {multiple} "
-                            f"(VAE {SPATIAL}x times patch {config['patch_size']})")
+                            f"(VAE {spatial}x times patch {config['patch_size']})")
     frames = TEMPORAL * seconds + 1  # 16 fps video: 48 frames per 3 s segment plus the first frame
     layout = SequenceLayout(text_tokens, 1, cfg.segment_latent_frames, cfg.segment_overlap_frames)
     device, dtype = _device_dtype(options, par)
-    est = estimate(config, frames, (height // SPATIAL, width // SPATIAL), layout, batch=settings.batch,
+    est = estimate(config, frames, (height // spatial, width // spatial), layout, batch=settings.batch,
                    dtype_bytes=torch.empty((), dtype=dtype).element_size(), mlp_expansion=cfg.mlp_expansion)
     sheet = None if options.contact_sheet == "" else Path(options.contact_sheet or out.with_suffix(".png"))
     ckpt = Path(options.checkpoint) if options.checkpoint else out.with_suffix(".resume.safetensors")
@@ -369,8 +403,13 @@ def load_models(job: Plan, *, options: GenerateOptions | None = None, par: Paral
     par = par or Parallel()
     start = time.perf_counter()
     if bundle is None:
-        if job.source == "tiny":
-            bundle = tiny_bundle(options.tiny_seed)
+        if job.source == "tiny" or job.source.startswith(WORLD_SOURCE):
+            if job.source == "tiny":
+                bundle = tiny_bundle(options.tiny_seed)
+            else:
+                from tttgraph.models.world_model import world_bundle
+
+                bundle = world_bundle(job.source[len(WORLD_SOURCE):])
             for part in (bundle.transformer, bundle.vae, bundle.text_encoder):
                 part.to(job.device)
                 if job.dtype != torch.float32:  # diffusers warns about any dtype cast, even a no-op one

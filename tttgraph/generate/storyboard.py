@@ -400,6 +400,8 @@ def _optional_str(obj: dict, key: str, source: str, lines: Lines, path: tuple) -
 
 
 def _validate(data: Any, lines: Lines, source: str) -> Storyboard:
+    if isinstance(data, dict) and data.get("format") == "tttgraph-world-story":
+        return _world_story(data, source)
     if not isinstance(data, dict):
         raise StoryboardError(
             f"{source}: a storyboard is a table/object with a 'scenes' list, got {type(data).__name__}"
@@ -459,3 +461,21 @@ def _check_segment(text: Any, source: str, lines: Lines, path: tuple) -> None:
             f"{where}: has {sentences} sentence(s); a segment paragraph describes {SEGMENT_SECONDS} s of video in "
             f"{MIN_SENTENCES}-{MAX_SENTENCES} sentences ({fix})"
         )
+
+
+def _world_story(data: dict, source: str) -> Storyboard:
+    """The storyboard of a world story JSON (``tttgraph.data.world.Story.to_json``): one scene per
+    story scene, its segments' paragraphs (the scene markers are added by :meth:`Storyboard.paragraphs`)."""
+    from tttgraph.data.world import Story
+
+    try:
+        story = Story.from_dict(data)
+    except TTTGraphError as err:
+        raise StoryboardError(f"{source}: {err}") from None
+    scenes: list[list[str]] = []
+    for i, seg in enumerate(story.segments):
+        if i == 0 or seg.scene != story.segments[i - 1].scene:
+            scenes.append([])
+        scenes[-1].append(seg.text)
+    return Storyboard(tuple(Scene(tuple(texts)) for texts in scenes), f"world story {story.seed} ({story.split})",
+                      source=source)
