@@ -59,3 +59,18 @@ def test_world_stage_files_load_and_chain(seconds):
     cfg = StageConfig.load(f"examples/configs/world/stage_{seconds}s.json")
     assert cfg.model.kind == "world" and cfg.data.dataset == "world" and cfg.segments == seconds // 3
     assert (cfg.init_from is None) == (seconds == 3)
+
+
+def test_the_baseline_keeps_its_gates_at_zero(world_weights, tmp_path):
+    """The paper's baseline: the same fine-tuning with the TTT gates held at 0 (segment-local attention only)."""
+    from safetensors.torch import load_file
+
+    cfg = _stage(world_weights, 3)
+    cfg = cfg.replace(ttt={**cfg.ttt, "gate_init": 0.0}, train=cfg.train.__class__(
+        **{**cfg.train.__dict__, "freeze_gates": True}))
+    run_stage(cfg, tmp_path / "run", progress=False, log=lambda *a: None)
+    state = load_file(str(next((tmp_path / "run" / "ttt").glob("*.safetensors"))))
+    gates = {k: v for k, v in state.items() if "_gate_" in k}
+    assert gates and all(float(v.abs().max()) == 0.0 for v in gates.values())
+    base = StageConfig.load("examples/configs/world/baseline_3s.json")
+    assert base.train.freeze_gates and base.ttt["gate_init"] == 0.0

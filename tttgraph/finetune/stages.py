@@ -81,6 +81,8 @@ class TrainSection:
     later stages) or "ttt". ``lr``: pretrained parameters (constant after warm-up); ``lr_ttt`` ->
     ``lr_ttt_end``: new TTT parameters (cosine after warm-up). Weight decay skips biases, norms and
     gates. ``batch_size`` is per process; the global batch is ``batch_size * grad_accum * world``.
+    ``freeze_gates``: the TTT gates keep their initial value; with ``ttt.gate_init`` 0 the TTT layers
+    add nothing, which is the paper's baseline (segment-local attention only, the same fine-tuning).
     """
 
     steps: int = 300
@@ -98,6 +100,7 @@ class TrainSection:
     text_dropout: float = 0.1
     seed: int = 0
     activation_checkpointing: bool = True
+    freeze_gates: bool = False
     log_every: int = 1
 
 

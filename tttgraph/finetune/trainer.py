@@ -151,6 +151,11 @@ def trainable_name(name: str, trainable: str) -> bool:
     return trainable == "ttt_attention" and any(part in name for part in _ATTENTION)
 
 
+def is_gate(name: str) -> bool:
+    """Whether ``name`` is one of a TTT layer's gates (``GatedBidirectionalTTT.{forward,backward}_gate_*``)."""
+    return ".gated_ttt." in name and name.rsplit(".", 1)[-1].startswith(("forward_gate_", "backward_gate_"))
+
+
 def _no_decay(name: str, p: torch.Tensor) -> bool:
     # Biases, norms and gates: every 1-D tensor, plus the TTT layer's per-head norm and inner biases.
     return p.dim() <= 1 or name.endswith(("ttt_norm_weight", "ttt_norm_bias", ".b1", ".b2"))
@@ -516,7 +521,7 @@ def run_stage(cfg: StageConfig, out: str | os.PathLike, *, pretrained: str | Non
 
         tm = build_model(cfg, bundle, data, t.batch_size)
         for name, p in tm.named_parameters():
-            p.requires_grad_(trainable_name(name, t.trainable))
+            p.requires_grad_(trainable_name(name, t.trainable) and not (t.freeze_gates and is_gate(name)))
         fsdp = cfg.parallel.fsdp == "on" or (cfg.parallel.fsdp == "auto" and ctx.world > 1)
         if layout.data_size > 1 and not fsdp:
             raise StageConfigError("several data-parallel processes need parallel.fsdp 'auto' or 'on'")
