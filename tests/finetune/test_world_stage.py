@@ -48,10 +48,15 @@ def test_a_world_stage_trains_on_world_stories(world_weights, tmp_path):
     assert any("3 segment" in line for line in lines)
 
 
-def test_world_stage_without_weights_names_the_fix(tmp_path):
+def test_world_stage_without_weights_names_the_fix(world_weights, tmp_path):
+    from tttgraph.finetune.trainer import check_inputs
+
     cfg = _stage(tmp_path / "empty", 3)
     with pytest.raises(StageConfigError, match="holds no weights of it; train them with `tttgraph train-world"):
         run_stage(cfg, tmp_path / "run", progress=False, log=lambda *a: None)
+    # --pretrained names the weights when the stage file does not (benchmarks/world_recipe.sh does so).
+    found = check_inputs(cfg, tmp_path / "run", pretrained=str(world_weights), resume=False)
+    assert found.pretrained == world_weights
 
 
 @pytest.mark.parametrize("seconds", [3, 9, 18, 63])

@@ -56,3 +56,27 @@ def test_world_without_weights_or_with_pretrained_is_refused(world_weights, tmp_
         plan(GenerateOptions(world=tmp_path, out=tmp_path / "v.mp4"))
     with pytest.raises(GenerateError, match="--world and --pretrained name two base models"):
         plan(GenerateOptions(world=world_weights, pretrained=tmp_path, out=tmp_path / "v.mp4"))
+
+
+def _world_results():
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "world_results.py"
+    spec = importlib.util.spec_from_file_location("world_results", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_world_results_generates_scores_and_resumes(world_weights, tmp_path):
+    run = _world_results().run
+    argv = ["--world", str(world_weights), "--seconds", "6", "--stories", "2", "--steps", "1", "--device", "cpu",
+            "--backend", "reference", "--out", str(tmp_path / "res")]
+    summary = run(argv)
+    assert summary["stories"] == 2 and summary["ceiling_detection"] == 1.0 and 0 <= summary["detection"] <= 1
+    assert sorted(p.name for p in (tmp_path / "res").glob("*.mp4")) == ["story_00000.mp4", "story_00001.mp4"]
+    first = (tmp_path / "res" / "story_00000.mp4").stat().st_mtime_ns
+    again = run(argv)  # every video exists: nothing is generated again, the same scores
+    assert (tmp_path / "res" / "story_00000.mp4").stat().st_mtime_ns == first
+    assert again["detection"] == summary["detection"]

@@ -79,6 +79,7 @@ def check_inputs(cfg: StageConfig, out: Path, *, pretrained: str | None, resume:
         from tttgraph.models.world_model import WEIGHTS_DIR, weights_available
 
         where = Path(path).expanduser() if path else WEIGHTS_DIR
+        found.pretrained = where
         if not weights_available(where):
             raise StageConfigError(
                 f"stage {cfg.name!r} fine-tunes the world base model, but {where} holds no weights of it; train "
@@ -219,7 +220,7 @@ def _load_bundle(cfg: StageConfig, inputs: Inputs, *, need_encoders: bool, devic
     if cfg.model.kind == "world":
         from tttgraph.models.world_model import world_bundle
 
-        return world_bundle(cfg.model.pretrained or (str(inputs.pretrained) if inputs.pretrained else None))
+        return world_bundle(inputs.pretrained)  # check_inputs resolved it: --pretrained, model.pretrained or shipped
     if inputs.pretrained is None:
         return tiny_bundle(cfg.model.seed)
     try:
