@@ -34,20 +34,6 @@ def _stage(weights, seconds: int, **extra) -> StageConfig:
     return StageConfig.from_dict(data)
 
 
-def test_a_world_stage_trains_on_world_stories(world_weights, tmp_path):
-    cfg = _stage(world_weights, 9)
-    lines: list[str] = []
-    run_stage(cfg, tmp_path / "run", progress=False, log=lines.append)
-    rows = read_metrics(tmp_path / "run")
-    assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
-    assert (tmp_path / "run" / "ttt").is_dir()
-    stories = sorted((tmp_path / "run" / "data" / "world").glob("*.json"))
-    assert len(stories) == 2
-    story = json.loads(stories[0].read_text())
-    assert story["format"] == "tttgraph-world-story" and len(story["paragraphs"]) == 3
-    assert any("3 segment" in line for line in lines)
-
-
 def test_world_stage_without_weights_names_the_fix(world_weights, tmp_path):
     from tttgraph.finetune.trainer import check_inputs
 
@@ -66,14 +52,24 @@ def test_world_stage_files_load_and_chain(seconds):
     assert (cfg.init_from is None) == (seconds == 3)
 
 
-def test_the_baseline_keeps_its_gates_at_zero(world_weights, tmp_path):
-    """The paper's baseline: the same fine-tuning with the TTT gates held at 0 (segment-local attention only)."""
+def test_the_world_baseline_trains_on_world_stories_with_its_gates_held_at_zero(world_weights, tmp_path):
+    """A world stage (world stories written as raw data, the world base model) run as the paper's baseline:
+    the same fine-tuning with the TTT gates held at 0 (segment-local attention only)."""
     from safetensors.torch import load_file
 
     cfg = _stage(world_weights, 3)
-    cfg = cfg.replace(ttt={**cfg.ttt, "gate_init": 0.0}, train=cfg.train.__class__(
-        **{**cfg.train.__dict__, "freeze_gates": True}))
-    run_stage(cfg, tmp_path / "run", progress=False, log=lambda *a: None)
+    cfg = cfg.replace(clip_seconds=6, data=cfg.data.__class__(**{**cfg.data.__dict__, "synthetic_seconds": 6}),
+                      ttt={**cfg.ttt, "gate_init": 0.0},
+                      train=cfg.train.__class__(**{**cfg.train.__dict__, "freeze_gates": True}))
+    lines: list[str] = []
+    run_stage(cfg, tmp_path / "run", progress=False, log=lines.append)
+    rows = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
+    assert any("2 segment" in line for line in lines)
+    stories = sorted((tmp_path / "run" / "data" / "world").glob("*.json"))
+    assert len(stories) == 2
+    story = json.loads(stories[0].read_text())
+    assert story["format"] == "tttgraph-world-story" and len(story["paragraphs"]) == 2
     state = load_file(str(next((tmp_path / "run" / "ttt").glob("*.safetensors"))))
     gates = {k: v for k, v in state.items() if "_gate_" in k}
     assert gates and all(float(v.abs().max()) == 0.0 for v in gates.values())
