@@ -132,3 +132,19 @@ def test_train_world_writes_weights_report_and_resumes(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(TTTGraphError, match="checkpoint.pt can't be read as a training checkpoint.*delete"):
         train(longer, tmp_path, device="cpu", progress=False, log=lines.append)
+
+
+def test_an_interrupted_training_run_says_how_to_continue(tmp_path):
+    import argparse
+
+    from tttgraph.models.train_world import WorldTraining, add_arguments, interrupted, train
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--out", str(tmp_path)])
+    command = ["tttgraph", "train-world", "--out", str(tmp_path)]
+    assert "no training checkpoint was written" in interrupted(args, command)
+    train(WorldTraining(steps=1, batch_size=1, pool=2, warmup_steps=1, eval_stories=0), tmp_path, device="cpu",
+          progress=False, log=lambda *a: None)
+    message = interrupted(args, command)
+    assert f"saved the checkpoint {tmp_path / 'checkpoint.pt'}" in message and message.endswith(str(tmp_path))

@@ -433,7 +433,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--evaluate-only", action="store_true", help="only score OUT/weights on held-out clips")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
-    parser.set_defaults(run=main)
+    parser.set_defaults(run=main, interrupted=interrupted)
+
+
+def interrupted(args: argparse.Namespace, command: list[str]) -> str:
+    """What an interrupted run left in ``--out`` and the command that continues it (one line)."""
+    import shlex
+
+    ckpt = Path(args.out) / "checkpoint.pt"
+    if args.evaluate_only or not ckpt.is_file():
+        return f"no training checkpoint was written; start again with: {shlex.join(command)}"
+    return f"saved the checkpoint {ckpt}; continue with the same command: {shlex.join(command)}"
 
 
 def main(args: argparse.Namespace) -> int:
