@@ -148,3 +148,17 @@ def test_an_interrupted_training_run_says_how_to_continue(tmp_path):
           progress=False, log=lambda *a: None)
     message = interrupted(args, command)
     assert f"saved the checkpoint {tmp_path / 'checkpoint.pt'}" in message and message.endswith(str(tmp_path))
+
+
+def test_diffusers_cogvideox_pipeline_runs_the_world_model():
+    """The world's parts drop into diffusers' own CogVideoXPipeline (its VAE factors come from the configs)."""
+    from diffusers import CogVideoXDPMScheduler, CogVideoXPipeline
+
+    b = world_bundle(require_weights=False)
+    pipe = CogVideoXPipeline(tokenizer=b.tokenizer, text_encoder=b.text_encoder, vae=b.vae,
+                             transformer=b.transformer, scheduler=CogVideoXDPMScheduler.from_config(b.scheduler_config))
+    assert pipe.vae_scale_factor_spatial == 4 and pipe.vae_scale_factor_temporal == 4
+    frames = pipe(prompt="The scene takes place in a night sky. Bo, a big red circle, is on the left.", height=32,
+                  width=48, num_frames=49, num_inference_steps=2, guidance_scale=6.0, output_type="np",
+                  max_sequence_length=64, generator=torch.Generator().manual_seed(0)).frames[0]
+    assert frames.shape == (49, 32, 48, 3) and np.isfinite(frames).all()
