@@ -221,6 +221,16 @@ def tiny_tokenizer():
     )
 
 
+def t5_encoder(tokenizer, config: dict[str, Any]):
+    """A freshly initialised T5 encoder of ``config``'s sizes over ``tokenizer``'s vocabulary (T5's ids:
+    pad 0, eos 1), drawing its weights from the global RNG."""
+    from transformers import T5Config, T5EncoderModel
+
+    t5 = T5Config(vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+                  is_encoder_decoder=False, **config)
+    return T5EncoderModel(t5)
+
+
 def tiny_bundle(seed: int = 0) -> CogVideoXBundle:
     """All four parts with tiny sizes and seeded random weights (float32, eval mode, CPU, offline).
 
@@ -229,7 +239,6 @@ def tiny_bundle(seed: int = 0) -> CogVideoXBundle:
     Same ``seed``, same weights; the global RNG is left as it was.
     """
     from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
-    from transformers import T5Config, T5EncoderModel
 
     tokenizer = tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
@@ -238,9 +247,7 @@ def tiny_bundle(seed: int = 0) -> CogVideoXBundle:
         torch.manual_seed(seed + 1)
         vae = AutoencoderKLCogVideoX(**TINY_VAE)
         torch.manual_seed(seed + 2)
-        t5 = T5Config(vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-                      is_encoder_decoder=False, **TINY_T5)
-        text_encoder = T5EncoderModel(t5)
+        text_encoder = t5_encoder(tokenizer, TINY_T5)
     transformer._tttgraph_family = "cogvideox"
     return CogVideoXBundle(
         transformer=transformer.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer,

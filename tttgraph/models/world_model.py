@@ -56,9 +56,8 @@ WEIGHT_FILES = ("transformer.safetensors", "text_encoder.safetensors")
 def build_world_parts(seed: int = 0):
     """Freshly initialised (transformer, autoencoder, text encoder, tokenizer), float32, CPU."""
     from diffusers import CogVideoXTransformer3DModel
-    from transformers import T5Config, T5EncoderModel
 
-    from tttgraph.models.cogvideox_bundle import tiny_tokenizer
+    from tttgraph.models.cogvideox_bundle import t5_encoder, tiny_tokenizer
     from tttgraph.models.pixel_autoencoder import PixelAutoencoder
 
     tokenizer = tiny_tokenizer()
@@ -66,9 +65,7 @@ def build_world_parts(seed: int = 0):
         torch.manual_seed(seed)
         transformer = CogVideoXTransformer3DModel(**WORLD_TRANSFORMER)
         torch.manual_seed(seed + 1)
-        t5 = T5Config(vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-                      is_encoder_decoder=False, **WORLD_T5)
-        text_encoder = T5EncoderModel(t5)
+        text_encoder = t5_encoder(tokenizer, WORLD_T5)
     transformer._tttgraph_family = "cogvideox"
     return transformer, PixelAutoencoder(**WORLD_AUTOENCODER), text_encoder, tokenizer
 
