@@ -107,7 +107,7 @@ def test_learning_rate_decays_over_the_time_budget():
 
 
 def test_train_world_writes_weights_report_and_resumes(tmp_path):
-    from tttgraph.models.train_world import WorldTraining, train
+    from tttgraph.models.train_world import WorldTraining, cached_pool, render_pool, train
 
     cfg = WorldTraining(steps=3, batch_size=2, pool=6, warmup_steps=1, checkpoint_every=2, eval_stories=1,
                         eval_steps=2)
@@ -119,7 +119,11 @@ def test_train_world_writes_weights_report_and_resumes(tmp_path):
     saved = json.loads((tmp_path / "report.json").read_text())
     held = saved["held_out_3s"]
     assert held["stories"] == 1 and 0 <= held["detection"] <= 1 and 0 <= held["attribute_accuracy"] <= 1
+    assert (tmp_path / "held_out_samples.png").stat().st_size > 0
     first = world_bundle(tmp_path / "weights").transformer.state_dict()
+    frames, texts = render_pool(6, cfg.seed, progress=False)
+    cached_frames, cached_texts = cached_pool(tmp_path, 6, cfg.seed)  # what the resumed run below reads
+    assert np.array_equal(cached_frames, frames) and cached_texts == texts
 
     longer = WorldTraining(**{**cfg.__dict__, "steps": 5, "eval_stories": 0})
     train(longer, tmp_path, device="cpu", progress=False, log=lines.append)

@@ -39,8 +39,13 @@ import torch
 from torch import Tensor
 
 from tttgraph.errors import TTTGraphError
+from tttgraph.models.world_model import WORLD_AUTOENCODER, WORLD_HEIGHT, WORLD_WIDTH
 
 CHECKPOINT_FORMAT = "tttgraph-world-base-checkpoint"
+CLIP_LATENT_FRAMES = 13  # a 3 s clip's 49 frames, every 4th kept
+LATENT_SHAPE = (CLIP_LATENT_FRAMES, WORLD_AUTOENCODER["latent_channels"],
+                WORLD_HEIGHT // WORLD_AUTOENCODER["spatial_compression"],
+                WORLD_WIDTH // WORLD_AUTOENCODER["spatial_compression"])  # [F, C, h, w] of a clip
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,7 @@ class WorldTraining:
     eval_stories: int = 100
     eval_steps: int = 50
     guidance_scale: float = 6.0
+    compile: bool = True  # torch.compile the training step (CUDA only)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "pool", "checkpoint_every", "eval_stories", "eval_steps"):
@@ -135,6 +141,25 @@ def render_pool(count: int, seed: int, split: str = "train", workers: int | None
     return np.concatenate([p[0] for p in parts]), [t for p in parts for t in p[1]]
 
 
+def cached_pool(out: Path, count: int, seed: int, progress: bool = True) -> tuple[np.ndarray, list[str]]:
+    """:func:`render_pool`, kept in ``out/pool-SEED-COUNT.{npy,json}`` so that a resumed run does not render
+    it again (100k clips: half a minute on 15 cores, 6 GB). Rendering is deterministic; the cache is only
+    read back when both files are whole (each is written atomically)."""
+    from tttgraph.config import atomic_path, write_atomic
+
+    frames_file, texts_file = out / f"pool-{seed}-{count}.npy", out / f"pool-{seed}-{count}.json"
+    if frames_file.is_file() and texts_file.is_file():
+        frames = np.load(frames_file, allow_pickle=False)
+        texts = json.loads(texts_file.read_text())
+        if frames.shape == (count, CLIP_LATENT_FRAMES, WORLD_HEIGHT, WORLD_WIDTH, 3) and len(texts) == count:
+            return frames, texts
+    frames, texts = render_pool(count, seed, progress=progress)
+    with atomic_path(frames_file) as tmp, open(tmp, "wb") as f:
+        np.save(f, frames, allow_pickle=False)
+    write_atomic(texts_file, json.dumps(texts))
+    return frames, texts
+
+
 def token_ids(tokenizer, texts: list[str], length: int) -> Tensor:
     """[N, length] token ids (padded / truncated as :func:`~tttgraph.models.cogvideox_bundle.encode_text`)."""
     return tokenizer(texts, padding="max_length", max_length=length, truncation=True, add_special_tokens=True,
@@ -182,8 +207,52 @@ class _EMA:
     @torch.no_grad()
     def update(self, params: dict[str, Tensor], step: int) -> None:
         d = min(self.decay, (1 + step) / (10 + step))
-        for k, v in params.items():
-            self.shadow[k].lerp_(v.detach().float(), 1 - d)
+        # one fused kernel per group of tensors: a Python loop of ~150 small lerps is a step's worth of launches
+        torch._foreach_lerp_([self.shadow[k] for k in params], [v.detach().float() for v in params.values()], 1 - d)
+
+
+def _draw(g: torch.Generator, pool_size: int, batch: int, dev: torch.device) -> tuple[Tensor, ...]:
+    """A step's random draws, on ``dev`` from ``g``: clip indices [B], text-dropout flags [B], timesteps [B],
+    noise [B, 13, 48, 8, 12] (the world's latent shape)."""
+    pick = torch.randint(pool_size, (batch,), generator=g, device=dev)
+    drop = torch.rand(batch, generator=g, device=dev)
+    t = torch.randint(0, 1000, (batch,), generator=g, device=dev)
+    noise = torch.randn((batch, *LATENT_SHAPE), generator=g, device=dev)
+    return pick, drop, t, noise
+
+
+def _loss_function(bundle, pool: Tensor, ids: Tensor, null_ids: Tensor, cfg: WorldTraining, dev: torch.device):
+    """``loss(pick, drop, t, noise)``: the v-prediction MSE of a batch (clips ``pool[pick]``, paragraph
+    dropped where ``drop < text_dropout``), compiled with ``torch.compile`` when ``cfg.compile`` and on CUDA.
+
+    At width 128 a step is a few hundred small kernels; compiled, they fuse into a few dozen."""
+    from diffusers import CogVideoXDDIMScheduler
+
+    from tttgraph.models.cogvideox_bundle import transformer_inputs
+
+    sched = CogVideoXDDIMScheduler.from_config(bundle.scheduler_config)
+    if sched.config.num_train_timesteps != 1000:
+        raise TTTGraphError(f"the world trains on a 1000-step schedule, not {sched.config.num_train_timesteps}")
+    alphas = sched.alphas_cumprod.to(dev, torch.float32)
+    # the RoPE tables and their grid are the same every step: computed once, outside the compiled graph
+    text_shape = (1, bundle.text_tokens_per_segment, bundle.transformer.config.text_embed_dim)
+    rope = transformer_inputs(bundle, torch.zeros(1, *LATENT_SHAPE, device=dev), torch.zeros(text_shape, device=dev),
+                              torch.zeros(1))["image_rotary_emb"]
+    bf16 = dev.type == "cuda"
+
+    def loss(pick: Tensor, drop: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        x0 = frames_to_latents(bundle.vae, pool[pick])
+        batch_ids = torch.where((drop < cfg.text_dropout)[:, None], null_ids, ids[pick])
+        a = alphas[t].view(-1, 1, 1, 1, 1)
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v-prediction
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            text = bundle.text_encoder(batch_ids)[0]
+            pred = bundle.transformer(hidden_states=noisy, encoder_hidden_states=text, timestep=t,
+                                      image_rotary_emb=rope, return_dict=False)[0]
+        return torch.nn.functional.mse_loss(pred.float(), target)
+
+    return torch.compile(loss) if cfg.compile and dev.type == "cuda" else loss
 
 
 def _named(bundle) -> dict[str, Tensor]:
@@ -242,10 +311,7 @@ def _metrics_writer(path: Path, start: int):
 def train(cfg: WorldTraining, out: str | os.PathLike, *, device: str | None = None, progress: bool = True,
           log=print) -> dict:
     """Train (or resume) the world base model into ``out``; returns the report (also ``out/report.json``)."""
-    from diffusers import CogVideoXDDIMScheduler
-
     from tttgraph import interrupts
-    from tttgraph.models.cogvideox_bundle import transformer_inputs
     from tttgraph.models.world_model import save_world_weights, world_bundle
     from tttgraph.progress import progress_bar
 
@@ -260,7 +326,8 @@ def train(cfg: WorldTraining, out: str | os.PathLike, *, device: str | None = No
     decay = [p for k, p in named.items() if p.dim() >= 2]
     rest = [p for k, p in named.items() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99))
+                             {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99),
+                            fused=dev.type == "cuda")
     ema = _EMA(named, cfg.ema_decay)
     ckpt = out / "checkpoint.pt"
     start, before = _load_checkpoint(ckpt, bundle, ema, opt) if ckpt.exists() else (0, 0.0)
@@ -270,14 +337,13 @@ def train(cfg: WorldTraining, out: str | os.PathLike, *, device: str | None = No
     log(f"world base model: {n_params:,} parameters (transformer + text encoder) on {dev}; "
         f"{cfg.steps} steps of batch {cfg.batch_size}")
 
-    frames_np, texts = render_pool(cfg.pool, cfg.seed, progress=progress)
+    frames_np, texts = cached_pool(out, cfg.pool, cfg.seed, progress=progress)
     pool = torch.from_numpy(frames_np).to(dev)  # uint8 [N, 13, H, W, 3]
     ids = token_ids(bundle.tokenizer, texts, bundle.text_tokens_per_segment).to(dev)
     null_ids = token_ids(bundle.tokenizer, [""], bundle.text_tokens_per_segment).to(dev)
-    noise_sched = CogVideoXDDIMScheduler.from_config(bundle.scheduler_config)
-    noise_sched.alphas_cumprod = noise_sched.alphas_cumprod.to(dev)
-    bf16 = dev.type == "cuda"
 
+    step_loss = _loss_function(bundle, pool, ids, null_ids, cfg, dev)
+    g = torch.Generator(device=dev)
     f, writer = _metrics_writer(out / "metrics.csv", start)
     begin = time.perf_counter()
     bar = progress_bar(total=cfg.steps, initial=start, desc="train world base", unit="step", disable=not progress)
@@ -285,23 +351,12 @@ def train(cfg: WorldTraining, out: str | os.PathLike, *, device: str | None = No
     try:
         with interrupts.deferred() as stop:
             for step in range(start, cfg.steps):
-                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-                pick = torch.randint(len(pool), (cfg.batch_size,), generator=g).to(dev)
-                x0 = frames_to_latents(bundle.vae, pool[pick])
-                drop = (torch.rand(cfg.batch_size, generator=g) < cfg.text_dropout).to(dev)
-                batch_ids = torch.where(drop[:, None], null_ids, ids[pick])
-                t = torch.randint(0, noise_sched.config.num_train_timesteps, (cfg.batch_size,), generator=g).to(dev)
-                noise = torch.randn(x0.shape, generator=g).to(dev)
-                noisy = noise_sched.add_noise(x0, noise, t)
-                target = noise_sched.get_velocity(x0, noise, t)
+                g.manual_seed(cfg.seed * 1_000_003 + step)  # a step's batch depends on its index only: resumable
                 seconds = before + time.perf_counter() - begin
                 done_frac = progress_fraction(step, seconds, cfg)
                 for group in opt.param_groups:
                     group["lr"] = cfg.lr * lr_factor(step, done_frac, cfg)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-                    text = bundle.text_encoder(batch_ids)[0]
-                    pred = bundle.transformer(**transformer_inputs(bundle, noisy, text, t), return_dict=False)[0]
-                loss = torch.nn.functional.mse_loss(pred.float(), target)
+                loss = step_loss(*_draw(g, len(pool), cfg.batch_size, dev))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(list(named.values()), cfg.grad_clip)
@@ -339,7 +394,8 @@ def train(cfg: WorldTraining, out: str | os.PathLike, *, device: str | None = No
               "config": asdict(cfg), "device": _device_name(dev)}
     if cfg.eval_stories:
         report["held_out_3s"] = evaluate_base(world_bundle(weights), cfg.eval_stories, steps=cfg.eval_steps,
-                                              guidance_scale=cfg.guidance_scale, device=dev, progress=progress)
+                                              guidance_scale=cfg.guidance_scale, device=dev, progress=progress,
+                                              sheet=out / "held_out_samples.png")
         log(format_report(report["held_out_3s"]))
     from tttgraph.config import write_atomic
 
@@ -387,11 +443,12 @@ def generate_clips(bundle, paragraphs: list[str], *, steps: int = 50, guidance_s
 
 
 def evaluate_base(bundle, stories: int, *, steps: int = 50, guidance_scale: float = 6.0, seed: int = 0,
-                  device: torch.device | str = "cpu", progress: bool = True) -> dict:
+                  device: torch.device | str = "cpu", progress: bool = True, sheet: Path | None = None) -> dict:
     """Detection and attribute accuracy on ``stories`` held-out 1-segment stories (3 s clips).
 
     Attribute accuracy is the scorer's first-appearance accuracy: the fraction of characters
     rendered in their slot with exactly the colour, shape and size their paragraph states.
+    ``sheet``: where to write a PNG of the first clips beside their ground truth (:func:`samples_sheet`).
     """
     from tttgraph.data.scorer import score_ground_truth, score_video, summarize
     from tttgraph.data.world import make_story
@@ -402,9 +459,37 @@ def evaluate_base(bundle, stories: int, *, steps: int = 50, guidance_scale: floa
                             seed=seed, device=device)
     scores = [score_video(v, s) for v, s in zip(videos, board, strict=True)]
     summary = summarize(scores, [score_ground_truth(s) for s in board])
+    if sheet is not None:
+        from tttgraph.generate.video_io import write_png
+
+        write_png(samples_sheet(videos, board, scores), sheet)
     return {"stories": stories, "detection": summary["detection"], "attribute_accuracy": summary["first_appearance"],
             "ceiling_detection": summary["ceiling_detection"], "sampler_steps": steps, "guidance_scale": guidance_scale,
             "seconds": round(time.perf_counter() - start, 1)}
+
+
+def _described(character) -> str:
+    return f"{character.size} {character.colour} {character.shape}"
+
+
+def samples_sheet(videos: list[np.ndarray], board: list, scores: list, count: int = 8) -> np.ndarray:
+    """uint8 [H, W, 3]: for the first ``count`` held-out clips, the generated middle frame beside the
+    ground truth's, labelled with what the paragraph introduces and whether the scorer found it."""
+    from tttgraph.data.world import render_story
+    from tttgraph.generate.video_io import contact_sheet
+
+    frames, labels = [], []
+    for video, story, score in list(zip(videos, board, scores, strict=True))[:count]:
+        truth = render_story(story)[0]
+        middle = truth.shape[0] // 2
+        frames += [video[middle], truth[middle]]
+        cast = "; ".join(f"{a.slot}: {_described(story.character(a.name))}"
+                         for a in story.segments[0].appearances)
+        verdict = f"{round(score.first_appearance * len(story.segments[0].appearances))}/" \
+                  f"{len(story.segments[0].appearances)} right"
+        labels += [[f"generated ({verdict})", cast], ["ground truth", cast]]
+    return contact_sheet(np.stack(frames), list(range(len(frames))), columns=4, labels=labels,
+                         title="world base model on held-out 3 s clips (middle frame)")
 
 
 def format_report(r: dict) -> str:
@@ -430,6 +515,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             help=f"default {getattr(d, name)}")
     parser.add_argument("--minutes", type=float,
                         help="a time budget: the learning rate decays over it and training stops at its end")
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="run the training step eagerly (default: torch.compile it on CUDA)")
     parser.add_argument("--evaluate-only", action="store_true", help="only score OUT/weights on held-out clips")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
@@ -449,13 +536,15 @@ def interrupted(args: argparse.Namespace, command: list[str]) -> str:
 def main(args: argparse.Namespace) -> int:
     cfg = WorldTraining(steps=args.steps, batch_size=args.batch_size, lr=args.lr, text_dropout=args.text_dropout,
                         pool=args.pool, seed=args.seed, checkpoint_every=args.checkpoint_every, minutes=args.minutes,
-                        eval_stories=args.eval_stories, eval_steps=args.eval_steps, guidance_scale=args.guidance_scale)
+                        eval_stories=args.eval_stories, eval_steps=args.eval_steps, guidance_scale=args.guidance_scale,
+                        compile=args.compile)
     if args.evaluate_only:
         from tttgraph.models.world_model import world_bundle
 
         dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         result = evaluate_base(world_bundle(Path(args.out) / "weights"), cfg.eval_stories, steps=cfg.eval_steps,
-                               guidance_scale=cfg.guidance_scale, device=dev, progress=args.progress)
+                               guidance_scale=cfg.guidance_scale, device=dev, progress=args.progress,
+                               sheet=Path(args.out) / f"held_out_samples_cfg{cfg.guidance_scale:g}.png")
         print(format_report(result))
         return 0
     train(cfg, args.out, device=args.device, progress=args.progress)
