@@ -11,7 +11,8 @@ a bare capture and of the transform (which captures, plans, rewrites, edits and 
 Nothing of diffusers' test code is copied: its tester classes are imported and asked for
 ``model_class``, ``get_init_dict()`` and ``get_dummy_inputs()``. A class with no tester in the checkout, or whose
 testers all fail, is surveyed again from its tiny build in ``tttgraph.models.tiny.MORE_DITS`` when it has one
-(tester ``MORE_DITS``; Kandinsky 5 and 6, and Cosmos, whose diffusers config needs torchvision), at 3 latent frames.
+(tester ``MORE_DITS``; Kandinsky 5 and 6, Cosmos, whose diffusers config needs torchvision, and SanaWM and its
+refiner, which have no tester), at 3 latent frames.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def first_tensor(out):
     if isinstance(out, torch.Tensor):
         return out
     if hasattr(out, "sample"):
-        return out.sample
+        return first_tensor(out.sample)
     if isinstance(out, (tuple, list)):
         return next(first_tensor(o) for o in out if first_tensor(o) is not None)
     return None

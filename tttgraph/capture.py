@@ -16,6 +16,8 @@ positional or keyword, ``return_dict``, same output type.
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import inspect
 import logging
 from collections.abc import Mapping
@@ -31,7 +33,7 @@ from tttgraph.adapters import get_adapter
 from tttgraph.errors import CaptureError, InputMismatchError, TTTGraphError
 from tttgraph.progress import progress_bar
 
-__all__ = ["CaptureInfo", "CapturedModel", "bind_inputs", "capture", "capture_info"]
+__all__ = ["CaptureInfo", "CapturedModel", "bind_inputs", "capture", "capture_info", "opaque"]
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +61,10 @@ class CaptureInfo:
     frame_range: tuple[int, int | None] | None
     frames_note: str = ""
     config: Any = field(default=None, repr=False)
-    # Truth values of tensors the model branched on, as the example gave them: the graph follows these
-    # branches only (export refuses such a graph; the edited eager model branches at every call).
-    branches: tuple[bool, ...] = ()
+    # Python values the model read off tensors (truth values it branched on, ``.item()``, ``.tolist()``), as the
+    # example gave them: the graph follows these values only (export refuses such a graph; the edited eager model
+    # reads them at every call).
+    branches: tuple[Any, ...] = ()
 
 
 def capture_info(gm: torch.fx.GraphModule) -> CaptureInfo:
@@ -136,33 +139,57 @@ def _dim_marks_removed(kwargs):
                 delattr(x, attr)
 
 
-class _Branches(TorchFunctionMode):
-    """Records (``replay`` None) or replays the truth values the model takes of tensors (``if tensor:``).
+# Reads of a tensor's values into Python: a branch (``if tensor:``), a number (Wan-Animate 2's RoPE offsets), a
+# list (its grid sizes, ``grid_sizes.tolist()``).
+_VALUE_READS = (torch.Tensor.__bool__, torch.Tensor.item, torch.Tensor.tolist)
 
-    A branch on tensor values stops torch.export; the values the example inputs give, recorded in an
-    eager run, are replayed during the capture, which then follows the branches the example took.
+
+class _Branches(TorchFunctionMode):
+    """Records (``replay`` None) or replays the Python values the model reads off tensors (``_VALUE_READS``).
+
+    Such a read stops torch.export (a data-dependent value); the values the example inputs give, recorded in an
+    eager run, are replayed during the capture, which then follows the branches and sizes the example took. The
+    record is flat, one scalar per element read: under export, ``tolist()`` reads its elements one ``item()`` at
+    a time.
     """
 
-    def __init__(self, replay: list[bool] | None = None):
+    def __init__(self, replay: list | None = None):
         super().__init__()
         self.replay = None if replay is None else list(replay)
-        self.seen: list[bool] = []
+        self.seen: list = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is not torch.Tensor.__bool__:
+        if func not in _VALUE_READS:
             return func(*args, **kwargs)
         if self.replay is not None:
-            if not self.replay:
-                raise CaptureError("the capture asked for more tensor truth values than the eager run gave")
-            return self.replay.pop(0)
+            count = args[0].numel() if func is torch.Tensor.tolist else 1
+            if len(self.replay) < count:
+                raise CaptureError("the capture read more tensor values into Python than the eager run did")
+            values, self.replay = self.replay[:count], self.replay[count:]
+            return _nested(values, tuple(args[0].shape)) if func is torch.Tensor.tolist else values[0]
         value = func(*args, **kwargs)
-        self.seen.append(bool(value))
+        if func is torch.Tensor.tolist:
+            self.seen.extend(_flat(value))
+        else:
+            self.seen.append(bool(value) if func is torch.Tensor.__bool__ else value)
         return value
 
 
-def _example_branches(model, named) -> list[bool]:
-    """The truth values of tensors the model takes on the example inputs, in order (an eager run)."""
+def _flat(value) -> list:
+    return [x for item in value for x in _flat(item)] if isinstance(value, list) else [value]
+
+
+def _nested(values: list, shape: tuple[int, ...]):
+    """``values`` (flat, row-major) as the nested lists ``tolist()`` gives for ``shape``."""
+    if not shape:
+        return values[0]
+    step = len(values) // shape[0] if shape[0] else 0
+    return [_nested(values[i * step:(i + 1) * step], shape[1:]) for i in range(shape[0])]
+
+
+def _example_branches(model, named) -> list:
+    """The Python values the model reads off tensors on the example inputs, in order (an eager run)."""
     with torch.no_grad(), _Branches() as branches:
         model(**named)
     return branches.seen
@@ -170,7 +197,8 @@ def _example_branches(model, named) -> list[bool]:
 
 def _data_dependent(exc: BaseException) -> bool:
     text = f"{type(exc).__name__}: {exc} {exc.__cause__!r}"
-    return "GuardOnDataDependentSymNode" in text or "data-dependent" in text
+    # A number read off a tensor and then hashed (Wan-Animate 2 keys a cache by it) fails as an unhashable SymInt.
+    return any(sign in text for sign in ("GuardOnDataDependentSymNode", "data-dependent", "non-nested SymInt"))
 
 
 def capture(
@@ -203,6 +231,8 @@ def capture(
         keyword and returns what the model returns with its default ``return_dict``. ``.train()``
         and ``.eval()`` set the mode flag only: dropout is traced as it was at capture (every
         supported family has dropout 0). Wrap it in :class:`CapturedModel` for the original call.
+        Inputs that are objects torch.export cannot take (Wan-Animate 2's KV cache) are no graph
+        inputs: export traces with a copy of each, and :class:`CapturedModel` accepts only the object given.
     """
     if dynamic_frames not in (True, False, "auto"):
         raise CaptureError(f"dynamic_frames={dynamic_frames!r} is not one of True, False, 'auto'")
@@ -216,13 +246,16 @@ def capture(
     }
     frames = _latent_frames(adapter, model, named)
     want_dynamic, note = _decide_dynamic(adapter, dynamic_frames, frames)
+    objects = {name: value for name, value in named.items() if opaque(value)}
+    graph_named = {name: value for name, value in named.items() if name not in objects}
 
     bar = progress_bar(total=2, desc=f"capture {type(model).__name__}", disable=not progress, leave=False)
     try:
         bar.set_postfix_str("torch.export (non-strict)")
         log.info("capture: exporting %s (dynamic frames: %s)", type(model).__name__, want_dynamic)
-        with adapter.capture_patches(model):
-            ep, branches = _export_with_frames(model, named, adapter, want_dynamic, dynamic_frames, dynamic_text)
+        with adapter.capture_patches(model), _objects_bound(model, objects):
+            ep, branches = _export_with_frames(model, graph_named, adapter, want_dynamic, dynamic_frames,
+                                               dynamic_text)
         bar.update()
         bar.update()
         bar.set_postfix_str("unlift parameters")
@@ -249,7 +282,7 @@ def capture(
     frame_range = _frame_range(ep, sym, frames, is_dynamic, adapter, model)
     gm.meta[_META_KEY] = CaptureInfo(
         model_class=type(model).__name__, adapter=adapter.name, signature=sig,
-        graph_inputs=tuple(named), constants=constants, example_inputs=named, latent_frames=frames,
+        graph_inputs=tuple(graph_named), constants=constants, example_inputs=named, latent_frames=frames,
         dynamic_frames=is_dynamic, frame_range=frame_range, frames_note=note,
         config=getattr(model, "config", None), branches=tuple(branches or ()),
     )
@@ -328,6 +361,34 @@ def _differentiable_copies(gm: torch.fx.GraphModule) -> int:
     return replaced
 
 
+_PLAIN = (int, float, bool, str, complex, type(None), torch.dtype, torch.device, torch.layout, torch.memory_format)
+
+
+def opaque(value: Any) -> bool:
+    """Whether ``value`` holds an object torch.export cannot take as an input (not a tensor, a Python scalar or
+    a container of them): a cache object such as Wan-Animate 2's ``WanAnimate2KVCache``."""
+    return any(not isinstance(leaf, (torch.Tensor, *_PLAIN)) for leaf in pytree.tree_leaves(value))
+
+
+@contextlib.contextmanager
+def _objects_bound(model: nn.Module, objects: dict[str, Any]):
+    """Within the block, ``model`` is called without the arguments ``objects``: its forward gets a copy of each
+    bound, so that export never sees them, and what the traced forward writes into them (fake tensors) lands in
+    the copies, not in the caller's objects. The graph holds them as constants (``CaptureInfo.constants``)."""
+    if not objects:
+        yield
+        return
+    had = model.__dict__.get("forward")
+    model.forward = functools.partial(model.forward, **copy.deepcopy(objects))
+    try:
+        yield
+    finally:
+        if had is None:
+            del model.forward
+        else:
+            model.forward = had
+
+
 def _latent_frames(adapter, model, named) -> int | None:
     try:
         return adapter.latent_frames(model, named)
@@ -362,7 +423,7 @@ def _decide_dynamic(adapter, dynamic_frames, frames) -> tuple[bool, str]:
     return True, ""
 
 
-# Model classes seen to branch on tensor values: their later captures record the branches first, rather
+# Model classes seen to read tensor values into Python: their later captures record the values first, rather
 # than find out from a failed torch.export.
 _BRANCHING: set[type] = set()
 
@@ -382,8 +443,8 @@ def _export_with_frames(model, named, adapter, want_dynamic, dynamic_frames, dyn
     branches = None
     if (failure is None or _data_dependent(failure)) and (branches := _example_branches(model, named) or None):
         _BRANCHING.add(type(model))
-        log.warning("capture: %s branches on tensor values; capturing the branches the example takes (%s)",
-                    type(model).__name__, branches)
+        log.warning("capture: %s reads tensor values into Python (branches, .item(), .tolist()); capturing with "
+                    "the values the example gives (%s)", type(model).__name__, branches)
     if branches is not None or failure is None:
         try:
             return _export(model, named, spec, branches), branches
@@ -512,7 +573,7 @@ class CapturedModel(nn.Module):
     def _check_shapes(self, graph_kwargs: dict[str, Any]) -> None:
         """Refuse tensors whose static dims differ from the capture, naming input and dim."""
         leaves, spec = pytree.tree_flatten_with_path(graph_kwargs)
-        captured_spec = pytree.tree_structure(self._info.example_inputs)
+        captured_spec = pytree.tree_structure({k: self._info.example_inputs[k] for k in self._info.graph_inputs})
         if spec != captured_spec:
             raise InputMismatchError(
                 f"the tensor inputs are structured as {spec}, the captured graph takes {captured_spec}; "

@@ -14,8 +14,10 @@ itself against, and what ``export`` writes); ``inspect`` builds the plan without
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +26,7 @@ from torch import nn
 
 from tttgraph.adapters import GenericAdapter, TokenLayout, get_adapter
 from tttgraph.analysis import Analysis, AttentionSite, analyse, size_at_example
-from tttgraph.capture import CapturedModel, bind_inputs, capture, capture_info
+from tttgraph.capture import CapturedModel, bind_inputs, capture, capture_info, opaque
 from tttgraph.config import TTTConfig
 from tttgraph.errors import NoAttentionFoundError, TTTGraphError
 from tttgraph.fingerprints import state_dict_fingerprints
@@ -138,15 +140,25 @@ def _plan(gm: torch.fx.GraphModule, analysis: Analysis, cfg: TTTConfig, model: n
     sites, ttt_sites, segment_sites = [], [], {}
     evaluate = size_at_example(gm, info.example_inputs)
     nodes = {n.name: n for n in gm.graph.nodes}
+    # An attention module whose output takes the TTT layer (``module_attention``) may compute its attention with
+    # SDPA calls of submodules (SanaWM's softmax blocks: a main and a camera branch): those get none of their own.
+    modules = [s.module_path for s in analysis.sites if s.computed_by == "module"]
     for site in analysis.sites:
         module = _module_at(model, site.module_path)
         ttt, note = _ttt_note(site, cfg, module)
+        outer = next((path for path in modules if site.module_path.startswith(path + ".")), None)
+        if ttt and outer is not None:
+            ttt, note = False, f"TTT after the whole of {outer}"
         seq = site_layout(site, layout, seg)
         segment = (seg.frames_per_segment is not None and seq is not None and not site.is_causal
                    and not cfg.excludes(site.module_path, module))
         if segment and site.computed_by == "module":
             # Segment-local attention replaces SDPA calls; this module's own attention (linear, flex) stays global.
-            segment, note = False, (note + "; " if note else "") + "not SDPA: its attention stays global"
+            inner = any(s.computed_by == "sdpa" and s.module_path.startswith(site.module_path + ".")
+                        for s in analysis.sites)
+            why = "its SDPA calls are segment-local, the rest stays global" if inner else \
+                "not SDPA: its attention stays global"
+            segment, note = False, (note + "; " if note else "") + why
         if segment and site.kind == "cross" and site.q_shape[2] != layout.video_tokens:
             # Frames folded into the batch (Latte): each frame's queries see the whole text.
             segment, note = False, (note + "; " if note else "") + "per-frame cross-attention: not segmented"
@@ -209,8 +221,17 @@ def _capture_and_plan(model: nn.Module, cfg: TTTConfig, example_inputs: Any, pro
         raise TypeError(f"cfg must be a tttgraph.TTTConfig, got {type(cfg).__name__}")
     if isinstance(model, CapturedModel):
         raise TTTGraphError("this model was already transformed or captured; pass the original model")
-    _, named = bind_inputs(model, example_inputs)
     adapter = get_adapter(model)
+    if isinstance(example_inputs, Mapping):  # a restore's inputs lack the objects a recipe can't record
+        example_inputs = {**adapter.fresh_objects(model), **example_inputs}
+    _, named = bind_inputs(model, example_inputs)
+    # The transform's own copies of object inputs (a cache): its capture and check write into them, not the user's.
+    named = {name: copy.deepcopy(value) if opaque(value) else value for name, value in named.items()}
+    if adapter.segments_reason and cfg.segment_latent_frames is not None:
+        raise TTTGraphError(
+            f"segment_latent_frames={cfg.segment_latent_frames}: {type(model).__name__} has no segments, as "
+            f"{adapter.segments_reason}; transform it with segment_latent_frames=None (TTT layers only)"
+        )
     mask = named.get(adapter.valid_text_mask) if adapter.valid_text_mask else None
     if isinstance(mask, torch.Tensor):  # captured with every text token valid (see ModelAdapter)
         named = {**named, adapter.valid_text_mask: torch.ones_like(mask)}
@@ -321,8 +342,9 @@ def transform(
         segments = SequenceLayout(0, 1, seg.frames_per_segment, seg.overlap_frames)
         model.forward = ModelForward(model, adapter, shape, segments, seg.text_tokens_per_segment)
     gm.meta[PLAN_KEY] = plan
-    model.__dict__[STATE_KEY] = TransformState(dataclasses.replace(plan, evaluate=None), named)
-    record_recipe(model, plan, named)
+    recordable = {name: value for name, value in named.items() if not opaque(value)}  # see _capture_and_plan
+    model.__dict__[STATE_KEY] = TransformState(dataclasses.replace(plan, evaluate=None), recordable)
+    record_recipe(model, plan, recordable)
     if verify:
         _verify(model, CapturedModel(gm), named)
     return model

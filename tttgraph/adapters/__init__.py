@@ -5,8 +5,9 @@
 >>> get_adapter(model).layout(model, inputs)
 
 The built-in adapters cover CogVideoX (1.0 and 1.5), Wan 2.1, HunyuanVideo (and 1.5), Mochi, LTX-Video,
-Latte, Allegro, Kandinsky 5, 6 and 6 SR, Cosmos, Sana-Video and AnyFlow-FAR; a model no adapter claims gets
-:class:`GenericAdapter`, which infers the layout from the attention shapes or says which adapter to write.
+Latte, Allegro, Kandinsky 5, 6 and 6 SR, Cosmos, Sana-Video, AnyFlow-FAR, JoyImage Edit Plus,
+HunyuanVideo-Framepack, Helios, MiniMax-H3, Wan-Animate 2, SANA-WM and its LTX-2 refiner; a model no adapter
+claims gets :class:`GenericAdapter`, which infers the layout from the attention shapes or says which adapter to write.
 """
 
 from __future__ import annotations
@@ -19,15 +20,21 @@ from tttgraph.adapters.base import ModelAdapter, TokenLayout
 from tttgraph.adapters.cogvideox import CogVideoXAdapter
 from tttgraph.adapters.cosmos import CosmosAdapter
 from tttgraph.adapters.generic import GenericAdapter
+from tttgraph.adapters.history import FramepackAdapter, HeliosAdapter
 from tttgraph.adapters.hunyuanvideo import HunyuanVideoAdapter
 from tttgraph.adapters.hunyuanvideo15 import HunyuanVideo15Adapter
+from tttgraph.adapters.joyimage import JoyImageEditPlusAdapter
 from tttgraph.adapters.kandinsky import Kandinsky6SRAdapter, KandinskyAdapter
 from tttgraph.adapters.latte import LatteAdapter
 from tttgraph.adapters.ltx import LTXVideoAdapter
+from tttgraph.adapters.minimax import MiniMaxH3Adapter
 from tttgraph.adapters.mochi import MochiAdapter
 from tttgraph.adapters.sana import SanaVideoAdapter
+from tttgraph.adapters.sana_wm import SanaWMAdapter
+from tttgraph.adapters.sana_wm_refiner import SanaWMRefinerAdapter
 from tttgraph.adapters.temporal import TemporalAdapter
 from tttgraph.adapters.wan import WanAdapter
+from tttgraph.adapters.wan_animate2 import WanAnimate2Adapter
 from tttgraph.errors import TTTGraphError
 
 __all__ = [
@@ -64,6 +71,8 @@ def get_adapter(model: torch.nn.Module) -> ModelAdapter:
 for _adapter in (
     CogVideoXAdapter(), WanAdapter(), HunyuanVideoAdapter(), HunyuanVideo15Adapter(), MochiAdapter(),
     LTXVideoAdapter(), LatteAdapter(), AllegroAdapter(), TemporalAdapter(), KandinskyAdapter(),
-    CosmosAdapter(), SanaVideoAdapter(), AnyFlowFARAdapter(), Kandinsky6SRAdapter(),
+    CosmosAdapter(), SanaVideoAdapter(), AnyFlowFARAdapter(), Kandinsky6SRAdapter(), JoyImageEditPlusAdapter(),
+    FramepackAdapter(), HeliosAdapter(), MiniMaxH3Adapter(), WanAnimate2Adapter(), SanaWMAdapter(),
+    SanaWMRefinerAdapter(),
 ):
     register_adapter(_adapter.name, _adapter)

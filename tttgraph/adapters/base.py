@@ -93,6 +93,9 @@ class ModelAdapter:
     # attention, FlexAttention): each gets its TTT layer on the module's output; their own attention stays global
     # (segment-local attention edits SDPA calls only).
     module_attention: tuple[str, ...] = ()
+    # Why segment-local attention does not apply to this family (no time axis in its sequence); a config with
+    # ``segment_latent_frames`` is refused with it. Empty: segments apply.
+    segments_reason: str = ""
 
     def matches(self, model: torch.nn.Module) -> bool:
         return type(model).__name__ in self.model_classes
@@ -116,6 +119,11 @@ class ModelAdapter:
         embedding, e.g. ConsisID). Families override it to add their own.
         """
         return traceable_sincos_tables(model)
+
+    def fresh_objects(self, model: torch.nn.Module) -> dict[str, Any]:
+        """Object inputs (a cache) that a recipe cannot record, built new: ``transform`` adds them to example
+        inputs that lack them (a restore from a recipe). None by default."""
+        return {}
 
     def text_dynamic_shapes(self, spec: dict[str, Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
         """``spec`` with the text-length dims of ``text_inputs`` marked ``Dim.AUTO`` as well."""

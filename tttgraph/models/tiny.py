@@ -445,6 +445,107 @@ def _sana_video_inputs(f, seed):
             "timestep": torch.tensor([500])}
 
 
+def _joyimage_edit_plus_inputs(f, seed):
+    """JoyImage Edit Plus (image editing: ``f`` is unused), batch 2 in 6-D patches [B, 8, C, 1, 2, 2]: sample 0 a 2x2
+    target and a 1x2 reference image, sample 1 a 2x2 target alone (padded further); prompts padded as the pipeline
+    pads them."""
+    g = _g(seed)
+    mask = torch.ones(2, 6)
+    mask[1, 4:] = 0
+    return {"hidden_states": torch.randn(2, 8, 4, 1, 2, 2, generator=g), "timestep": torch.tensor([500.0, 500.0]),
+            "encoder_hidden_states": torch.randn(2, 6, 16, generator=g), "encoder_hidden_states_mask": mask,
+            "shape_list": [[(1, 2, 2), (1, 1, 2)], [(1, 2, 2)]]}
+
+
+def _framepack_inputs(f, seed):
+    """HunyuanVideo-Framepack: a section of F frames [B, C, F, 8, 8] after its clean latents (2 frames) and its 2x and
+    4x downsampled history (2 and 8 frames), each with its frame indices; an image stream of 4 tokens."""
+    g = _g(seed)
+    return {"hidden_states": torch.randn(1, 4, f, 8, 8, generator=g), "timestep": torch.tensor([500]),
+            "encoder_hidden_states": torch.randn(1, 8, 16, generator=g), "encoder_attention_mask": torch.ones(1, 8),
+            "pooled_projections": torch.randn(1, 8, generator=g), "image_embeds": torch.randn(1, 4, 16, generator=g),
+            "indices_latents": torch.arange(10, 10 + f), "guidance": torch.tensor([500]),
+            "latents_clean": torch.randn(1, 4, 2, 8, 8, generator=g), "indices_latents_clean": torch.arange(8, 10),
+            "latents_history_2x": torch.randn(1, 4, 2, 8, 8, generator=g),
+            "indices_latents_history_2x": torch.arange(6, 8),
+            "latents_history_4x": torch.randn(1, 4, 8, 8, 8, generator=g),
+            "indices_latents_history_4x": torch.arange(0, 8)}
+
+
+def _helios_inputs(f, seed):
+    """Helios: a section of F frames [B, C, F, 8, 8] after its short, mid and long history (1, 2 and 4 frames)."""
+    g = _g(seed)
+    inputs = {"hidden_states": torch.randn(1, 4, f, 8, 8, generator=g), "timestep": torch.tensor([500]),
+              "encoder_hidden_states": torch.randn(1, 8, 16, generator=g),
+              "indices_hidden_states": torch.arange(7, 7 + f)[None]}
+    for name, frames, start in (("long", 4, 0), ("mid", 2, 4), ("short", 1, 6)):
+        inputs[f"latents_history_{name}"] = torch.randn(1, 4, frames, 8, 8, generator=g)
+        inputs[f"indices_latents_history_{name}"] = torch.arange(start, start + frames)[None]
+    return inputs
+
+
+def _minimax_h3_inputs(f, seed):
+    """MiniMax-H3, batch 2: one packed sequence of 6 text rows, F frames of 2x2 video rows and 3 audio rows, placed by
+    index tensors, with their (t, h, w) positions and two noise levels (video and audio)."""
+    g = _g(seed)
+    nt, nv, na = 6, 4 * f, 3
+    n = nt + nv + na
+    text, video, audio = torch.arange(nt), torch.arange(nt, nt + nv), torch.arange(nt + nv, n)
+    tags = torch.zeros(n, dtype=torch.long)
+    tags[text], tags[audio] = 1, 2
+    steps = torch.zeros(n, dtype=torch.long)
+    steps[audio] = 1
+    positions = torch.zeros(n, 3)
+    positions[:, 0] = torch.arange(n)
+    positions[video] = torch.stack(torch.meshgrid(torch.arange(f), torch.arange(2), torch.arange(2), indexing="ij"),
+                                   -1).reshape(-1, 3).float()
+    return {"hidden_states": torch.randn(2, nv, 16, generator=g),
+            "audio_hidden_states": torch.randn(2, na, 6, generator=g),
+            "encoder_hidden_states": torch.randn(2, nt, 8, generator=g), "timestep": torch.tensor([0.7, 0.3]),
+            "timestep_indices": steps, "token_tags": tags, "position_ids": positions, "video_indices": video,
+            "audio_indices": audio, "text_indices": text}
+
+
+def _wan_animate2_inputs(f, seed):
+    """Wan-Animate 2's reference pass (``kv_cache_mode="extract"``): lists of unbatched [C, F, 4, 4] latents, a prompt,
+    CLIP image tokens and an empty ``WanAnimate2KVCache`` that the pass fills."""
+    from diffusers.models.transformers.transformer_wan_animate_2 import WanAnimate2KVCache
+
+    g = _g(seed)
+    return {"hidden_states": [torch.randn(16, f, 4, 4, generator=g)], "timestep": torch.tensor([1.0]),
+            "encoder_hidden_states": [torch.randn(8, 32, generator=g)],
+            "condition_latents": [torch.randn(20, f, 4, 4, generator=g)],
+            "encoder_hidden_states_image": torch.randn(1, 4, 1280, generator=g), "kv_cache": WanAnimate2KVCache(2),
+            "kv_cache_mode": "extract", "seq_len": 4 * f, "offset_grid_sizes": torch.tensor([[f, 2, 2]])}
+
+
+def _sana_wm_inputs(f, seed):
+    """SANA-WM: [B, C, F, 4, 4] latents, per-frame timesteps [B, 1, F], the prompt [B, 1, L, D] with its mask, and
+    camera conditions [B, F, 20] (camera-to-world matrices moving along x, pinhole intrinsics)."""
+    g = _g(seed)
+    text = _text(f, g)
+    c2w = torch.eye(4).repeat(1, f, 1, 1)
+    c2w[..., 0, 3] = 0.1 * torch.arange(f)
+    cameras = torch.cat([c2w.flatten(2), torch.tensor([4.0, 4.0, 2.0, 2.0]).repeat(1, f, 1)], -1)
+    return {"hidden_states": torch.randn(1, 4, f, 4, 4, generator=g), "timestep": torch.full((1, 1, f), 500.0),
+            "encoder_hidden_states": text[:, None], "encoder_attention_mask": torch.ones(1, text.shape[1]),
+            "camera_conditions": cameras}
+
+
+def _sana_wm_refiner_inputs(f, seed):
+    """SANA-WM's LTX-2 refiner without a KV cache: packed tokens [B, F*16, C] of F frames of 4x4, per-token timesteps
+    and the RoPE the refiner pipeline builds for the frames' positions (``build_rotary_emb_for_absolute_positions``)."""
+    diffusers = importlib.import_module("diffusers")
+
+    g = _g(seed)
+    text = _text(f, g)
+    rope_of = diffusers.SanaWMLTX2RefinerTransformer3DModel(**MORE_DITS["SanaWMLTX2RefinerTransformer3DModel"][0])
+    rope = rope_of.build_rotary_emb_for_absolute_positions(1, list(range(f)), 4, 4, torch.device("cpu"), 24.0)
+    return {"hidden_states": torch.randn(1, f * 16, 4, generator=g), "encoder_hidden_states": text,
+            "timestep": torch.full((1, f * 16), 500.0), "video_rotary_emb": rope,
+            "encoder_attention_mask": torch.ones(1, text.shape[1])}
+
+
 def _temporal_inputs(f, seed):
     return {"hidden_states": torch.randn(f, 4, 4, 4, generator=_g(seed)), "num_frames": f}
 
@@ -515,6 +616,38 @@ MORE_DITS: dict[str, tuple[dict[str, Any], Callable[[int, int], dict[str, Any]]]
                                          attention_bias=False, sample_size=8, patch_size=(1, 2, 2),
                                          norm_elementwise_affine=False, norm_eps=1e-6,
                                          qk_norm="rms_norm_across_heads", rope_max_seq_len=32), _sana_video_inputs),
+    "JoyImageEditPlusTransformer3DModel": (dict(patch_size=[1, 2, 2], in_channels=4, hidden_size=32,
+                                                num_attention_heads=2, text_dim=16, num_layers=2,
+                                                rope_dim_list=[4, 6, 6]), _joyimage_edit_plus_inputs),
+    "HunyuanVideoFramepackTransformer3DModel": (dict(in_channels=4, out_channels=4, num_attention_heads=2,
+                                                     attention_head_dim=10, num_layers=1, num_single_layers=1,
+                                                     num_refiner_layers=1, patch_size=2, patch_size_t=1,
+                                                     guidance_embeds=True, text_embed_dim=16,
+                                                     pooled_projection_dim=8, rope_axes_dim=(2, 4, 4),
+                                                     image_condition_type=None, has_image_proj=True,
+                                                     image_proj_dim=16, has_clean_x_embedder=True),
+                                                _framepack_inputs),
+    "HeliosTransformer3DModel": (dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                      in_channels=4, out_channels=4, text_dim=16, freq_dim=256, ffn_dim=32,
+                                      num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                      rope_dim=(4, 4, 4), has_multi_term_memory_patch=True, guidance_cross_attn=True,
+                                      zero_history_timestep=True, is_amplify_history=False), _helios_inputs),
+    "MiniMaxH3Transformer3DModel": (dict(num_attention_heads=2, attention_head_dim=16, hidden_size=24, num_layers=2,
+                                         num_refiner_layers=2, ffn_dim=32, in_channels=4, audio_in_channels=6,
+                                         patch_size=(1, 2, 2), text_dim=8, freq_dim=8, time_embed_hidden_dim=24,
+                                         time_embed_dim=16, rope_freq_dim=2), _minimax_h3_inputs),
+    "WanAnimate2Transformer3DModel": (dict(patch_size=(1, 2, 2), text_len=16, in_dim=36, dim=128, ffn_dim=256,
+                                           freq_dim=64, text_dim=32, out_dim=16, num_heads=4, num_layers=2,
+                                           cross_attn_norm=True, use_img_emb=True), _wan_animate2_inputs),
+    "SanaWMTransformer3DModel": (dict(in_channels=4, num_layers=2, hidden_size=32, num_attention_heads=2,
+                                      linear_head_dim=16, softmax_every_n=2, caption_channels=16,
+                                      chunk_plucker_post_attn_blocks=2, image_size=64), _sana_wm_inputs),
+    "SanaWMLTX2RefinerTransformer3DModel": (dict(in_channels=4, out_channels=4, num_attention_heads=2,
+                                                 attention_head_dim=8, cross_attention_dim=16, audio_in_channels=4,
+                                                 audio_out_channels=4, audio_num_attention_heads=2,
+                                                 audio_attention_head_dim=4, audio_cross_attention_dim=8,
+                                                 num_layers=2, caption_channels=16, rope_double_precision=False),
+                                            _sana_wm_refiner_inputs),
 }
 
 # Classes that zero-initialise their modulations (adaLN-Zero): at random init their blocks would not reach the output,
