@@ -6,7 +6,9 @@
 # scales. What comes back stays small: weights (5 MB), report, metrics, log, sample sheets.
 #
 #   bash benchmarks/train_world_gpu.sh RUN OUT [MINUTES] [STOP_AFTER] [train-world flags...]
-#     RUN: the run's directory (kept on the machine between calls: checkpoint, clip pool)
+#     RUN: the run's directory (kept on the machine between calls: checkpoint, clip pool); keep it
+#          outside every path the device call carries (a carried path replaces what the machine has,
+#          which deletes the checkpoint: e.g. /tmp/world_base, not a folder inside a carried tree)
 #     OUT: where to copy what comes back ($OUT)
 set -uo pipefail
 run=${1:?usage: train_world_gpu.sh RUN OUT [MINUTES] [STOP_AFTER]}

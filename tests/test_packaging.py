@@ -63,3 +63,18 @@ def test_the_kernels_folder_is_not_a_package_and_installs_under_tttgraph():
     import tttgraph.kernels.ttt_mlp as op_package
 
     assert Path(op_package.__file__).resolve() == ROOT / "kernels" / "ttt_mlp" / "__init__.py"
+
+
+def test_the_wheel_ships_the_world_weights_and_the_bundled_story(tmp_path):
+    """What `tttgraph generate --world default` and the world stages load on a machine that installed the wheel."""
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+                    "--wheel-dir", str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("tttgraph-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for shipped in ("tttgraph/models/world_weights/transformer.safetensors",
+                    "tttgraph/models/world_weights/text_encoder.safetensors",
+                    "tttgraph/models/world_weights/training_report.json",
+                    "tttgraph/generate/stories/one_minute.toml"):
+        assert shipped in names, f"{shipped} is missing from {wheel.name}"

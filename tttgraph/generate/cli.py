@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="under torchrun: split each sequence by segments over the processes (activations divided "
                         "too) instead of splitting the attention and TTT heads")
     m.add_argument("--threads", type=int_at_least(1),
-                   help="CPU threads for torch (default: 1 for the tiny models, whose "
+                   help="CPU threads for torch (default: 1 for the tiny random models, whose "
                    "kilobyte-sized ops only lose from more threads; else torch's choice)")
     o = parser.add_argument_group("output and resume")
     o.add_argument("--out", default="video.mp4", metavar="FILE.mp4", help="video to write (default video.mp4)")
@@ -99,7 +99,8 @@ def main(args: argparse.Namespace) -> int:
     """Generate (errors and interrupts are reported by :func:`tttgraph.command.run_parsed`)."""
     from tttgraph.generate.pipeline import generate, plan
 
-    threads = args.threads if args.threads is not None else (1 if args.pretrained is None else None)
+    tiny = args.pretrained is None and args.world is None  # the world model's ops are large enough to share
+    threads = args.threads if args.threads is not None else (1 if tiny else None)
     if threads is not None:
         import torch
 
