@@ -11,6 +11,26 @@ with no RoPE (``raster=False``, its 3D positions would be wrong), and there is n
 from __future__ import annotations
 
 from tttgraph.adapters.base import ModelAdapter, Order, TokenLayout, none_spec
+from tttgraph.errors import LayoutInferenceError
+
+
+def packed_length(adapter: str, inputs, name: str, layout: str, dim: int, pipeline: str) -> int:
+    """``inputs[name].shape[dim]``, after checking that the input has as many dims as ``layout`` names
+    (e.g. ``"[B, N, C]"``); else a LayoutInferenceError naming the shape found and the pipeline to take inputs from."""
+    value = inputs.get(name)
+    ndim = len(layout.strip("[]").split(","))
+    if getattr(value, "ndim", None) != ndim:
+        raise LayoutInferenceError(
+            f"{adapter} expects {name} as {layout}, got {getattr(value, 'shape', type(value).__name__)}; pass the "
+            f"{pipeline} pipeline's inputs"
+        )
+    return int(value.shape[dim])
+
+
+def stream_length(inputs, name: str = "encoder_hidden_states") -> int:
+    """Tokens of the optional ``[B, L, D]`` stream ``name`` (0 when it is not given)."""
+    value = inputs.get(name)
+    return 0 if value is None else int(value.shape[1])
 
 
 class PackedAdapter(ModelAdapter):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 
-from tttgraph.adapters._packed import PackedAdapter
+from tttgraph.adapters._packed import PackedAdapter, stream_length
 from tttgraph.errors import LayoutInferenceError
 
 _SECTION = "each call denoises one section of frames after its history latents, which its attention reads"
@@ -64,8 +64,7 @@ class FramepackAdapter(PackedAdapter):
 
     def text_tokens(self, model, inputs) -> int:
         # The image tokens come first, then the prompt (the models' forward pads neither).
-        return sum(int(inputs[name].shape[1]) for name in ("image_embeds", "encoder_hidden_states")
-                   if inputs.get(name) is not None)
+        return stream_length(inputs, "image_embeds") + stream_length(inputs)
 
 
 class HeliosAdapter(PackedAdapter):
@@ -86,5 +85,4 @@ class HeliosAdapter(PackedAdapter):
         return tokens
 
     def text_tokens(self, model, inputs) -> int:
-        text = inputs.get("encoder_hidden_states")
-        return 0 if text is None else int(text.shape[1])
+        return stream_length(inputs)

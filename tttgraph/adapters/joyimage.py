@@ -10,8 +10,7 @@ attention's queries (the model masks them out of the keys only).
 
 from __future__ import annotations
 
-from tttgraph.adapters._packed import PackedAdapter
-from tttgraph.errors import LayoutInferenceError
+from tttgraph.adapters._packed import PackedAdapter, packed_length, stream_length
 
 
 class JoyImageEditPlusAdapter(PackedAdapter):
@@ -22,14 +21,8 @@ class JoyImageEditPlusAdapter(PackedAdapter):
     segments_reason = "it edits images: its patches are a target image and reference images, with no time axis"
 
     def packed_tokens(self, model, inputs) -> int:
-        patches = inputs.get("hidden_states")
-        if getattr(patches, "ndim", None) != 6:
-            raise LayoutInferenceError(
-                f"{self.name} expects hidden_states as 6-D packed patches [B, max_patches, C, pt, ph, pw], got "
-                f"{getattr(patches, 'shape', type(patches).__name__)}; pass the JoyImageEditPlus pipeline's inputs"
-            )
-        return int(patches.shape[1])
+        return packed_length(self.name, inputs, "hidden_states", "[B, max_patches, C, pt, ph, pw]", 1,
+                             "JoyImageEditPlus")
 
     def text_tokens(self, model, inputs) -> int:
-        text = inputs.get("encoder_hidden_states")
-        return 0 if text is None else int(text.shape[1])
+        return stream_length(inputs)

@@ -9,8 +9,7 @@ interleave as the pipeline placed them, so the TTT reads the whole packed sequen
 
 from __future__ import annotations
 
-from tttgraph.adapters._packed import PackedAdapter
-from tttgraph.errors import LayoutInferenceError
+from tttgraph.adapters._packed import PackedAdapter, packed_length
 
 
 class MiniMaxH3Adapter(PackedAdapter):
@@ -21,10 +20,4 @@ class MiniMaxH3Adapter(PackedAdapter):
                        "axis separates a segment's rows (its self-attention sees them all)")
 
     def packed_tokens(self, model, inputs) -> int:
-        positions = inputs.get("position_ids")
-        if getattr(positions, "ndim", None) != 2:
-            raise LayoutInferenceError(
-                f"{self.name} reads the packed sequence length from position_ids [N, 3], got "
-                f"{getattr(positions, 'shape', type(positions).__name__)}; pass the MiniMax-H3 pipeline's inputs"
-            )
-        return int(positions.shape[0])
+        return packed_length(self.name, inputs, "position_ids", "[N, 3]", 0, "MiniMax-H3")

@@ -10,7 +10,7 @@ frames of h x w tokens, and segments apply (with ``kv_cache_mode=None``, where t
 
 from __future__ import annotations
 
-from tttgraph.adapters._packed import PackedAdapter
+from tttgraph.adapters._packed import PackedAdapter, packed_length, stream_length
 from tttgraph.adapters.base import TokenLayout
 from tttgraph.errors import LayoutInferenceError
 
@@ -28,17 +28,10 @@ class SanaWMRefinerAdapter(PackedAdapter):
         )
 
     def packed_tokens(self, model, inputs) -> int:
-        tokens = inputs.get("hidden_states")
-        if getattr(tokens, "ndim", None) != 3:
-            raise LayoutInferenceError(
-                f"{self.name} expects hidden_states as packed tokens [B, N, C], got "
-                f"{getattr(tokens, 'shape', type(tokens).__name__)}; pass the SANA-WM refiner pipeline's inputs"
-            )
-        return int(tokens.shape[1])
+        return packed_length(self.name, inputs, "hidden_states", "[B, N, C]", 1, "SANA-WM refiner")
 
     def text_tokens(self, model, inputs) -> int:
-        text = inputs.get("encoder_hidden_states")
-        return 0 if text is None else int(text.shape[1])
+        return stream_length(inputs)
 
     def layout(self, model, inputs) -> TokenLayout:
         if self.grid is None:

@@ -388,12 +388,14 @@ def _ttt_digest(ttt_dir: Path | None) -> str:
     return hashlib.sha256(json.dumps(checksums, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _example_inputs(job: Plan, bundle: Any, transformer_inputs: Callable) -> dict[str, Any]:
+def _example_inputs(job: Plan, bundle: Any) -> dict[str, Any]:
     """What ``transform`` captures and checks the model on: one sample of at most two segments.
 
     The transformed model runs at any batch and length (segments are cut at run time), so the
     example need not be the job's; a short one makes capture and the transform's self-check a few
     seconds instead of a full-length forward pass (half the set-up time of a 9 s CPU run)."""
+    from tttgraph.models.cogvideox_bundle import transformer_inputs
+
     cfg = job.ttt_config
     segments = min(job.estimate.segments, 2)
     frames = min(job.latent_frames, segments * cfg.segment_latent_frames + cfg.segment_overlap_frames)
@@ -412,7 +414,7 @@ def load_models(job: Plan, *, options: GenerateOptions | None = None, par: Paral
     fine-tuning output (``job.ttt_auto``) that does not fit the base model is skipped with a note.
     """
     from tttgraph.checkpoint import RestoreError, restore
-    from tttgraph.models.cogvideox_bundle import load_pretrained, tiny_bundle, transformer_inputs
+    from tttgraph.models.cogvideox_bundle import load_pretrained, tiny_bundle
     from tttgraph.rewrite import transform
 
     options = options or GenerateOptions()
@@ -433,7 +435,7 @@ def load_models(job: Plan, *, options: GenerateOptions | None = None, par: Paral
         else:
             bundle = load_pretrained(job.source, dtype=job.dtype, device=job.device)
     batch = job.settings.batch
-    example = _example_inputs(job, bundle, transformer_inputs)
+    example = _example_inputs(job, bundle)
     show = options.progress and par.is_main
     ttt_dir = job.ttt_dir
     model = None
