@@ -79,7 +79,7 @@ def saved(tmp_path_factory):
     from tttgraph import save
     from tttgraph.generate.pipeline import GenerateOptions, load_models, plan
 
-    options = GenerateOptions(ttt="none", seconds=3, progress=False)
+    options = GenerateOptions(tiny=True, ttt="none", seconds=3, progress=False)
     return save(load_models(plan(options), options=options, out=lambda _: None).model,
                 tmp_path_factory.mktemp("save") / "ttt")
 
@@ -108,7 +108,7 @@ def make_ttt_for_generate(saved: Path):
         from tttgraph.generate.pipeline import GenerateOptions, plan
 
         shutil.copytree(saved, tmp / "ttt")
-        return lambda: plan(GenerateOptions(ttt=str(tmp / "ttt"), seconds=3, out=str(tmp / "v.mp4")))
+        return lambda: plan(GenerateOptions(tiny=True, ttt=str(tmp / "ttt"), seconds=3, out=str(tmp / "v.mp4")))
 
     return make
 

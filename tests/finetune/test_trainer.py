@@ -134,7 +134,7 @@ def test_a_stage_trains_saves_and_the_next_stage_starts_from_it(clips_3s, raw_da
 def test_default_command_trains_the_tiny_synthetic_run(tmp_path, capsys):
     from tttgraph.cli import main
 
-    assert main(["finetune", "--out", str(tmp_path / "run"), "--max-steps", "2", "--no-progress"]) == 0
+    assert main(["finetune", "--tiny", "--out", str(tmp_path / "run"), "--max-steps", "2", "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "tiny-synthetic-3s" in text and "24 clips" in text and str(tmp_path / "run" / "ttt") in text
     assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2]

@@ -75,3 +75,31 @@ def test_the_world_baseline_trains_on_world_stories_with_its_gates_held_at_zero(
     assert gates and all(float(v.abs().max()) == 0.0 for v in gates.values())
     base = StageConfig.load("examples/configs/world/baseline_3s.json")
     assert base.train.freeze_gates and base.ttt["gate_init"] == 0.0
+
+
+def test_the_full_attention_bound_trains_and_generates_over_the_whole_clip(world_weights, tmp_path):
+    """The upper bound's stage (``full_*.json``: segmentation off, gates held at 0) trains on a 2-segment
+    clip with both paragraphs in one attention, and ``generate`` runs its save the same way."""
+    from tttgraph.generate.pipeline import GenerateOptions, generate, plan
+
+    full = json.loads(open("examples/configs/world/full_3s.json").read())
+    assert full["ttt"]["segment_latent_frames"] is None and full["train"]["freeze_gates"]
+    cfg = _stage(world_weights, 3, ttt={**full["ttt"], "backend": "reference"})
+    cfg = cfg.replace(clip_seconds=6, data=cfg.data.__class__(**{**cfg.data.__dict__, "synthetic_seconds": 6}),
+                      train=cfg.train.__class__(**{**cfg.train.__dict__, "freeze_gates": True}))
+    run_stage(cfg, tmp_path / "run", progress=False, log=lambda *a: None)
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2]
+    for chained in (9, 18):  # the later full-attention stages chain on their own runs
+        assert StageConfig.load(f"examples/configs/world/full_{chained}s.json").init_from == \
+            f"runs/world_full_{chained // 3 if chained == 9 else 9}s/ttt"
+
+    board = tmp_path / "story.json"
+    from tttgraph.data.world import make_story
+
+    board.write_text(make_story(2, 2, "held_out").to_json())
+    options = GenerateOptions(storyboard=board, world=world_weights, ttt=tmp_path / "run" / "ttt", steps=1,
+                              out=tmp_path / "v.mp4", contact_sheet="", checkpoint_every=0, progress=False)
+    job = plan(options)
+    assert job.ttt_config.segment_latent_frames is None and job.estimate.segments == 1
+    assert job.estimate.tokens == 2 * 64 + 25 * 96  # both paragraphs and all 25 latent frames in one attention
+    assert generate(options, out=lambda *a: None).frames == 97

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
-FLAGS = ["--seconds", "6", "--steps", "2", "--checkpoint-every", "1", "--keep-checkpoint", "--no-progress",
+FLAGS = ["--tiny", "--seconds", "6", "--steps", "2", "--checkpoint-every", "1", "--keep-checkpoint", "--no-progress",
          "--ttt", "none"]
 
 

@@ -37,7 +37,7 @@ def _default_sigint():
 def test_interrupted_generation_says_how_to_continue_and_continues_exactly(tmp_path):
     signum = signal.SIGTERM  # tests/finetune/test_interrupt.py sends SIGINT
     out = tmp_path / "v.mp4"
-    flags = ["--seconds", "3", "--steps", str(STEPS), "--ttt", "none", "--out", str(out), "--no-resume"]
+    flags = ["--tiny", "--seconds", "3", "--steps", str(STEPS), "--ttt", "none", "--out", str(out), "--no-resume"]
     proc = subprocess.Popen(_tttgraph(["tttgraph", "generate", *flags]), cwd=ROOT, env=_env(), text=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_default_sigint)
     ckpt = out.with_suffix(".resume.safetensors")

@@ -16,7 +16,7 @@ SECONDS, STEPS = 6, 3  # 2 segments (2 scenes' worth of markers are tested in te
 
 
 def _options(tmp_path, name="v", **kw):
-    base = dict(seconds=SECONDS, steps=STEPS, out=tmp_path / f"{name}.mp4", progress=False, ttt="none")
+    base = dict(tiny=True, seconds=SECONDS, steps=STEPS, out=tmp_path / f"{name}.mp4", progress=False, ttt="none")
     return GenerateOptions(**{**base, **kw})
 
 
@@ -111,7 +111,7 @@ def test_trained_ttt_weights_are_restored_and_picked_up_by_default(models, refer
 def test_dry_run_summary_and_cli_errors(tmp_path, capsys):
     from tttgraph.cli import main
 
-    assert main(["generate", "--dry-run", "--seconds", "9", "--steps", "10"]) == 0
+    assert main(["generate", "--tiny", "--dry-run", "--seconds", "9", "--steps", "10"]) == 0
     text = capsys.readouterr().out
     tokens = 3 * TEXT + 37 * 6  # 3 text chunks + 37 latent frames of 2x3 patches
     for expected in ("3 segment(s) of 3 s", "9 s = 145 frames at 16 fps, 48x32 px", "latents 37 x 4 x 4 x 6",
@@ -156,7 +156,8 @@ def test_pretrained_directory_is_loaded_from_local_files(tmp_path):
     from tttgraph.models.cogvideox_bundle import save_bundle, tiny_bundle
 
     save_bundle(tiny_bundle(0), tmp_path / "model")  # a diffusers-format directory
-    options = _options(tmp_path, pretrained=tmp_path / "model", seconds=3, steps=1, device="cpu", dtype="float32")
+    options = _options(tmp_path, tiny=False, pretrained=tmp_path / "model", seconds=3, steps=1, device="cpu",
+                       dtype="float32")
     job = plan(options)
     assert job.source == str(tmp_path / "model") and (job.height, job.width) == (32, 48)
     assert job.text_tokens_per_segment == TEXT and job.ttt_dir is None  # no default pick-up with --pretrained
@@ -175,7 +176,7 @@ def test_sigkilled_cli_run_resumes_to_the_uninterrupted_result(tmp_path):
 
     root = Path(__file__).resolve().parents[2]
     out = tmp_path / "killed.mp4"
-    flags = ["--seconds", "3", "--steps", "50", "--ttt", "none", "--no-progress", "--out", str(out)]
+    flags = ["--tiny", "--seconds", "3", "--steps", "50", "--ttt", "none", "--no-progress", "--out", str(out)]
     proc = subprocess.Popen([sys.executable, "-m", "examples.one_minute_video", *flags], cwd=root,
                             env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

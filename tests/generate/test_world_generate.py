@@ -36,7 +36,7 @@ def test_a_world_story_file_is_a_storyboard(tmp_path):
 def test_world_without_weights_or_with_pretrained_is_refused(world_weights, tmp_path):
     with pytest.raises(GenerateError, match="holds no world base model weights; train them"):
         plan(GenerateOptions(world=tmp_path, out=tmp_path / "v.mp4"))
-    with pytest.raises(GenerateError, match="--world and --pretrained name two base models"):
+    with pytest.raises(GenerateError, match="--pretrained and --world each name a base model"):
         plan(GenerateOptions(world=world_weights, pretrained=tmp_path, out=tmp_path / "v.mp4"))
 
 
@@ -61,7 +61,7 @@ def test_world_results_generates_scores_and_resumes(world_weights, tmp_path):
     assert (job.height, job.width, job.video_frames) == (32, 48, 97)
 
     argv = ["--world", str(world_weights), "--seconds", "3", "--stories", "2", "--steps", "1", "--device", "cpu",
-            "--backend", "reference", "--out", str(tmp_path / "res")]
+            "--backend", "reference", "--batch", "2", "--out", str(tmp_path / "res")]
     summary = run(argv)
     assert summary["stories"] == 2 and summary["ceiling_detection"] == 1.0 and 0 <= summary["detection"] <= 1
     assert sorted(p.name for p in (tmp_path / "res").glob("*.mp4")) == ["story_00000.mp4", "story_00001.mp4"]
@@ -69,3 +69,41 @@ def test_world_results_generates_scores_and_resumes(world_weights, tmp_path):
     again = run(argv)  # every video exists: nothing is generated again, the same scores
     assert (tmp_path / "res" / "story_00000.mp4").stat().st_mtime_ns == first
     assert again["detection"] == summary["detection"]
+
+
+def test_bare_generate_and_finetune_start_from_the_shipped_world_model(tmp_path, monkeypatch):
+    """No base model named: ``generate`` and ``finetune`` use the world weights inside the package, and the
+    bare ``finetune``'s output is what the bare ``generate`` picks up (``--tiny``: the random tiny models)."""
+    import argparse
+
+    from tttgraph.cli import main
+    from tttgraph.finetune.cli import load_config
+    from tttgraph.finetune.stages import StageConfigError
+    from tttgraph.models.world_model import WEIGHTS_DIR
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TTTGRAPH_TTT_DIR", raising=False)
+    job = plan(GenerateOptions(out="v.mp4"))
+    assert job.source == f"world:{WEIGHTS_DIR}" and job.seconds == 63 and not job.ttt_auto
+    first = job.storyboard.paragraphs()[0]
+    assert "Eli, a small yellow square" in first and "Dax, a big blue diamond" in first
+    assert "a small yellow square" not in " ".join(job.storyboard.paragraphs()[1:])  # stated once, then names
+    assert plan(GenerateOptions(tiny=True, out="v.mp4")).source == "tiny"
+    with pytest.raises(GenerateError, match="--world and --tiny each name a base model; pass one of them"):
+        plan(GenerateOptions(world="default", tiny=True, out="v.mp4"))
+
+    def args(**kw):
+        return argparse.Namespace(**{"config": None, "tiny": False, "max_steps": None, "init_from": None, **kw})
+
+    cfg = load_config(args())
+    assert (cfg.model.kind, cfg.data.dataset, cfg.segments, cfg.train.trainable) == ("world", "world", 3,
+                                                                                      "ttt_attention")
+    assert load_config(args(tiny=True)).model.kind == "tiny"
+    with pytest.raises(StageConfigError, match="--tiny and --config x.json both name the stage"):
+        load_config(args(tiny=True, config="x.json"))
+
+    assert main(["finetune", "--max-steps", "1", "--no-progress"]) == 0
+    job = plan(GenerateOptions(seconds=9, out="v.mp4"))
+    assert job.ttt_auto and job.ttt_dir.resolve() == (tmp_path / "runs" / "finetune" / "ttt").resolve()
+    assert main(["generate", "--seconds", "3", "--steps", "1", "--no-progress"]) == 0
+    assert (tmp_path / "video.mp4").stat().st_size > 0 and (tmp_path / "video.png").stat().st_size > 0

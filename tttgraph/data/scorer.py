@@ -156,29 +156,41 @@ class StoryScore:
         return asdict(self)
 
 
-def score_video(video: np.ndarray, story: Story) -> StoryScore:
-    """Score ``video`` [48 * segments, H, W, 3] uint8 against ``story``."""
+@dataclass(frozen=True)
+class Verdict:
+    """One (character, segment) pair: what the story asks for in a slot and what the video shows there."""
+
+    segment: int
+    name: str
+    slot: str
+    expected: tuple[str, str, str]  # the attributes stated where the character first appears
+    seen: Detection | None
+    first: bool  # the segment that introduces the character (its paragraph states the attributes)
+
+    @property
+    def right(self) -> bool:
+        return self.seen is not None and self.seen.attributes == self.expected
+
+
+def verdicts(video: np.ndarray, story: Story) -> list[Verdict]:
+    """Every (character, segment) pair of ``story`` read from ``video`` [48 * segments, H, W, 3] uint8."""
     expected = FRAMES_PER_SEGMENT * len(story.segments)
     if video.ndim != 4 or video.shape[-1] != 3 or video.shape[0] < expected:
         raise TTTGraphError(f"the video must be uint8 [T, H, W, 3] with T >= {expected} (48 frames per segment of "
                             f"the story's {len(story.segments)}), got shape {tuple(video.shape)}")
-    detected = consistent = first_right = 0
-    pairs = later = firsts = 0
-    for s, seg in enumerate(story.segments):
-        for a in seg.appearances:
-            who = story.character(a.name)
-            seen = _look(video, s, a.slot)
-            pairs += 1
-            detected += seen is not None
-            right = seen is not None and seen.attributes == who.attributes
-            if story.first_segment(a.name) == s:
-                firsts += 1
-                first_right += right
-            else:
-                later += 1
-                consistent += right
-    return StoryScore(story.seed, len(story.segments), detected / pairs, first_right / firsts,
-                      consistent / later if later else None, pairs, later)
+    return [Verdict(s, a.name, a.slot, story.character(a.name).attributes, _look(video, s, a.slot),
+                    story.first_segment(a.name) == s)
+            for s, seg in enumerate(story.segments) for a in seg.appearances]
+
+
+def score_video(video: np.ndarray, story: Story) -> StoryScore:
+    """Score ``video`` [48 * segments, H, W, 3] uint8 against ``story``."""
+    found = verdicts(video, story)
+    firsts = [v for v in found if v.first]
+    later = [v for v in found if not v.first]
+    return StoryScore(story.seed, len(story.segments), sum(v.seen is not None for v in found) / len(found),
+                      sum(v.right for v in firsts) / len(firsts),
+                      sum(v.right for v in later) / len(later) if later else None, len(found), len(later))
 
 
 def score_ground_truth(story: Story, height: int = 32, width: int = 48) -> StoryScore:

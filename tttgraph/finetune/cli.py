@@ -1,6 +1,7 @@
 """``tttgraph finetune``: one stage of the staged CogVideoX fine-tuning recipe.
 
-    tttgraph finetune                                   tiny CogVideoX on the synthetic storyboards (CPU, minutes)
+    tttgraph finetune                                   the shipped world model + TTT on 9 s world stories (CPU, ~7 min)
+    tttgraph finetune --tiny                            tiny random CogVideoX on synthetic storyboards (seconds)
     tttgraph finetune --config examples/configs/finetune/stage_3s.json --pretrained CogVideoX-5b --out runs/3s
     torchrun --nproc_per_node 8 -m tttgraph finetune --config ... --out ...      (FSDP2 over 8 GPUs)
     tttgraph finetune --config ... --out runs/3s --resume                       (continue from the last checkpoint)
@@ -23,8 +24,10 @@ from tttgraph.command import int_at_least
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="stage config JSON (default: the tiny synthetic run; see "
-                                         "examples/configs/finetune/)")
+    parser.add_argument("--config", help="stage config JSON (default: the shipped world base model on 9 s world "
+                                         "stories; see examples/configs/world/ and examples/configs/finetune/)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="without --config: tiny random-weight CogVideoX on synthetic storyboards (a smoke run)")
     parser.add_argument("--out", default="runs/finetune", help="output directory (default runs/finetune)")
     parser.add_argument("--pretrained", help="diffusers-format CogVideoX directory (transformer, vae, text_encoder, "
                                              "tokenizer, scheduler); loaded from local files only")
@@ -48,9 +51,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_config(args: argparse.Namespace):
-    from tttgraph.finetune.stages import StageConfig, StageConfigError, TrainSection
+    from tttgraph.finetune.stages import StageConfig, StageConfigError, TrainSection, default_world_stage
 
-    cfg = StageConfig.load(args.config) if args.config else StageConfig()
+    if args.config and args.tiny:
+        raise StageConfigError(f"--tiny and --config {args.config} both name the stage; pass one of them")
+    if args.config:
+        cfg = StageConfig.load(args.config)
+    else:
+        cfg = StageConfig() if args.tiny else default_world_stage()
     if args.max_steps is not None:
         if args.max_steps < 1:  # the command line checks this too; load_config is also called directly
             raise StageConfigError(f"--max-steps must be >= 1, got {args.max_steps}")

@@ -1,8 +1,9 @@
 """Stage configs of the fine-tuning recipe (docs/DESIGN.md §6) as validated JSON files.
 
 A stage file is a JSON object with the sections below; every key is optional and defaults to the
-tiny synthetic run (``tttgraph finetune`` with no config). Unknown keys are refused with the list
-of valid ones. Relative paths are relative to the working directory.
+tiny synthetic run (``tttgraph finetune --tiny``). Unknown keys are refused with the list of valid
+ones. Relative paths are relative to the working directory. A bare ``tttgraph finetune`` runs
+:func:`default_world_stage` (the shipped world base model on 9 s world stories).
 
 .. code-block:: json
 
@@ -285,3 +286,24 @@ def _validate(cfg: StageConfig) -> None:
         raise bad(f"data.clip_stride_segments must be >= 1, got {d.clip_stride_segments}")
     if cfg.init_from is None:
         cfg.ttt_config()  # the first stage transforms with it: fail now, not after loading a model
+
+
+WORLD_TTT = {
+    "segment_latent_frames": 12, "segment_overlap_frames": 1, "text_tokens_per_segment": 64, "mini_batch_size": 64,
+    "base_lr": 0.1, "backend": "auto",
+}
+
+
+def default_world_stage() -> StageConfig:
+    """What a bare ``tttgraph finetune`` runs: the world base model that ships with tttgraph, transformed
+    with 3 s segments and fine-tuned (TTT layers, gates and attention) on 9 s world stories, where a
+    character's attributes are stated only in the segment that introduces it. Sized for a CPU: 100
+    steps of one story (~7 minutes on 2 cores); ``examples/configs/world/`` holds the GPU recipe."""
+    return StageConfig(
+        name="world-9s-default", clip_seconds=9, model=ModelSection(kind="world"),
+        data=DataSection(dataset="world", synthetic_samples=64, synthetic_seconds=9, shard_size=16),
+        ttt=dict(WORLD_TTT),
+        train=TrainSection(steps=100, batch_size=1, trainable="ttt_attention", lr=5e-5, lr_ttt=1e-3,
+                           lr_ttt_end=3e-4, warmup_steps=10, activation_checkpointing=False),
+        checkpoint=CheckpointSection(every=25, keep=2),
+    )  # fmt: skip

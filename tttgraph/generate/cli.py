@@ -1,6 +1,8 @@
 """``tttgraph generate``: a multi-scene video from a storyboard (also ``python -m examples.one_minute_video``).
 
-    tttgraph generate                                   # bundled 63 s story, tiny models, CPU, minutes
+    tttgraph generate --seconds 9                       # the shipped world model, its bundled story, CPU, ~1 min
+    tttgraph generate                                   # the whole 63 s world story (CPU: ~12 min)
+    tttgraph generate --tiny                            # tiny random-weight models: a smoke run in seconds
     tttgraph generate --storyboard story.toml --seconds 63 --out video.mp4
     tttgraph generate --pretrained CogVideoX-5b --ttt run/ttt --seconds 63 --steps 50
     tttgraph generate --world runs/world_base/weights --ttt runs/world_63s/ttt --storyboard story.json   # world
@@ -24,34 +26,40 @@ from tttgraph.command import int_at_least
 from tttgraph.generate.guidance import DEFAULT_GUIDANCE_SCALE
 from tttgraph.generate.sampler import DEFAULT_CHECKPOINT_EVERY, DEFAULT_STEPS
 from tttgraph.kernels.ttt_mlp.backends import TTTBackend
+from tttgraph.models.world_model import DEFAULT_SAMPLER_STEPS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__.splitlines()[0]
     g = parser.add_argument_group("what to generate")
-    g.add_argument("--storyboard", metavar="FILE", help="storyboard .toml/.json/.yaml (default: the bundled "
-                   "63 s, 21-segment example, tttgraph/generate/stories/one_minute.toml)")
+    g.add_argument("--storyboard", metavar="FILE", help="storyboard .toml/.json/.yaml or world story .json "
+                   "(default: a bundled 63 s, 21-segment one: tttgraph/generate/stories/world_one_minute.json for "
+                   "the world model, one_minute.toml for CogVideoX and --tiny)")
     g.add_argument("--seconds", type=int, help="video length, a multiple of 3 (default: the whole storyboard); "
                    "uses the first seconds/3 segments")
     g.add_argument("--seed", type=int, default=0, help="noise seed (default 0); same seed, same video")
-    g.add_argument("--steps", type=int_at_least(1), default=DEFAULT_STEPS,
-                   help=f"denoising steps (default {DEFAULT_STEPS})")
+    g.add_argument("--steps", type=int_at_least(1),
+                   help=f"denoising steps (default {DEFAULT_STEPS}; {DEFAULT_SAMPLER_STEPS} for the world model)")
     g.add_argument("--guidance-scale", type=float, default=DEFAULT_GUIDANCE_SCALE,
                    help="maximum dynamic CFG scale s: guidance rises from 1 to 1+s "
                         f"(default {DEFAULT_GUIDANCE_SCALE:g}; 0 = no CFG)")
-    g.add_argument("--height", type=int, help="pixels (default: the model's, 480 for CogVideoX, 32 tiny)")
-    g.add_argument("--width", type=int, help="pixels (default: the model's, 720 for CogVideoX, 48 tiny)")
-    m = parser.add_argument_group("models (default: tiny CogVideoX-architecture models, random weights, offline)")
+    g.add_argument("--height", type=int, help="pixels (default: the model's, 480 for CogVideoX, 32 world and tiny)")
+    g.add_argument("--width", type=int, help="pixels (default: the model's, 720 for CogVideoX, 48 world and tiny)")
+    m = parser.add_argument_group("models (default: the world base model that ships with tttgraph, offline)")
     m.add_argument("--pretrained", metavar="DIR", help="diffusers-format CogVideoX directory (transformer/, vae/, "
                    "text_encoder/, tokenizer/, scheduler/), read from local files only")
     m.add_argument("--world", metavar="DIR", help="the world base model's weights (tttgraph train-world's OUT/weights; "
-                   "'default': the shipped ones); storyboards may then be world story JSON files")
+                   "'default': the shipped ones, also what naming no base model means); storyboards may then be "
+                   "world story JSON files")
+    m.add_argument("--tiny", action="store_true",
+                   help="tiny CogVideoX-architecture models with random weights (a smoke run in seconds)")
     m.add_argument("--ttt", metavar="DIR", help="TTT weights saved by tttgraph.save (e.g. the fine-tuning "
                    "example's output); 'none' for fresh TTT layers. Default: $TTTGRAPH_TTT_DIR or "
-                   "./runs/finetune/ttt if it exists (tiny default only)")
+                   "./runs/finetune/ttt (what a bare `tttgraph finetune` writes) if it fits the default base model "
+                   "or --tiny")
     m.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda for --pretrained if available, else cpu)")
     m.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                   help="model precision (default: bfloat16 for --pretrained, float32 tiny)")
+                   help="model precision (default: bfloat16 for --pretrained, else float32)")
     m.add_argument("--backend", default="auto", choices=[b.value for b in TTTBackend],
                    help="ttt_mlp backend (default auto: the fastest that runs here)")
     m.add_argument("--context-parallel", action="store_true",
@@ -88,7 +96,8 @@ def options_from_args(args: argparse.Namespace):
     return GenerateOptions(
         storyboard=args.storyboard, seconds=args.seconds, seed=args.seed, steps=args.steps,
         guidance_scale=args.guidance_scale, out=args.out, contact_sheet=args.contact_sheet,
-        pretrained=args.pretrained, world=args.world, ttt=args.ttt, height=args.height, width=args.width,
+        pretrained=args.pretrained, world=args.world, tiny=args.tiny, ttt=args.ttt, height=args.height,
+        width=args.width,
         checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, resume=args.resume,
         keep_checkpoint=args.keep_checkpoint, tile_frames=args.tile_frames, device=args.device,
         dtype=args.dtype, backend=args.backend, progress=args.progress, context_parallel=args.context_parallel,
@@ -99,8 +108,8 @@ def main(args: argparse.Namespace) -> int:
     """Generate (errors and interrupts are reported by :func:`tttgraph.command.run_parsed`)."""
     from tttgraph.generate.pipeline import generate, plan
 
-    tiny = args.pretrained is None and args.world is None  # the world model's ops are large enough to share
-    threads = args.threads if args.threads is not None else (1 if tiny else None)
+    # the world model's ops are large enough to share among threads; the tiny models' are not
+    threads = args.threads if args.threads is not None else (1 if args.tiny else None)
     if threads is not None:
         import torch
 
@@ -181,7 +190,8 @@ def interrupted(args: argparse.Namespace, command: list[str]) -> str:
     if step is None:
         return (f"nothing was saved yet (the first latent checkpoint comes after step {args.checkpoint_every}); "
                 f"start again with: {again}")
-    return f"saved the latents of step {step}/{args.steps} in {path}; continue with: {again}"
+    of = f"/{args.steps}" if args.steps else ""
+    return f"saved the latents of step {step}{of} in {path}; continue with: {again}"
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """One-minute, multi-scene video generation from a storyboard (docs/DESIGN.md §7, issue #7).
 
     from tttgraph.generate import GenerateOptions, generate
-    result = generate(GenerateOptions(seconds=63, out="video.mp4"))      # tiny embedded default
+    result = generate(GenerateOptions(seconds=9, out="video.mp4"))       # the shipped world base model
+    result = generate(GenerateOptions(tiny=True, out="video.mp4"))        # tiny random models (smoke runs)
     result = generate(GenerateOptions(pretrained="CogVideoX-5b", ttt="run/ttt", seconds=63))
 
 Stages (each a function here, so a caller can reuse loaded models across runs):
@@ -18,9 +19,13 @@ Stages (each a function here, so a caller can reuse loaded models across runs):
 Under ``torchrun`` every rank runs the same loop with the attention and TTT heads split across
 ranks (:mod:`tttgraph.generate.distributed`); rank 0 writes checkpoints and outputs.
 
-Default TTT weights: with the tiny default and no ``ttt``, a fine-tuning output at
-``$TTTGRAPH_TTT_DIR`` or ``./runs/finetune/ttt`` (a ``tttgraph.save`` directory of the tiny
-base) is used if present; ``ttt="none"`` forces freshly initialised TTT layers.
+Base model: ``pretrained`` (a diffusers CogVideoX directory), ``world`` (the world base model's
+weights), ``tiny`` (random tiny models); with none of them, the world base model that ships inside
+the package (:mod:`tttgraph.models.world_model`) and its bundled 63 s held-out story.
+
+Default TTT weights: with the default base model (or ``tiny``) and no ``ttt``, a fine-tuning output
+at ``$TTTGRAPH_TTT_DIR`` or ``./runs/finetune/ttt`` (what a bare ``tttgraph finetune`` writes) is
+used if it fits the base model; ``ttt="none"`` forces freshly initialised TTT layers.
 """
 
 from __future__ import annotations
@@ -70,14 +75,16 @@ class GenerateOptions:
 
     Attributes:
         storyboard: path of a .toml/.json/.yaml storyboard, a :class:`Storyboard`, or None for the
-            bundled 63 s example.
+            bundled 63 s one (a held-out world story for the world model, else a CogVideoX storyboard).
         seconds: video length, a multiple of 3 (None: the whole storyboard); the first
             ``seconds / 3`` segments are used.
-        seed, steps, guidance_scale: sampling (see :class:`SamplerSettings`); 50 steps, scale 6.
+        seed, steps, guidance_scale: sampling (see :class:`SamplerSettings`); scale 6; steps None: the
+            base model's default, 50 (25 for the world model: ``world_model.DEFAULT_SAMPLER_STEPS``).
         out: the MP4 to write; ``contact_sheet`` the PNG (None: ``out`` with ``.png``; "" for none).
-        pretrained: a diffusers-format CogVideoX directory; None for the tiny embedded default.
+        pretrained: a diffusers-format CogVideoX directory (see also ``world`` and ``tiny``; with
+            none of the three, the shipped world base model).
         ttt: a ``tttgraph.save`` directory with trained TTT weights; None looks for the default
-            fine-tuning output (tiny default only), "none" uses fresh TTT layers.
+            fine-tuning output (default base model or tiny only), "none" uses fresh TTT layers.
         height, width: pixels (None: the model's native size, 480x720 for CogVideoX, 32x48 tiny).
         checkpoint: latent checkpoint file (None: ``out`` with ``.resume.safetensors``);
             ``checkpoint_every`` steps apart (0: none); ``resume`` continues from it.
@@ -87,16 +94,18 @@ class GenerateOptions:
         context_parallel: under ``torchrun``, split each sequence by segments over the processes
             (``tttgraph.parallel``) instead of splitting the attention and TTT heads.
         backend: the ``tttgraph::ttt_mlp`` backend.
-        tiny_seed: seed of the tiny default's random weights.
+        tiny: tiny CogVideoX-architecture models with random weights (fast, for smoke runs and tests).
+        tiny_seed: seed of the tiny models' random weights.
         world: the world base model (:mod:`tttgraph.models.world_model`): a directory of its weights,
-            or "default" for the shipped ones; storyboards are then world stories (``tttgraph.data.world``
-            JSON) or any storyboard in the world's words, at 32x48 pixels.
+            or "default" for the shipped ones (also what no base model at all means); storyboards are
+            then world stories (``tttgraph.data.world`` JSON) or any storyboard in the world's words,
+            at 32x48 pixels.
     """
 
     storyboard: str | os.PathLike | Storyboard | None = None
     seconds: int | None = None
     seed: int = 0
-    steps: int = DEFAULT_STEPS
+    steps: int | None = None
     guidance_scale: float = 6.0
     out: str | os.PathLike = "video.mp4"
     contact_sheet: str | os.PathLike | None = None
@@ -114,12 +123,28 @@ class GenerateOptions:
     device: str | None = None
     dtype: str | None = None
     backend: str = "auto"
+    tiny: bool = False
     tiny_seed: int = 0
     progress: bool = True
     context_parallel: bool = False  # under torchrun: split the sequence by segments, not the heads
 
-    def sampler(self) -> SamplerSettings:
-        return SamplerSettings(self.steps, self.guidance_scale, self.seed, self.checkpoint_every)
+    def sampler(self, default_steps: int = DEFAULT_STEPS) -> SamplerSettings:
+        steps = default_steps if self.steps is None else self.steps
+        return SamplerSettings(steps, self.guidance_scale, self.seed, self.checkpoint_every)
+
+    def base_model(self) -> str:
+        """Which base model runs: "pretrained", "world" or "tiny" (none named: the shipped world model)."""
+        named = [flag for flag, given in (("--pretrained", self.pretrained is not None),
+                                          ("--world", self.world is not None), ("--tiny", self.tiny)) if given]
+        if len(named) > 1:
+            raise GenerateError(f"{' and '.join(named)} each name a base model; pass one of them")
+        if self.pretrained is not None:
+            return "pretrained"
+        return "tiny" if self.tiny else "world"
+
+    def named_base_model(self) -> bool:
+        """Whether the base model was asked for by name (the default fine-tuning output is for the default)."""
+        return self.pretrained is not None or self.world is not None
 
 
 @dataclass
@@ -228,8 +253,8 @@ def _resolve_ttt(options: GenerateOptions) -> tuple[Path | None, bool]:
             raise GenerateError(f"--ttt {ttt}: no such directory; pass a directory written by tttgraph.save "
                                 "(e.g. the fine-tuning example's OUT/ttt) or leave --ttt out")
         return path, False
-    if options.pretrained is not None or options.world is not None:
-        return None, False  # the default fine-tuning output belongs to the tiny default
+    if options.named_base_model():
+        return None, False  # the default fine-tuning output belongs to the default base model (or --tiny)
     default = Path(os.environ.get(TTT_DIR_ENV) or DEFAULT_TTT_DIR)
     return (default, True) if (default / "tttgraph_recipe.json").is_file() else (None, False)
 
@@ -240,9 +265,10 @@ WORLD_SOURCE = "world:"  # prefix of Plan.source for the world base model: "worl
 def _world_dir(options: GenerateOptions) -> Path:
     from tttgraph.models.world_model import WEIGHTS_DIR, weights_available
 
-    where = WEIGHTS_DIR if str(options.world) == "default" else Path(options.world).expanduser()
+    named = options.world if options.world is not None else "default"
+    where = WEIGHTS_DIR if str(named) == "default" else Path(named).expanduser()
     if not weights_available(where):
-        raise GenerateError(f"--world {options.world}: {where} holds no world base model weights; train them with "
+        raise GenerateError(f"--world {named}: {where} holds no world base model weights; train them with "
                             "`tttgraph train-world --out DIR` and pass --world DIR/weights")
     return where
 
@@ -258,13 +284,12 @@ def _spatial(source: str) -> int:
 
 def _transformer_config(options: GenerateOptions) -> tuple[dict[str, Any], int, str]:
     """(transformer config, text tokens per segment, source) without loading any weights."""
-    if options.world is not None:
-        if options.pretrained is not None:
-            raise GenerateError("--world and --pretrained name two base models; pass one of them")
+    base = options.base_model()
+    if base == "world":
         from tttgraph.models.world_model import WORLD_TEXT_TOKENS, WORLD_TRANSFORMER
 
         return dict(WORLD_TRANSFORMER), WORLD_TEXT_TOKENS, f"{WORLD_SOURCE}{_world_dir(options)}"
-    if options.pretrained is None:
+    if base == "tiny":
         from tttgraph.models.cogvideox_bundle import TINY_TEXT_TOKENS, TINY_TRANSFORMER
 
         return dict(TINY_TRANSFORMER), TINY_TEXT_TOKENS, "tiny"
@@ -301,6 +326,10 @@ def _ttt_config(ttt_dir: Path | None, seconds: int, text_tokens: int, segments: 
             f"--ttt {ttt_dir} was trained with {cfg.text_tokens_per_segment} text tokens per segment, the model "
             f"takes {text_tokens}; use TTT weights trained on this base model"
         )
+    if cfg.segment_latent_frames is None:
+        # Segmentation off (a recipe's full-attention upper bound): one attention over the whole video
+        # and every paragraph, as the untransformed model would run.
+        return cfg.replace(backend=backend)
     frames = TEMPORAL * seconds + 1
     found = SequenceLayout(text_tokens, 1, cfg.segment_latent_frames, cfg.segment_overlap_frames).num_segments(frames)
     if found != segments:
@@ -310,6 +339,14 @@ def _ttt_config(ttt_dir: Path | None, seconds: int, text_tokens: int, segments: 
             f"{segments} paragraphs; generation needs 12-frame (3 s) segments + 1 overlap, as presets.cogvideox_5b"
         )
     return cfg.replace(text_tokens_per_segment=text_tokens, backend=backend)
+
+
+def _default_steps(options: GenerateOptions) -> int:
+    if options.base_model() == "world":
+        from tttgraph.models.world_model import DEFAULT_SAMPLER_STEPS
+
+        return DEFAULT_SAMPLER_STEPS
+    return DEFAULT_STEPS
 
 
 def _device_dtype(options: GenerateOptions, par: Parallel) -> tuple[torch.device, torch.dtype]:
@@ -329,12 +366,12 @@ def plan(options: GenerateOptions, par: Parallel | None = None) -> Plan:
     par = par or Parallel()
     board = options.storyboard
     if board is None:
-        board = bundled_storyboard()
+        board = bundled_storyboard("world_one_minute" if options.base_model() == "world" else "one_minute")
     if not isinstance(board, Storyboard):
         board = load_storyboard(board)
     seconds = board.seconds if options.seconds is None else options.seconds
     board = board.first_seconds(seconds)
-    settings = options.sampler()
+    settings = options.sampler(_default_steps(options))
     out = Path(options.out)
     if out.suffix.lower() != ".mp4":
         raise GenerateError(f"--out {out}: the video is written as MP4; give a path ending in .mp4")
@@ -358,7 +395,9 @@ def plan(options: GenerateOptions, par: Parallel | None = None) -> Plan:
         raise GenerateError(f"--height/--width {height}x{width}: both must be positive multiples of {multiple} "
                             f"(VAE {spatial}x times patch {config['patch_size']})")
     frames = TEMPORAL * seconds + 1  # 16 fps video: 48 frames per 3 s segment plus the first frame
-    layout = SequenceLayout(text_tokens, 1, cfg.segment_latent_frames, cfg.segment_overlap_frames)
+    full = cfg.segment_latent_frames is None  # every paragraph's tokens in the one attention
+    layout = SequenceLayout(text_tokens * (board.num_segments if full else 1), 1, cfg.segment_latent_frames,
+                            cfg.segment_overlap_frames)
     device, dtype = _device_dtype(options, par)
     est = estimate(config, frames, (height // spatial, width // spatial), layout, batch=settings.batch,
                    dtype_bytes=torch.empty((), dtype=dtype).element_size(), mlp_expansion=cfg.mlp_expansion)
@@ -398,7 +437,8 @@ def _example_inputs(job: Plan, bundle: Any) -> dict[str, Any]:
 
     cfg = job.ttt_config
     segments = min(job.estimate.segments, 2)
-    frames = min(job.latent_frames, segments * cfg.segment_latent_frames + cfg.segment_overlap_frames)
+    frames = job.latent_frames if cfg.segment_latent_frames is None else min(
+        job.latent_frames, segments * cfg.segment_latent_frames + cfg.segment_overlap_frames)
     text_tokens = job.estimate.text_tokens // job.estimate.segments * segments
     latents = torch.zeros((1, frames, *job.latent_shape[2:]), dtype=job.dtype, device=job.device)
     text = torch.zeros(1, text_tokens, int(bundle.transformer.config.text_embed_dim), dtype=job.dtype,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -181,10 +181,15 @@ def denoise(
     write_checkpoints: bool = True,
     callback: Callable[[int, Tensor], None] | None = None,
     progress: bool = True,
+    seeds: Sequence[int] | None = None,
 ) -> Tensor:
-    """Sample latents [1, F, C, h, w] (float32, on ``device``) of ``shape``.
+    """Sample latents [B, F, C, h, w] (float32, on ``device``) of ``shape``.
 
-    ``predict`` gets ``[uncond | cond]`` stacked in the batch dim when ``settings.cfg`` (batch 2).
+    ``predict`` gets ``[uncond | cond]`` stacked in the batch dim when ``settings.cfg`` (batch 2B).
+    ``seeds``: one per sample, each drawing its own initial and per-step noise, so that a sample is
+    the one a batch of 1 with its seed makes, whatever else is in the batch (the scheduler draws its
+    step noise twice from one generator, so one generator for the batch would tie the samples).
+    None: ``settings.seed`` for the whole batch.
     With ``checkpoint``, resumes from it if present (refusing one of another job) and, when
     ``write_checkpoints``, saves every ``settings.checkpoint_every`` steps and after the last step.
     ``callback(steps_done, latents)`` runs after every step (after its checkpoint is written).
@@ -193,7 +198,11 @@ def denoise(
 
     scheduler = make_scheduler(scheduler_config, settings.steps)
     timesteps = scheduler.timesteps
-    start, latents, old_pred = 0, initial_noise(shape, settings.seed) * scheduler.init_noise_sigma, None
+    if seeds is not None and len(seeds) != shape[0]:
+        raise ValueError(f"{len(seeds)} seeds for a batch of {shape[0]}")
+    noise = (initial_noise(shape, settings.seed) if seeds is None
+             else torch.cat([initial_noise((1, *shape[1:]), s) for s in seeds]))
+    start, latents, old_pred = 0, noise * scheduler.init_noise_sigma, None
     if checkpoint is not None:
         resumed = checkpoint.load()
         if resumed is not None:
@@ -211,10 +220,15 @@ def denoise(
         if settings.cfg:
             uncond, cond = pred.chunk(2)
             pred = guide(uncond, cond, dynamic_cfg_scale(i, settings.steps, settings.guidance_scale))
-        latents, old_pred = scheduler.step(
-            pred, old_pred, t, timesteps[i - 1] if i > 0 else None, latents,
-            generator=_generator(settings.seed, i), return_dict=False,
-        )  # fmt: skip
+        previous = timesteps[i - 1] if i > 0 else None
+        if seeds is None:
+            latents, old_pred = scheduler.step(pred, old_pred, t, previous, latents,
+                                               generator=_generator(settings.seed, i), return_dict=False)
+        else:
+            per_sample = [scheduler.step(pred[k:k + 1], None if old_pred is None else old_pred[k:k + 1], t, previous,
+                                         latents[k:k + 1], generator=_generator(seed, i), return_dict=False)
+                          for k, seed in enumerate(seeds)]
+            latents, old_pred = (torch.cat(parts) for parts in zip(*per_sample, strict=True))
         done = i + 1
         every = settings.checkpoint_every
         if checkpoint is not None and write_checkpoints and every and (done % every == 0 or done == settings.steps):

@@ -43,7 +43,7 @@ FORMAT_VERSION = 1
 SEGMENT_SECONDS = 3
 MIN_SENTENCES, MAX_SENTENCES = 3, 5
 START_SCENE, END_SCENE = "<start_scene>", "<end_scene>"
-BUNDLED = {"one_minute": "one_minute.toml"}
+BUNDLED = {"one_minute": "one_minute.toml", "world_one_minute": "world_one_minute.json"}
 
 _TOP_KEYS = {"version", "title", "negative_prompt", "scenes"}
 _SCENE_KEYS = {"name", "negative_prompt", "segments"}
@@ -133,7 +133,9 @@ class Storyboard:
 
 
 def bundled_storyboard(name: str = "one_minute") -> Path:
-    """Path of a storyboard shipped with tttgraph (``one_minute``: 63 s, 21 segments, 6 scenes)."""
+    """Path of a storyboard shipped with tttgraph: ``one_minute`` (63 s, 21 segments, 6 scenes, for
+    CogVideoX) or ``world_one_minute`` (a 63 s held-out world story: 4 characters, 8 scenes, each
+    character's attributes stated only where it first appears; the world base model's default)."""
     if name not in BUNDLED:
         raise StoryboardError(f"no bundled storyboard {name!r}; bundled: {sorted(BUNDLED)}")
     return Path(__file__).resolve().parent / "stories" / BUNDLED[name]
