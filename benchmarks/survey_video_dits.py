@@ -153,8 +153,12 @@ def survey_one(cls_name: str, tester_name: str, tester) -> dict:
         except tttgraph.TTTGraphError as exc:
             if "rope=False" not in str(exc):
                 raise
-            row["note"] = "rope=False (heads too small for 3D RoPE)"
+            # timed without the refused first try: a user whose heads are this small passes rope=False
+            row["refused_s"] = time.perf_counter() - tick
+            row["note"] = (f"rope=False (heads too small for 3D RoPE; the refused first try took "
+                           f"{row['refused_s']:.2f}s)")
             model = copy.deepcopy(base)
+            tick = time.perf_counter()
             tm = tttgraph.transform(model, TTTConfig(gate_init=0.0, mini_batch_size=8, rope=False), inputs,
                                     progress=False)
         row["transform_s"] = time.perf_counter() - tick

@@ -32,7 +32,9 @@ fi
 
 stage() {  # stage NAME CONFIG [PREVIOUS]: run (or resume) one fine-tuning stage into RUNS/NAME
     local out="$runs/$1" flags=()
-    [ -f "$out/ttt/tttgraph_recipe.json" ] && return
+    # RUNS/NAME/done marks a finished stage, so a later session can go on without its 12 MB save
+    # once the next stage of its chain has used it
+    [ -f "$out/done" ] && return
     [ -d "$out/checkpoints" ] && flags+=(--resume)
     [ -n "${3:-}" ] && flags+=(--init-from "$runs/$3/ttt")
     [ -n "${MAX_STEPS:-}" ] && flags+=(--max-steps "$MAX_STEPS")
@@ -41,6 +43,7 @@ stage() {  # stage NAME CONFIG [PREVIOUS]: run (or resume) one fine-tuning stage
     python3 -m tttgraph finetune --config "$configs/$2" --pretrained "$weights" --out "$out" "${flags[@]}" \
         --no-progress
     say "stage $1: done in $((SECONDS - start)) s (this call)"
+    date -u +%FT%TZ > "$out/done"
 }
 previous=("" "" "")
 for s in 3 9 18 63; do

@@ -36,7 +36,7 @@ newer=()
 touch .packed.next
 find . "${newer[@]}" \( -path "*/ttt/*" -o -name metrics.csv -o -name loss.png -o -name "summary.json" -o -name "*.log" \
     -o -path "./results/sheets/*" -o -path "./results/*/story_0000[0-3].*" -o -path "./world_base/weights/*" \
-    -o -name report.json -o -name held_out_samples.png \) -type f -print0 | tar -czf "$out/recipe.tgz" --null -T -
+    -o -name report.json -o -name held_out_samples.png -o -name done \) -type f -print0 | tar -czf "$out/recipe.tgz" --null -T -
 mv .packed.next .packed
 split -b 15M -d "$out/recipe.tgz" "$out/recipe.tgz.part" && rm "$out/recipe.tgz"
 ls -la "$out"

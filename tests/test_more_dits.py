@@ -87,6 +87,13 @@ def test_segments_run_at_another_frame_count_and_keep_the_first_segment_blind(na
         inner = [site for site in plan.sites if site.module_path.startswith("blocks.1.attn.")]
         assert len(inner) == 2 and all(site.segment and not site.ttt for site in inner)
         return
+    if name == "WanAnimateTransformer3DModel":
+        # Its cross-attention reads the CLIP image tokens and the prompt in one SDPA: no text chunk per segment
+        # can be cut from it, so it stays global (every segment reads the whole prompt); the face adapter's
+        # attention has the frames in its batch, local already.
+        plan = tttgraph.plan_of(tm)
+        assert all(site.segment for site in plan.sites if site.module_path.endswith("attn1"))
+        assert not any(site.segment for site in plan.sites if site.module_path.endswith("attn2"))
     if name == "AnyFlowFARTransformer3DModel":  # its chunk-causal FlexAttention is not SDPA and stays as it is
         plan = tttgraph.plan_of(tm)
         flex = [site for site in plan.sites if site.module_path.endswith("attn1")]

@@ -35,6 +35,9 @@ def test_verdicts_mark_first_appearances_and_the_one_pair_that_changed():
     changed = [(v.segment, v.name) for v, w in zip(found, wrong, strict=True) if v.right != w.right]
     assert changed == [(later.segment, later.name)]
     assert score_video(video, story).consistency == 1.0
+    # by attribute: the recoloured pair keeps its shape and size
+    score = score_video(_recoloured(video, story, later.segment, later.name), story)
+    assert score.by_attribute == {"colour": 1 - 1 / score.later_pairs, "shape": 1.0, "size": 1.0}
 
 
 def test_comparison_sheet_has_the_ground_truth_row_then_one_per_video():

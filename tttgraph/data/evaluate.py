@@ -118,6 +118,9 @@ def main(args: argparse.Namespace) -> int:
     print(f"mean over {summary['stories']} stories: detection {_fmt(summary['detection'])}, first appearance "
           f"{_fmt(summary['first_appearance'])}, consistency {_fmt(summary['consistency'])}; ceiling (ground "
           f"truth) {_fmt(summary['ceiling_consistency'])}, chance {_fmt(summary['chance_consistency'])}")
+    parts = [f"{a} {_fmt(v)} (chance {_fmt(summary['chance_by_attribute'][a])})"
+             for a, v in summary["consistency_by_attribute"].items()]
+    print(f"consistency by attribute: {', '.join(parts)}")
     if args.json_out:
         from tttgraph.config import write_atomic
 

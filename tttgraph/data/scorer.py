@@ -13,7 +13,9 @@ the frames is what the video rendered. Per story it reports:
   attributes equal the ones established at the character's first appearance (a pair where nothing is
   found counts as inconsistent). Later paragraphs name the character only, so this needs memory;
 - the same on the story's ground-truth frames (the scorer's ceiling), and the chance level of
-  consistency (a uniformly random attribute triple: 1 / 32).
+  consistency (a uniformly random attribute triple: 1 / 32);
+- consistency by attribute: the same fraction for the colour, the shape and the size alone (a
+  character kept red but drawn as a blob keeps its colour only), with their chance levels.
 
 Layouts: video uint8 ``[T, H, W, 3]`` with T = 48 per segment (16 fps).
 """
@@ -29,6 +31,8 @@ from tttgraph.data.world import BACKGROUNDS, COLOURS, FRAMES_PER_SEGMENT, SHAPES
 from tttgraph.errors import TTTGraphError
 
 CHANCE_CONSISTENCY = 1.0 / (len(COLOURS) * len(SHAPES) * len(SIZES))
+ATTRIBUTES = ("colour", "shape", "size")  # the order of Detection.attributes
+CHANCE_BY_ATTRIBUTE = {"colour": 1.0 / len(COLOURS), "shape": 1.0 / len(SHAPES), "size": 1.0 / len(SIZES)}
 FRAMES_PER_LOOK = 6  # frames read per segment
 _PALETTE = np.array([*COLOURS.values(), *BACKGROUNDS.values()], dtype=np.float32)  # [P, 3]
 _NAMES = list(COLOURS)
@@ -151,6 +155,8 @@ class StoryScore:
     consistency: float | None
     pairs: int
     later_pairs: int
+    # consistency of each attribute alone (colour, shape, size) over the later pairs: partial memory
+    by_attribute: dict[str, float] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -188,9 +194,12 @@ def score_video(video: np.ndarray, story: Story) -> StoryScore:
     found = verdicts(video, story)
     firsts = [v for v in found if v.first]
     later = [v for v in found if not v.first]
+    by_attribute = {name: sum(v.seen is not None and v.seen.attributes[i] == v.expected[i] for v in later) / len(later)
+                    for i, name in enumerate(ATTRIBUTES)} if later else None
     return StoryScore(story.seed, len(story.segments), sum(v.seen is not None for v in found) / len(found),
                       sum(v.right for v in firsts) / len(firsts),
-                      sum(v.right for v in later) / len(later) if later else None, len(found), len(later))
+                      sum(v.right for v in later) / len(later) if later else None, len(found), len(later),
+                      by_attribute)
 
 
 def score_ground_truth(story: Story, height: int = 32, width: int = 48) -> StoryScore:
@@ -210,6 +219,9 @@ def summarize(scores: list[StoryScore], ceiling: list[StoryScore] | None = None)
         "first_appearance": mean(s.first_appearance for s in scores),
         "consistency": mean(s.consistency for s in scores),
         "chance_consistency": CHANCE_CONSISTENCY,
+        "consistency_by_attribute": {a: mean(s.by_attribute[a] for s in scores if s.by_attribute)
+                                     for a in ATTRIBUTES},
+        "chance_by_attribute": dict(CHANCE_BY_ATTRIBUTE),
     }
     if ceiling is not None:
         out["ceiling_consistency"] = mean(s.consistency for s in ceiling)

@@ -506,6 +506,23 @@ def _minimax_h3_inputs(f, seed):
             "audio_indices": audio, "text_indices": text}
 
 
+def _wan_animate_inputs(f, seed):
+    """Wan-Animate: [B, 2C+4, F, 4, 4] latents (a reference frame, then F-1 frames with their pose latents), the
+    prompt, CLIP image tokens, and 4(F-1)-3 face crops that the face encoder reduces to F-1 motion frames."""
+    g = _g(seed)
+    return {"hidden_states": torch.randn(1, 12, f, 4, 4, generator=g), "timestep": torch.tensor([500]),
+            "encoder_hidden_states": _text(f, g), "encoder_hidden_states_image": torch.randn(1, 4, 16, generator=g),
+            "pose_hidden_states": torch.randn(1, 4, f - 1, 4, 4, generator=g),
+            "face_pixel_values": torch.randn(1, 3, 4 * (f - 1) - 3, 16, 16, generator=g)}
+
+
+def _joyimage_edit_inputs(f, seed):
+    """JoyImage-Edit: [B, 16, F, 4, 4] latents (one frame for an image edit; the 3D RoPE takes more) and a prompt."""
+    g = _g(seed)
+    return {"hidden_states": torch.randn(1, 16, f, 4, 4, generator=g), "encoder_hidden_states": _text(f, g),
+            "timestep": torch.tensor([1.0])}
+
+
 def _wan_animate2_inputs(f, seed):
     """Wan-Animate 2's reference pass (``kv_cache_mode="extract"``): lists of unbatched [C, F, 4, 4] latents, a prompt,
     CLIP image tokens and an empty ``WanAnimate2KVCache`` that the pass fills."""
@@ -636,6 +653,15 @@ MORE_DITS: dict[str, tuple[dict[str, Any], Callable[[int, int], dict[str, Any]]]
                                          num_refiner_layers=2, ffn_dim=32, in_channels=4, audio_in_channels=6,
                                          patch_size=(1, 2, 2), text_dim=8, freq_dim=8, time_embed_hidden_dim=24,
                                          time_embed_dim=16, rope_freq_dim=2), _minimax_h3_inputs),
+    "WanAnimateTransformer3DModel": ({**_WAN, "in_channels": 12, "latent_channels": 4, "freq_dim": 256,
+                                      "image_dim": 16, "motion_encoder_channel_sizes": {"4": 16, "8": 16, "16": 16},
+                                      "motion_encoder_size": 16, "motion_style_dim": 8, "motion_dim": 4,
+                                      "motion_encoder_dim": 16, "face_encoder_hidden_dim": 16,
+                                      "face_encoder_num_heads": 2, "inject_face_latents_blocks": 2},
+                                     _wan_animate_inputs),
+    "JoyImageEditTransformer3DModel": (dict(patch_size=[1, 2, 2], in_channels=16, hidden_size=32, num_attention_heads=2,
+                                            text_dim=16, num_layers=2, rope_dim_list=[4, 6, 6], theta=256),
+                                       _joyimage_edit_inputs),
     "WanAnimate2Transformer3DModel": (dict(patch_size=(1, 2, 2), text_len=16, in_dim=36, dim=128, ffn_dim=256,
                                            freq_dim=64, text_dim=32, out_dim=16, num_heads=4, num_layers=2,
                                            cross_attn_norm=True, use_img_emb=True), _wan_animate2_inputs),
