@@ -1,8 +1,9 @@
 """Staged CogVideoX fine-tuning with TTT layers: ``python -m examples.cogvideox_finetune [flags]``.
 
-The same as ``tttgraph finetune`` (see ``tttgraph finetune --help``). With no flags it trains the
-tiny CogVideoX-architecture model (random weights) on the embedded synthetic storyboard dataset on
-the CPU and writes ``runs/finetune/{metrics.csv, loss.png, ttt/}``. The reference recipe's stages
+The same as ``tttgraph finetune`` (see ``tttgraph finetune --help``). With no flags it fine-tunes the
+world base model that ships with tttgraph (a CogVideoX-architecture transformer) with TTT layers on
+9 s world stories on the CPU and writes ``runs/finetune/{metrics.csv, loss.png, ttt/}``; ``--tiny``
+trains the tiny random-weight model on synthetic storyboards instead. The reference recipe's stages
 are ``examples/configs/finetune/stage_{3,9,18,30,63}s.json`` (``--pretrained DIR`` for the weights):
 
     torchrun --nproc_per_node 8 -m examples.cogvideox_finetune \\

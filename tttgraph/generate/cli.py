@@ -1,7 +1,7 @@
 """``tttgraph generate``: a multi-scene video from a storyboard (also ``python -m examples.one_minute_video``).
 
     tttgraph generate --seconds 9                       # the shipped world model, its bundled story, CPU, ~1 min
-    tttgraph generate                                   # the whole 63 s world story (CPU: ~12 min)
+    tttgraph generate                                   # the whole 63 s world story (CPU: ~4 min)
     tttgraph generate --tiny                            # tiny random-weight models: a smoke run in seconds
     tttgraph generate --storyboard story.toml --seconds 63 --out video.mp4
     tttgraph generate --pretrained CogVideoX-5b --ttt run/ttt --seconds 63 --steps 50
