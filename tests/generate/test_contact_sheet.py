@@ -80,3 +80,17 @@ def test_long_titles_wrap_to_the_tile_and_end_with_an_ellipsis():
     assert sheet.shape[1] == 144 + 8  # text never widens the sheet
     with pytest.raises(ValueError, match="2 labels for 1 tiles"):
         contact_sheet(frames, [0], labels=[["a"], ["b"]])
+
+
+def test_a_title_wider_than_the_grid_wraps_onto_more_lines_instead_of_being_cut():
+    from tttgraph.drawing import get_font, line_height, wrap
+
+    frames = _frames()
+    title = "world story 7 (held_out) · 9 s, 3 segments, one frame per segment · seed 0, 25 steps"
+    one = contact_sheet(frames, [0, 1, 2], columns=3, title="short")
+    long = contact_sheet(frames, [0, 1, 2], columns=3, title=title)
+    step = line_height(get_font(12))
+    lines = wrap(title, get_font(12), long.shape[1] - 8, 3)
+    assert len(lines) == 2 and not lines[-1].endswith("…")  # all of it, on two lines
+    assert long.shape == (one.shape[0] + step, one.shape[1], 3)  # one more line of title, same width
+    assert np.array_equal(long[one.shape[0] + step - 96 - 4:], one[one.shape[0] - 96 - 4:])  # the tiles as they were

@@ -145,6 +145,7 @@ def _decode_png(data: bytes, path) -> np.ndarray:
 
 
 LABEL_LINES = 3  # per tile: the first label line, then up to 2 lines for the rest (a wrapped scene title)
+TITLE_LINES = 3  # the sheet's title, wrapped where the grid is narrower than it
 _TEXT, _TEXT_DIM = (235, 235, 235), (165, 170, 180)
 
 
@@ -160,9 +161,10 @@ def contact_sheet(frames: np.ndarray, indices: list[int], columns: int = 7, min_
 
     ``labels[n]`` (optional) are the lines printed under tile ``n``: the first as is, the others
     wrapped to the tile's width (``LABEL_LINES`` lines in all, cut with an ellipsis beyond).
-    ``title`` is printed above the grid. Text needs Pillow (see :mod:`tttgraph.drawing`).
+    ``title`` is printed above the grid, wrapped to ``TITLE_LINES`` lines where the grid is narrow.
+    Text needs Pillow (see :mod:`tttgraph.drawing`).
     """
-    from tttgraph.drawing import get_font, line_height
+    from tttgraph.drawing import get_font, line_height, wrap
 
     _check_frames(frames)
     if not indices:
@@ -175,33 +177,33 @@ def contact_sheet(frames: np.ndarray, indices: list[int], columns: int = 7, min_
     font = get_font(_label_font_size(tw))
     step = line_height(font)
     label_h = LABEL_LINES * step + gap if labels is not None and font is not None else 0
-    title_h = step + 2 * gap if title and font is not None else 0
     columns = max(1, min(columns, len(indices)))
+    width = columns * tw + (columns + 1) * gap
+    title_lines = wrap(title, font, width - 2 * gap, TITLE_LINES) if title and font is not None else []
+    title_h = len(title_lines) * step + 2 * gap if title_lines else 0
     rows = -(-len(indices) // columns)
     cell_h = th + label_h
-    sheet = np.full((title_h + rows * cell_h + (rows + 1) * gap, columns * tw + (columns + 1) * gap, 3), 24,
-                    np.uint8)
+    sheet = np.full((title_h + rows * cell_h + (rows + 1) * gap, width, 3), 24, np.uint8)
     for n, i in enumerate(indices):
         r, c = divmod(n, columns)
         tile = frames[i].repeat(scale, axis=0).repeat(scale, axis=1)
         y, x = title_h + gap + r * (cell_h + gap), gap + c * (tw + gap)
         sheet[y:y + th, x:x + tw] = tile
-    if font is not None and (labels is not None or title):
-        _draw_labels(sheet, labels or [], columns, (title_h, th, tw, cell_h, gap, step), font, title)
+    if font is not None and (labels is not None or title_lines):
+        _draw_labels(sheet, labels or [], columns, (title_h, th, tw, cell_h, gap, step), font, title_lines)
     return sheet
 
 
 def _draw_labels(sheet: np.ndarray, labels: list[list[str]], columns: int, geometry: tuple[int, ...], font,
-                 title: str) -> None:
+                 title_lines: list[str]) -> None:
     from tttgraph.drawing import draw_on, wrap
 
     title_h, th, tw, cell_h, gap, step = geometry
     with draw_on(sheet) as draw:
         if draw is None:
             return
-        if title:
-            for text in wrap(title, font, sheet.shape[1] - 2 * gap, 1):
-                draw.text((gap, gap), text, fill=_TEXT, font=font)
+        for k, text in enumerate(title_lines):
+            draw.text((gap, gap + k * step), text, fill=_TEXT, font=font)
         for n, lines in enumerate(labels):
             r, c = divmod(n, columns)
             x, y = gap + c * (tw + gap), title_h + gap + r * (cell_h + gap) + th + gap // 2
