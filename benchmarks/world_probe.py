@@ -15,6 +15,7 @@ and written to OUT/probe.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import subprocess
 import sys
@@ -66,7 +67,7 @@ def run(argv: list[str] | None = None) -> list[dict]:
         name, overrides = parse_variant(text)
         run_dir = out / name
         summary_path = run_dir / "results" / "summary.json"
-        data = json.loads(json.dumps(base))
+        data = copy.deepcopy(base)
         for (section, field), value in overrides.items():
             data.setdefault(section, {})[field] = value
         data["name"] = f"{base['name']}-{name}"
@@ -94,10 +95,10 @@ def run(argv: list[str] | None = None) -> list[dict]:
         rows.append({"variant": name, "overrides": {f"{s}.{f}": v for (s, f), v in overrides.items()},
                      "train_seconds_this_run": round(trained, 1), **summary})
     (out / "probe.json").write_text(json.dumps(rows, indent=1) + "\n")
-    print(f"{'variant':<16} {'consistency':>11} {'colour':>7} {'shape':>7} {'size':>7} {'detection':>9} {'first':>7}")
     def pct(value):
         return "n/a" if value is None else f"{value:.1%}"
 
+    print(f"{'variant':<16} {'consistency':>11} {'colour':>7} {'shape':>7} {'size':>7} {'detection':>9} {'first':>7}")
     for r in rows:
         by = r["consistency_by_attribute"]
         print(f"{r['variant']:<16} {pct(r['consistency']):>11} {pct(by['colour']):>7} {pct(by['shape']):>7} "

@@ -191,7 +191,11 @@ def verdicts(video: np.ndarray, story: Story) -> list[Verdict]:
 
 def score_video(video: np.ndarray, story: Story) -> StoryScore:
     """Score ``video`` [48 * segments, H, W, 3] uint8 against ``story``."""
-    found = verdicts(video, story)
+    return score_verdicts(verdicts(video, story), story)
+
+
+def score_verdicts(found: list[Verdict], story: Story) -> StoryScore:
+    """The story-level scores of :func:`verdicts` already read from a video."""
     firsts = [v for v in found if v.first]
     later = [v for v in found if not v.first]
     by_attribute = {name: sum(v.seen is not None and v.seen.attributes[i] == v.expected[i] for v in later) / len(later)

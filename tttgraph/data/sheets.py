@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tttgraph.data.scorer import score_video, verdicts
-from tttgraph.data.synthetic import FRAMES_PER_SEGMENT, SEGMENT_SECONDS
+from tttgraph.data.scorer import score_verdicts, verdicts
+from tttgraph.data.synthetic import SEGMENT_SECONDS
 from tttgraph.data.world import Story, render_story
 from tttgraph.errors import TTTGraphError
 
@@ -26,11 +26,11 @@ def _percent(value: float | None) -> str:
 
 def story_row(story: Story, video: np.ndarray, name: str) -> np.ndarray:
     """One labelled row of ``video`` [48 * segments, H, W, 3] uint8: a tile per segment."""
-    from tttgraph.generate.video_io import contact_sheet
+    from tttgraph.generate.video_io import contact_sheet, segment_frame_indices
 
     segments = len(story.segments)
     found = verdicts(video, story)
-    score = score_video(video, story)
+    score = score_verdicts(found, story)
     labels = []
     for s, seg in enumerate(story.segments):
         start = s * SEGMENT_SECONDS
@@ -38,8 +38,8 @@ def story_row(story: Story, video: np.ndarray, name: str) -> np.ndarray:
         labels.append([f"seg {s + 1} · {start}-{start + SEGMENT_SECONDS} s · scene {seg.scene + 1}", said or "-"])
     title = (f"{name}: detection {_percent(score.detection)}, first appearance {_percent(score.first_appearance)}, "
              f"cross-segment consistency {_percent(score.consistency)}")
-    middle = [s * FRAMES_PER_SEGMENT + FRAMES_PER_SEGMENT // 2 for s in range(segments)]
-    return contact_sheet(video, middle, columns=segments, labels=labels, title=title)
+    return contact_sheet(video, segment_frame_indices(len(video), segments), columns=segments, labels=labels,
+                         title=title)
 
 
 def comparison_sheet(story: Story, videos: dict[str, np.ndarray]) -> np.ndarray:
