@@ -94,7 +94,8 @@ def run(argv: list[str] | None = None) -> list[dict]:
         summary = json.loads(summary_path.read_text())
         rows.append({"variant": name, "overrides": {f"{s}.{f}": v for (s, f), v in overrides.items()},
                      "train_seconds_this_run": round(trained, 1), **summary})
-    (out / "probe.json").write_text(json.dumps(rows, indent=1) + "\n")
+        # Written after every variant, so a run stopped by a time limit still reports what finished.
+        (out / "probe.json").write_text(json.dumps(rows, indent=1) + "\n")
     def pct(value):
         return "n/a" if value is None else f"{value:.1%}"
 
