@@ -112,3 +112,38 @@ def test_masks_are_cut_into_segments(mask_shape):
         expected[:, :, idx] += F.scaled_dot_product_attention(q[:, :, idx], k[:, :, idx], v[:, :, idx], attn_mask=m)
         hits[idx] += 1
     torch.testing.assert_close(out, expected / hits[:, None], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("text_first", [True, False])
+def test_video_scope_reads_its_own_text_chunk_and_every_frame(text_first):
+    """attention_scope="video": queries are a segment's text chunk + window, keys its text chunk + all frames."""
+    from tttgraph.segment_attention import whole_segment_index
+
+    layout = SequenceLayout(3, 4, frames_per_segment=2, overlap_frames=1, text_first=text_first, global_video=True)
+    frames = 5
+    n, lt, nt, nv = layout.total_tokens(frames), 3, layout.text_tokens(frames), layout.video_tokens(frames)
+    text_at, video_at = (0, nt) if text_first else (nv, 0)
+    q, k, v = (torch.randn(2, 3, n, 8, requires_grad=True) for _ in range(3))
+    expected, hits = torch.zeros(2, 3, n, 8), torch.zeros(n)
+    every_frame = list(range(video_at, video_at + nv))
+    for i, (a, b) in enumerate(layout.attention_windows(frames)):
+        text = list(range(text_at + i * lt, text_at + (i + 1) * lt))
+        rows, cols = text + list(range(video_at + a * 4, video_at + b * 4)), text + every_frame
+        expected[:, :, rows] += F.scaled_dot_product_attention(q[:, :, rows], k[:, :, cols], v[:, :, cols])
+        hits[rows] += 1
+    expected = expected / hits[:, None]
+    for index in (self_attention_index(layout, frames), whole_segment_index(layout, "self", n)):
+        out = segment_sdpa(q, k, v, index)
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+        g = torch.randn_like(out)
+        for a, b in zip(torch.autograd.grad(out, (q, k, v), g),
+                        torch.autograd.grad(expected, (q, k, v), g, retain_graph=True), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_video_scope_without_text_is_global_attention():
+    from tttgraph.segment_attention import segment_attend
+
+    layout = SequenceLayout(0, 4, frames_per_segment=2, overlap_frames=1, global_video=True)
+    q, k, v = (torch.randn(1, 2, layout.total_tokens(5), 8) for _ in range(3))
+    torch.testing.assert_close(segment_attend(layout, "self", q, k, v), F.scaled_dot_product_attention(q, k, v))

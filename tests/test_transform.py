@@ -98,7 +98,9 @@ def _looped(q, k, v, attn_mask, groups, nq):
 
 
 @contextlib.contextmanager
-def segment_local_sdpa(frames, s, o, order, text_tokens_per_segment):
+def segment_local_sdpa(frames, s, o, order, text_tokens_per_segment, global_video=False):
+    """F.scaled_dot_product_attention made segment-local; ``global_video``: each segment's self-attention
+    keys are its text chunk and every frame (TTTConfig.attention_scope="video")."""
     original = F.scaled_dot_product_attention
     windows = _windows(frames, s, o)
     lt, nv = text_tokens_per_segment, frames * TPF
@@ -116,10 +118,12 @@ def segment_local_sdpa(frames, s, o, order, text_tokens_per_segment):
     def patched(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
         q, k, v = query, key, value
         nq, nk = q.shape[2], k.shape[2]
+        every_frame = list(range(video_at, video_at + nv))
         if joint and nq == nk == nt + nv:
-            groups = [(text(i) + video(i),) * 2 for i in range(len(windows))]
+            groups = [(text(i) + video(i), text(i) + (every_frame if global_video else video(i)))
+                      for i in range(len(windows))]
         elif nq == nk == nv:
-            groups = [(video(i),) * 2 for i in range(len(windows))]
+            groups = [(video(i), every_frame if global_video else video(i)) for i in range(len(windows))]
         elif nq == nv and nk == nt:
             groups = [([r - video_at for r in video(i)], [c - text_at for c in text(i)]) for i in range(len(windows))]
         elif nq == nk == frames:  # attention over time, one patch at a time (Latte's temporal blocks)
@@ -155,6 +159,39 @@ def test_segments_match_an_eager_per_segment_reference(family):
             expected = _out(model, inputs)
     assert (expected - plain).abs().max() > 1e-3  # the reference really is local
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["cogvideox", "hunyuanvideo", "wan2.1"])
+def test_video_scope_matches_an_eager_reference_where_each_segment_reads_every_frame(family):
+    spec = FAMILIES[family]
+    model, inputs = _setup(family)
+    cfg = TTTConfig(gate_init=0.0, mini_batch_size=16, segment_latent_frames=spec["seg"], segment_overlap_frames=1,
+                    attention_scope="video")
+    tm = transform(copy.deepcopy(model), cfg, inputs, progress=False)
+    assert "every frame" in str(plan_of(tm))
+    with torch.no_grad():
+        got = _out(tm, inputs)
+        with segment_local_sdpa(spec["frames"], spec["seg"], 1, spec["order"], TEXT // 2):
+            local = _out(model, inputs)
+        with segment_local_sdpa(spec["frames"], spec["seg"], 1, spec["order"], TEXT // 2, global_video=True):
+            expected = _out(model, inputs)
+    assert (expected - local).abs().max() > 1e-3  # the reference really reads other segments' frames
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_video_scope_needs_segments_and_refuses_context_parallelism():
+    from tttgraph.config import ConfigError
+    from tttgraph.layout import SequenceLayout
+    from tttgraph.parallel.context import ContextError, plan_shard
+
+    with pytest.raises(ConfigError, match="segment_latent_frames"):
+        TTTConfig(attention_scope="video")
+    with pytest.raises(ConfigError, match="attention_scope must be one of"):
+        TTTConfig(segment_latent_frames=2, attention_scope="global")
+    with pytest.raises(ContextError, match='attention_scope="segment"'):
+        plan_shard(SequenceLayout(4, 16, 2, global_video=True), 8, 2)
+    cfg = TTTConfig(segment_latent_frames=2, attention_scope="video")
+    assert TTTConfig.from_json(cfg.to_json()) == cfg
 
 
 @contextlib.contextmanager

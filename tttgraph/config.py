@@ -24,6 +24,7 @@ from tttgraph.errors import TTTGraphError
 from tttgraph.kernels.ttt_mlp.backends import parse_backend
 
 CONFIG_VERSION = 1
+ATTENTION_SCOPES = ("segment", "video")
 
 
 class ConfigError(TTTGraphError):
@@ -47,6 +48,12 @@ class TTTConfig:
         segment_latent_frames: S, latent frames per attention segment; None = no segmentation
             (attention stays global). The reference uses 12 (3 s of video).
         segment_overlap_frames: O, latent frames shared by neighbouring segments (reference: 1).
+        attention_scope: what a segment's attention reads. ``"segment"`` (the paper): its own text
+            chunk and its own frames. ``"video"``: its own text chunk and every frame of the video,
+            i.e. global attention over the video that still keeps each paragraph with its segment.
+            That is the full-attention upper bound of a long-video experiment: with segmentation off,
+            a joint attention can't tell whose paragraph a text token is (text tokens carry no
+            position), so every frame reads every paragraph alike. Needs ``segment_latent_frames``.
         text_tokens_per_segment: text tokens per segment; None = the model's text length divided
             evenly among the segments of the example inputs.
         mini_batch_size: TTT inner mini-batch (tokens per gradient step).
@@ -66,6 +73,7 @@ class TTTConfig:
     filter_fn: Callable[[str, Any], bool] | None = field(default=None, compare=False)
     segment_latent_frames: int | None = None
     segment_overlap_frames: int = 0
+    attention_scope: str = "segment"
     text_tokens_per_segment: int | None = None
     mini_batch_size: int = 64
     base_lr: float = 0.1
@@ -92,6 +100,11 @@ class TTTConfig:
             _check_int(self, "segment_latent_frames", 1)
         elif self.segment_overlap_frames:
             raise ConfigError("segment_overlap_frames needs segment_latent_frames (segmentation is off)")
+        if self.attention_scope not in ATTENTION_SCOPES:
+            raise ConfigError(f"attention_scope must be one of {ATTENTION_SCOPES}, got {self.attention_scope!r}")
+        if self.attention_scope == "video" and self.segment_latent_frames is None:
+            raise ConfigError('attention_scope="video" keeps each paragraph with its segment, so it needs segments: '
+                              "set segment_latent_frames (e.g. 12)")
         if self.text_tokens_per_segment is not None:
             _check_int(self, "text_tokens_per_segment", 0)
         for name in ("base_lr", "eps"):
@@ -142,7 +155,8 @@ class TTTConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown TTTConfig key(s) {unknown}; valid keys are {sorted(known)}")
-        types = {"targets": list, "exclude": list, "bidirectional": bool, "rope": bool, "backend": str}
+        types = {"targets": list, "exclude": list, "bidirectional": bool, "rope": bool, "backend": str,
+                 "attention_scope": str}
         for key, typ in types.items():
             if key in data and not isinstance(data[key], typ):
                 raise ConfigError(f"TTTConfig.{key} must be a {typ.__name__}, got {data[key]!r}")

@@ -74,6 +74,8 @@ class SequenceLayout:
         frames_per_segment: S, latent frames per segment; None means the whole video is one segment.
         overlap_frames: O, frames shared by neighbouring attention windows (the reference uses 1).
         text_first: True if the joint sequence is ``[text | video]``, False for ``[video | text]``.
+        global_video: a segment's self-attention reads its own text chunk and *every* frame
+            (``TTTConfig.attention_scope="video"``); its queries are still its text chunk and window.
     """
 
     text_tokens_per_segment: int
@@ -81,6 +83,7 @@ class SequenceLayout:
     frames_per_segment: int | None = None
     overlap_frames: int = 0
     text_first: bool = True
+    global_video: bool = False
 
     def __post_init__(self):
         if self.text_tokens_per_segment < 0:

@@ -47,7 +47,7 @@ def segment_relative_positions(model: nn.Module, tables: tuple[str, ...], layout
             owner = model.get_submodule(owner_path) if owner_path else model
             table = getattr(owner, name)
             rows = table.shape[1]
-            if layout is None or layout.frames_per_segment is None:
+            if layout is None or layout.frames_per_segment is None or layout.global_video:
                 if num_frames > rows:  # fewer frames: the model reads its table as it always does
                     raise TTTGraphError(
                         f"{type(model).__name__}.{path} holds positions for {rows} frames, the inputs have "

@@ -99,7 +99,8 @@ class TransformPlan:
             f"(grid {lay.grid[0]}x{lay.grid[1]}, patch {lay.patch_size}), {lay.order}",
             "  segments: " + ("off (attention stays global)" if seg.frames_per_segment is None else
                               f"{seg.frames_per_segment} token frames + {seg.overlap_frames} overlap, "
-                              f"{seg.text_tokens_per_segment} text tokens each"),
+                              f"{seg.text_tokens_per_segment} text tokens each"
+                              + ("; attention reads every frame (scope 'video')" if seg.global_video else "")),
             f"  frames accepted: {self.frame_range}",
             f"  TTT layers: {sum(s.ttt for s in self.sites)}, "
             f"segment-local attentions: {sum(s.segment for s in self.sites)}, "

@@ -72,9 +72,16 @@ def _group(q_lists: list[Tensor], kv_lists: list[Tensor], q_tokens: int) -> Segm
 
 @functools.lru_cache(maxsize=64)
 def self_attention_index(layout: SequenceLayout, num_frames: int) -> SegmentIndex:
-    """Joint self-attention: segment i = text chunk i + frames of window i, as queries and keys."""
+    """Joint self-attention: segment i = text chunk i + frames of window i, as queries and keys.
+
+    With ``layout.global_video`` the keys of segment i are text chunk i and every frame."""
     tokens = _segment_tokens(layout, num_frames, text=layout.text_tokens_per_segment > 0, video=True)
-    return _group(tokens, tokens, layout.total_tokens(num_frames))
+    keys = tokens
+    if layout.global_video:
+        t0, v0 = _offsets(layout, num_frames)
+        lt, video = layout.text_tokens_per_segment, torch.arange(v0, v0 + layout.video_tokens(num_frames))
+        keys = [torch.cat([torch.arange(t0 + i * lt, t0 + (i + 1) * lt), video]) for i in range(len(tokens))]
+    return _group(tokens, keys, layout.total_tokens(num_frames))
 
 
 @functools.lru_cache(maxsize=64)
@@ -152,7 +159,9 @@ def segment_attend(layout: SequenceLayout | None, kind: str, q: Tensor, k: Tenso
     so a processor's ``view`` after it behaves the same. Both forms of a transformed model call this:
     the eager edits (``tttgraph/inplace.py``) and the graph's :class:`SegmentAttention`.
     """
-    if layout is None or layout.frames_per_segment is None or is_causal:
+    global_attention = layout is None or layout.frames_per_segment is None or (
+        layout.global_video and kind == "self" and not layout.text_tokens_per_segment)  # video alone: all of it
+    if global_attention or is_causal:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                                               **kwargs)
     if in_graph(q.shape[2]):
@@ -209,9 +218,10 @@ def whole_segment_index(layout: SequenceLayout, kind: str, tokens) -> SegmentInd
         frames, n = frames_and_segments(layout, tokens)
         t0, v0 = (0, n * lt) if layout.text_first else (frames * tpf, 0)
         q = _rows(n, step, _window_len(layout, frames) * tpf, v0)
+        kv = _rows(n, 0, frames * tpf, v0) if layout.global_video else q
         if lt:
             q = torch.cat([_rows(n, lt, lt, t0), q], dim=1)
-        kv = q
+            kv = torch.cat([_rows(n, lt, lt, t0), kv], dim=1)
     counts = torch.zeros(tokens, dtype=torch.long).index_add(0, q.flatten(), torch.ones(q.numel(), dtype=torch.long))
     return SegmentIndex(((q, kv),), tokens, counts, overlap=True)
 

@@ -23,6 +23,7 @@ class Segmentation:
     frames_per_segment: int | None
     overlap_frames: int
     text_tokens_per_segment: int
+    global_video: bool = False  # TTTConfig.attention_scope == "video"
 
 
 def segmentation(cfg: TTTConfig, layout: TokenLayout) -> Segmentation:
@@ -57,7 +58,7 @@ def segmentation(cfg: TTTConfig, layout: TokenLayout) -> Segmentation:
         )
     else:
         per_segment = layout.text_tokens // segments
-    return Segmentation(frames, overlap, per_segment)
+    return Segmentation(frames, overlap, per_segment, cfg.attention_scope == "video")
 
 
 def site_layout(site: AttentionSite, layout: TokenLayout, seg: Segmentation) -> SequenceLayout | None:
@@ -65,12 +66,13 @@ def site_layout(site: AttentionSite, layout: TokenLayout, seg: Segmentation) -> 
     if site.kind == "joint":
         return SequenceLayout(
             seg.text_tokens_per_segment, layout.tokens_per_frame, seg.frames_per_segment, seg.overlap_frames,
-            text_first=layout.order == "text_first",
+            text_first=layout.order == "text_first", global_video=seg.global_video,
         )  # fmt: skip
     if site.kind == "video" and site.axes == "thw":
-        return SequenceLayout(0, layout.tokens_per_frame, seg.frames_per_segment, seg.overlap_frames)
+        return SequenceLayout(0, layout.tokens_per_frame, seg.frames_per_segment, seg.overlap_frames,
+                              global_video=seg.global_video)
     if site.kind == "video" and site.axes == "t":
-        return SequenceLayout(0, 1, seg.frames_per_segment, seg.overlap_frames)
+        return SequenceLayout(0, 1, seg.frames_per_segment, seg.overlap_frames, global_video=seg.global_video)
     if site.kind in ("cross", "text"):
         return SequenceLayout(
             seg.text_tokens_per_segment, layout.tokens_per_frame, seg.frames_per_segment, seg.overlap_frames

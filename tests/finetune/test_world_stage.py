@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -78,12 +79,12 @@ def test_the_world_baseline_trains_on_world_stories_with_its_gates_held_at_zero(
 
 
 def test_the_full_attention_bound_trains_and_generates_over_the_whole_clip(world_weights, tmp_path):
-    """The upper bound's stage (``full_*.json``: segmentation off, gates held at 0) trains on a 2-segment
-    clip with both paragraphs in one attention, and ``generate`` runs its save the same way."""
+    """The upper bound's stage (``full_*.json``: attention over every frame with each paragraph kept to its
+    segment, gates held at 0) trains on a 2-segment clip, and ``generate`` runs its save the same way."""
     from tttgraph.generate.pipeline import GenerateOptions, generate, plan
 
     full = json.loads(open("examples/configs/world/full_3s.json").read())
-    assert full["ttt"]["segment_latent_frames"] is None and full["train"]["freeze_gates"]
+    assert full["ttt"]["attention_scope"] == "video" and full["train"]["freeze_gates"]
     cfg = _stage(world_weights, 3, ttt={**full["ttt"], "backend": "reference"})
     cfg = cfg.replace(clip_seconds=6, data=cfg.data.__class__(**{**cfg.data.__dict__, "synthetic_seconds": 6}),
                       train=cfg.train.__class__(**{**cfg.train.__dict__, "freeze_gates": True}))
@@ -100,6 +101,9 @@ def test_the_full_attention_bound_trains_and_generates_over_the_whole_clip(world
     options = GenerateOptions(storyboard=board, world=world_weights, ttt=tmp_path / "run" / "ttt", steps=1,
                               out=tmp_path / "v.mp4", contact_sheet="", checkpoint_every=0, progress=False)
     job = plan(options)
-    assert job.ttt_config.segment_latent_frames is None and job.estimate.segments == 1
-    assert job.estimate.tokens == 2 * 64 + 25 * 96  # both paragraphs and all 25 latent frames in one attention
+    assert job.ttt_config.attention_scope == "video" and job.estimate.segments == 2
+    assert job.estimate.tokens == 2 * 64 + 25 * 96
+    # Each segment's queries read its paragraph and all 25 latent frames: more pairs than local attention.
+    local = plan(dataclasses.replace(options, ttt="none"))
+    assert job.estimate.attention_flops > 1.5 * local.estimate.attention_flops
     assert generate(options, out=lambda *a: None).frames == 97

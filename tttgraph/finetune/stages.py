@@ -84,6 +84,11 @@ class TrainSection:
     gates. ``batch_size`` is per process; the global batch is ``batch_size * grad_accum * world``.
     ``freeze_gates``: the TTT gates keep their initial value; with ``ttt.gate_init`` 0 the TTT layers
     add nothing, which is the paper's baseline (segment-local attention only, the same fine-tuning).
+    ``high_noise_fraction``: the share of samples whose timestep is drawn from
+    ``[high_noise_from, num_train_timesteps)`` instead of all timesteps (0: uniform, as the paper). A
+    video's content is settled in the first, noisiest denoising steps; below them a segment's own
+    noisy frames already show what memory across segments would have to supply, so that is where
+    long-context fine-tuning learns it.
     """
 
     steps: int = 300
@@ -102,6 +107,8 @@ class TrainSection:
     seed: int = 0
     activation_checkpointing: bool = True
     freeze_gates: bool = False
+    high_noise_fraction: float = 0.0
+    high_noise_from: int = 900
     log_every: int = 1
 
 
@@ -263,6 +270,9 @@ def _validate(cfg: StageConfig) -> None:
     if t.weight_decay < 0 or not 0 <= t.text_dropout < 1:
         raise bad(f"train.weight_decay must be >= 0 and train.text_dropout in [0, 1), got "
                   f"{t.weight_decay} and {t.text_dropout}")
+    if not 0 <= t.high_noise_fraction <= 1 or t.high_noise_from < 0:
+        raise bad(f"train.high_noise_fraction must be in [0, 1] and train.high_noise_from >= 0, got "
+                  f"{t.high_noise_fraction} and {t.high_noise_from}")
     if not all(0 <= b < 1 for b in t.betas):
         raise bad(f"train.betas must be in [0, 1), got {t.betas}")
     if cfg.checkpoint.every < 0 or cfg.checkpoint.keep < 1:

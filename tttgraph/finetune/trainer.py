@@ -337,11 +337,13 @@ def prepare_data(cfg: StageConfig, out: Path, bundle, inputs: Inputs, ctx, progr
 
 
 def sample_batch(data: PrecomputedClips, positions: list[int], *, seed: int, data_seed: int, text_dropout: float,
-                 num_train_timesteps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                 num_train_timesteps: int, high_noise_fraction: float = 0.0,
+                 high_noise_from: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Latents, text, noise and timesteps of the samples at global ``positions`` of the data stream.
 
     Position p reads clip ``perm_e[p mod N]`` of epoch ``e = p // N`` (a seeded permutation); its
-    noise, timestep and text dropout come from a generator seeded by ``(seed, p)`` alone.
+    noise, timestep and text dropout come from a generator seeded by ``(seed, p)`` alone. A share
+    ``high_noise_fraction`` of the timesteps is drawn from ``[high_noise_from, num_train_timesteps)``.
     """
     n = len(data)
     lat, txt, noise, steps = [], [], [], []
@@ -352,7 +354,10 @@ def sample_batch(data: PrecomputedClips, positions: list[int], *, seed: int, dat
             perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(data_seed * 100_003 + epoch))
         latents, text = data[int(perms[epoch][p % n])]
         g = torch.Generator().manual_seed((seed << 32) + p)
-        steps.append(int(torch.randint(0, num_train_timesteps, (1,), generator=g)))
+        low = 0
+        if high_noise_fraction and float(torch.rand((), generator=g)) < high_noise_fraction:
+            low = min(high_noise_from, num_train_timesteps - 1)
+        steps.append(int(torch.randint(low, num_train_timesteps, (1,), generator=g)))
         noise.append(torch.randn(latents.shape, generator=g))
         if float(torch.rand((), generator=g)) < text_dropout:
             text = data.null_text
@@ -584,7 +589,8 @@ def run_stage(cfg: StageConfig, out: str | os.PathLike, *, pretrained: str | Non
                 first = (step * t.grad_accum + m) * micro + layout.data_rank * t.batch_size
                 x0, text, noise, steps_t = sample_batch(
                     data, list(range(first, first + t.batch_size)), seed=t.seed, data_seed=cfg.data.seed,
-                    text_dropout=t.text_dropout, num_train_timesteps=num_t)
+                    text_dropout=t.text_dropout, num_train_timesteps=num_t,
+                    high_noise_fraction=t.high_noise_fraction, high_noise_from=t.high_noise_from)
                 x0, text, noise, steps_t = (v.to(ctx.device) for v in (x0, text, noise, steps_t))
                 # CogVideoX latents are [B, F, C, h, w]; the scheduler broadcasts over any shape.
                 noisy = noise_sched.add_noise(x0, noise, steps_t)

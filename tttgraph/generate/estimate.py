@@ -102,7 +102,10 @@ def estimate(
     linear = 2 * block_linear * tokens * batch * layers
     windows = SequenceLayout(layout.text_tokens_per_segment, tpf, layout.frames_per_segment,
                              layout.overlap_frames).attention_windows(latent_frames)
-    seg_pairs = sum((layout.text_tokens_per_segment + (stop - start) * tpf) ** 2 for start, stop in windows)
+    keys = [layout.text_tokens_per_segment + (video if layout.global_video else (stop - start) * tpf)
+            for start, stop in windows]
+    seg_pairs = sum((layout.text_tokens_per_segment + (stop - start) * tpf) * k
+                    for (start, stop), k in zip(windows, keys, strict=True))
     attention = 4 * batch * h * d * seg_pairs * layers
     full = 4 * batch * h * d * tokens**2 * layers
     f = mlp_expansion * d

@@ -397,7 +397,7 @@ def plan(options: GenerateOptions, par: Parallel | None = None) -> Plan:
     frames = TEMPORAL * seconds + 1  # 16 fps video: 48 frames per 3 s segment plus the first frame
     full = cfg.segment_latent_frames is None  # every paragraph's tokens in the one attention
     layout = SequenceLayout(text_tokens * (board.num_segments if full else 1), 1, cfg.segment_latent_frames,
-                            cfg.segment_overlap_frames)
+                            cfg.segment_overlap_frames, global_video=cfg.attention_scope == "video")
     device, dtype = _device_dtype(options, par)
     est = estimate(config, frames, (height // spatial, width // spatial), layout, batch=settings.batch,
                    dtype_bytes=torch.empty((), dtype=dtype).element_size(), mlp_expansion=cfg.mlp_expansion)

@@ -135,6 +135,9 @@ def plan_shard(layout: SequenceLayout, frames: int, size: int) -> Shard:
     if s is None:
         raise ContextError("context parallelism splits by segments; transform with segment_latent_frames set "
                            "(e.g. presets.cogvideox_5b)")
+    if layout.global_video:
+        raise ContextError('attention_scope="video" lets every segment read every frame, so no rank can hold its '
+                           'segments alone; use attention_scope="segment" for context parallelism')
     n = layout.num_segments(frames)
     if n < size:
         raise ContextError(
