@@ -131,7 +131,8 @@ def run(argv: list[str] | None = None) -> dict:
                 reads += colour_reads(video, stories[i])
     carried = [ok for later, ok in reads if later]
     stated = [ok for later, ok in reads if not later]
-    result = {"ttt": args.ttt, "checkpoint": args.checkpoint, "world": args.world, "seconds": args.seconds, "stories": args.stories,
+    result = {"ttt": args.ttt, "checkpoint": args.checkpoint, "world": args.world, "seconds": args.seconds,
+              "stories": args.stories,
               "timestep": args.timestep, "stated_colour": float(np.mean(stated)), "stated_pairs": len(stated),
               "carried_colour": float(np.mean(carried)) if carried else None, "carried_pairs": len(carried),
               "chance": 0.25}
