@@ -6,10 +6,11 @@
 
 A variant is NAME=OVERRIDES: comma-separated ``section.key=value`` pairs (JSON values; a bare word is
 a string) applied to the stage file. Each variant trains into OUT/NAME (``tttgraph finetune``, resumed
-if a checkpoint is there), then ``world_results.py`` generates ``--stories`` held-out stories of the
-stage's length with it into OUT/NAME/results; a variant whose summary exists is skipped, so the probe
-resumes. The table (cross-segment consistency, by attribute, detection, training time) is printed
-and written to OUT/probe.json.
+if a checkpoint is there), is probed by ``world_memory.py`` (the colour it carries to later segments,
+one forward pass per story: OUT/NAME/memory.json), then ``world_results.py`` generates ``--stories``
+held-out stories of the stage's length with it into OUT/NAME/results (``--stories 0``: the memory
+probe only); finished steps are skipped, so the probe resumes. The table (carried colour,
+cross-segment consistency, by attribute, detection) is printed and written to OUT/probe.json.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def run(argv: list[str] | None = None) -> list[dict]:
     for text in args.variant:
         name, overrides = parse_variant(text)
         run_dir = out / name
-        summary_path = run_dir / "results" / "summary.json"
+        summary_path, memory_path = run_dir / "results" / "summary.json", run_dir / "memory.json"
         data = copy.deepcopy(base)
         for (section, field), value in overrides.items():
             data.setdefault(section, {})[field] = value
@@ -87,23 +88,31 @@ def run(argv: list[str] | None = None) -> list[dict]:
                 cmd.append("--resume")
             subprocess.run(cmd, check=True, cwd=ROOT)
         trained = time.perf_counter() - start
-        if not summary_path.is_file():
+        if not memory_path.is_file():
+            subprocess.run([sys.executable, str(ROOT / "benchmarks" / "world_memory.py"), "--world", weights,
+                            "--ttt", str(run_dir / "ttt"), "--seconds", str(seconds), "--stories", "64",
+                            "--json", str(memory_path)], check=True, cwd=ROOT)
+        memory = json.loads(memory_path.read_text())
+        if args.stories and not summary_path.is_file():
             subprocess.run([sys.executable, str(ROOT / "benchmarks" / "world_results.py"), "--world", weights,
                             "--ttt", str(run_dir / "ttt"), "--seconds", str(seconds), "--stories", str(args.stories),
                             "--steps", str(args.steps), "--out", str(run_dir / "results")], check=True, cwd=ROOT)
-        summary = json.loads(summary_path.read_text())
+        summary = json.loads(summary_path.read_text()) if args.stories else {}
         rows.append({"variant": name, "overrides": {f"{s}.{f}": v for (s, f), v in overrides.items()},
-                     "train_seconds_this_run": round(trained, 1), **summary})
+                     "train_seconds_this_run": round(trained, 1), "carried_colour": memory["carried_colour"],
+                     "stated_colour": memory["stated_colour"], **summary})
         # Written after every variant, so a run stopped by a time limit still reports what finished.
         (out / "probe.json").write_text(json.dumps(rows, indent=1) + "\n")
     def pct(value):
         return "n/a" if value is None else f"{value:.1%}"
 
-    print(f"{'variant':<16} {'consistency':>11} {'colour':>7} {'shape':>7} {'size':>7} {'detection':>9} {'first':>7}")
+    print(f"{'variant':<16} {'carried':>7} {'consistency':>11} {'colour':>7} {'shape':>7} {'size':>7} "
+          f"{'detection':>9} {'first':>7}")
     for r in rows:
-        by = r["consistency_by_attribute"]
-        print(f"{r['variant']:<16} {pct(r['consistency']):>11} {pct(by['colour']):>7} {pct(by['shape']):>7} "
-              f"{pct(by['size']):>7} {pct(r['detection']):>9} {pct(r['first_appearance']):>7}")
+        by = r.get("consistency_by_attribute", {})
+        print(f"{r['variant']:<16} {pct(r['carried_colour']):>7} {pct(r.get('consistency')):>11} "
+              f"{pct(by.get('colour')):>7} {pct(by.get('shape')):>7} {pct(by.get('size')):>7} "
+              f"{pct(r.get('detection')):>9} {pct(r.get('first_appearance')):>7}")
     return rows
 
 

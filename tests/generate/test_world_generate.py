@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from tttgraph.data.world import make_story
@@ -107,3 +108,40 @@ def test_bare_generate_and_finetune_start_from_the_shipped_world_model(tmp_path,
     assert job.ttt_auto and job.ttt_dir.resolve() == (tmp_path / "runs" / "finetune" / "ttt").resolve()
     assert main(["generate", "--seconds", "3", "--steps", "1", "--no-progress"]) == 0
     assert (tmp_path / "video.mp4").stat().st_size > 0 and (tmp_path / "video.png").stat().st_size > 0
+
+
+def _benchmark(name):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_world_memory_reads_carried_colours_from_pixels_and_runs_on_a_model(world_weights, tmp_path):
+    """The memory probe's reader: every colour right on the ground truth; a character repainted after its first
+    segment is read wrong exactly in its later segments. Then one run on (untrained) weights."""
+    import dataclasses
+
+    from tttgraph.data.world import COLOURS, render_story
+
+    memory = _benchmark("world_memory")
+    story = make_story(3, 4, "held_out")  # 4+ segments: the first character leaves and comes back in the last
+    who = story.segments[0].appearances[0].name
+    reads = memory.colour_reads(render_story(story)[0], story)
+    assert reads and all(ok for _, ok in reads) and any(later for later, _ in reads)
+    other = next(c for c in COLOURS if c != story.character(who).colour)
+    repainted = dataclasses.replace(story, characters=[dataclasses.replace(c, colour=other) if c.name == who else c
+                                                       for c in story.characters])
+    video = np.concatenate([render_story(story)[0][:48], render_story(repainted)[0][48:]])
+    wrong = [later for later, ok in memory.colour_reads(video, story) if not ok]
+    assert wrong and all(wrong)  # only later segments are read wrong
+    assert len(wrong) == sum(a.name == who for seg in story.segments[1:] for a in seg.appearances)
+
+    result = memory.run(["--world", str(world_weights), "--seconds", "6", "--stories", "2", "--batch", "2",
+                         "--device", "cpu", "--json", str(tmp_path / "m.json")])
+    assert result["stated_pairs"] + result["carried_pairs"] > 0 and 0 <= result["stated_colour"] <= 1
+    assert json.loads((tmp_path / "m.json").read_text())["stories"] == 2
