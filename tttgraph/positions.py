@@ -49,9 +49,11 @@ def segment_relative_positions(model: nn.Module, tables: tuple[str, ...], layout
             rows = table.shape[1]
             if layout is None or layout.frames_per_segment is None or layout.global_video:
                 if num_frames > rows:  # fewer frames: the model reads its table as it always does
+                    fix = ('attention_scope="segment" (with attention_scope="video" every frame keeps its absolute '
+                           "position)" if layout is not None and layout.global_video else "segment the video")
                     raise TTTGraphError(
                         f"{type(model).__name__}.{path} holds positions for {rows} frames, the inputs have "
-                        f"{num_frames}; segment the video (segment_latent_frames + segment_overlap_frames <= {rows}) "
+                        f"{num_frames}; use {fix} (segment_latent_frames + segment_overlap_frames <= {rows}) "
                         f"to reuse the table per segment"
                     )
                 continue

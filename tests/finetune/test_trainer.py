@@ -60,6 +60,26 @@ def no_compute(monkeypatch):
     monkeypatch.setattr(trainer, "_load_bundle", refuse)
 
 
+def test_high_noise_fraction_draws_that_share_of_timesteps_from_the_noisy_end(clips_3s):
+    from tttgraph.finetune.dataset import PrecomputedClips
+
+    data = PrecomputedClips(clips_3s)
+    positions = list(range(400))
+
+    def steps(**extra):
+        return trainer.sample_batch(data, positions, seed=0, data_seed=0, text_dropout=0.0, num_train_timesteps=1000,
+                                    **extra)[3]
+
+    uniform = steps()
+    assert torch.equal(uniform, steps(high_noise_fraction=0.0, high_noise_from=900))  # off: the same draws
+    assert 0.05 < (uniform >= 900).float().mean() < 0.16
+    assert bool((steps(high_noise_fraction=1.0, high_noise_from=900) >= 900).all())
+    half = (steps(high_noise_fraction=0.5, high_noise_from=900) >= 900).float().mean()
+    assert 0.45 < half < 0.65  # half drawn from [900, 1000), a tenth of the rest lands there too
+    with pytest.raises(StageConfigError, match="high_noise_fraction"):
+        StageConfig.from_dict({"train": {"high_noise_fraction": 1.5}})
+
+
 def test_bad_inputs_fail_before_any_compute(no_compute, clips_3s, tmp_path):
     base = StageConfig.from_dict({"data": {"precomputed": str(clips_3s)}})
     out = tmp_path / "out"
