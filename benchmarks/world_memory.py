@@ -66,7 +66,38 @@ def colour_reads(video: np.ndarray, story, first_frame: int = 0) -> list[tuple[b
     return reads
 
 
-def run(argv: list[str] | None = None) -> dict:
+def _load_checkpoint(model: torch.nn.Module, directory: Path) -> None:
+    """Copy a single-process training checkpoint's trained tensors into ``model``."""
+    from tttgraph.safe_read import load_safetensors
+
+    state, _ = load_safetensors(directory / "model-rank00000.safetensors", "training checkpoint",
+                                "pass a step directory (or the checkpoints directory) of a single-process run")
+    own = dict(model.named_parameters())
+    unknown = sorted(set(state) - set(own))
+    if unknown:
+        raise SystemExit(f"--checkpoint {directory}: {len(unknown)} tensors fit no parameter of the model "
+                         f"(e.g. {unknown[:2]}); pass the stage's init_from as --ttt")
+    with torch.no_grad():
+        for name, value in state.items():
+            own[name].copy_(value)
+
+
+def _checkpoints(path: str | None) -> list[Path | None]:
+    """[None] (the --ttt save as it is), one step directory, or every step directory under a checkpoints root."""
+    if path is None:
+        return [None]
+    root = Path(path)
+    if (root / "model-rank00000.safetensors").is_file():
+        return [root]
+    from tttgraph.finetune.checkpointing import list_checkpoints
+
+    steps = [directory for _, directory in list_checkpoints(root)]
+    if not steps:
+        raise SystemExit(f"--checkpoint {path}: neither a step directory nor a directory of them (step-000100/ ...)")
+    return steps
+
+
+def run(argv: list[str] | None = None) -> dict | list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--world", default="default", help="world base model weights (default: the shipped ones)")
     p.add_argument("--ttt", default="none", help="a stage's tttgraph.save directory ('none': fresh TTT layers)")
@@ -76,9 +107,12 @@ def run(argv: list[str] | None = None) -> dict:
     p.add_argument("--timestep", type=int, default=999)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--checkpoint", help="a training checkpoint step directory whose weights go over --ttt")
+    p.add_argument("--checkpoint", help="a training checkpoint step directory whose weights go over --ttt, or a "
+                                        "run's checkpoints directory (one reading per step)")
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args(argv)
+
+    import tempfile
 
     from diffusers import CogVideoXDPMScheduler
 
@@ -87,59 +121,52 @@ def run(argv: list[str] | None = None) -> dict:
     from tttgraph.generate.storyboard import load_storyboard
     from tttgraph.models.cogvideox_bundle import decode_latents, transformer_inputs
 
+    checkpoints = _checkpoints(args.checkpoint)
     stories = [make_story(args.seed + i, args.seconds // 3, "held_out") for i in range(args.stories)]
-    tmp = Path(args.json or "world_memory.json").with_suffix(".story.json")
-    tmp.write_text(stories[0].to_json())
-    try:
-        options = GenerateOptions(storyboard=tmp, world=args.world, ttt=args.ttt, seconds=args.seconds, steps=1,
-                                  guidance_scale=0.0, device=args.device, progress=False, checkpoint_every=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        boards = []
+        for i, story in enumerate(stories):
+            path = Path(tmp) / f"{i}.story.json"
+            path.write_text(story.to_json())
+            boards.append(load_storyboard(path))
+        options = GenerateOptions(storyboard=Path(tmp) / "0.story.json", world=args.world, ttt=args.ttt,
+                                  seconds=args.seconds, steps=1, guidance_scale=0.0, device=args.device,
+                                  progress=False, checkpoint_every=0)
         job = plan(options)
         models = load_models(job, options=options, out=lambda *a: None)
-        boards = []
-        for story in stories:
-            tmp.write_text(story.to_json())
-            boards.append(load_storyboard(tmp))
-    finally:
-        tmp.unlink(missing_ok=True)
     bundle, model = models.bundle, models.model
-    if args.checkpoint:
-        from tttgraph.safe_read import load_safetensors
-
-        state, _ = load_safetensors(Path(args.checkpoint) / "model-rank00000.safetensors", "training checkpoint",
-                                    "pass a step directory of a single-process run's OUT/checkpoints")
-        own = dict(model.named_parameters())
-        unknown = sorted(set(state) - set(own))
-        if unknown:
-            raise SystemExit(f"--checkpoint {args.checkpoint}: {len(unknown)} tensors fit no parameter of the model "
-                             f"(e.g. {unknown[:2]}); pass the stage's init_from as --ttt")
-        with torch.no_grad():
-            for name, value in state.items():
-                own[name].copy_(value)
     alpha = CogVideoXDPMScheduler(**bundle.scheduler_config).alphas_cumprod[args.timestep].item()
-    reads = []
-    with torch.no_grad():
-        for first in range(0, len(stories), args.batch):
-            chunk = range(first, min(first + args.batch, len(stories)))
-            text = torch.cat([_text(bundle, boards[i], False, job.device, job.dtype) for i in chunk])
-            g = torch.Generator().manual_seed(first)
-            x = torch.randn((len(chunk), *job.latent_shape[1:]), generator=g).to(job.device, job.dtype)
-            t = torch.full((len(chunk),), args.timestep, dtype=torch.long, device=job.device)
-            v = model(**transformer_inputs(bundle, x, text, t), return_dict=False)[0]
-            x0 = alpha ** 0.5 * x - (1 - alpha) ** 0.5 * v  # v-prediction
-            for j, i in enumerate(chunk):
-                video = decode_latents(bundle, x0[j].to(job.dtype), progress=False)
-                reads += colour_reads(video, stories[i])
-    carried = [ok for later, ok in reads if later]
-    stated = [ok for later, ok in reads if not later]
-    result = {"ttt": args.ttt, "checkpoint": args.checkpoint, "world": args.world, "seconds": args.seconds,
-              "stories": args.stories,
-              "timestep": args.timestep, "stated_colour": float(np.mean(stated)), "stated_pairs": len(stated),
-              "carried_colour": float(np.mean(carried)) if carried else None, "carried_pairs": len(carried),
-              "chance": 0.25}
-    print(json.dumps(result))
+    results = []
+    for checkpoint in checkpoints:
+        if checkpoint is not None:
+            _load_checkpoint(model, checkpoint)
+        reads = []
+        with torch.no_grad():
+            for first in range(0, len(stories), args.batch):
+                chunk = range(first, min(first + args.batch, len(stories)))
+                text = torch.cat([_text(bundle, boards[i], False, job.device, job.dtype) for i in chunk])
+                g = torch.Generator().manual_seed(first)
+                x = torch.randn((len(chunk), *job.latent_shape[1:]), generator=g).to(job.device, job.dtype)
+                t = torch.full((len(chunk),), args.timestep, dtype=torch.long, device=job.device)
+                v = model(**transformer_inputs(bundle, x, text, t), return_dict=False)[0]
+                x0 = alpha ** 0.5 * x - (1 - alpha) ** 0.5 * v  # v-prediction
+                for j, i in enumerate(chunk):
+                    video = decode_latents(bundle, x0[j].to(job.dtype), progress=False)
+                    reads += colour_reads(video, stories[i])
+        carried = [ok for later, ok in reads if later]
+        stated = [ok for later, ok in reads if not later]
+        result = {"ttt": args.ttt, "checkpoint": None if checkpoint is None else str(checkpoint),
+                  "world": args.world, "seconds": args.seconds, "stories": args.stories, "timestep": args.timestep,
+                  "stated_colour": float(np.mean(stated)), "stated_pairs": len(stated),
+                  "carried_colour": float(np.mean(carried)) if carried else None, "carried_pairs": len(carried),
+                  "chance": 0.25}
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    one = args.checkpoint is None or checkpoints == [Path(args.checkpoint)]  # one reading, not a run's curve
+    out = results[0] if one else results
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-    return result
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    return out
 
 
 if __name__ == "__main__":

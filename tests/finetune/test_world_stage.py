@@ -61,7 +61,8 @@ def test_the_world_baseline_trains_on_world_stories_with_its_gates_held_at_zero(
     cfg = _stage(world_weights, 3)
     cfg = cfg.replace(clip_seconds=6, data=cfg.data.__class__(**{**cfg.data.__dict__, "synthetic_seconds": 6}),
                       ttt={**cfg.ttt, "gate_init": 0.0},
-                      train=cfg.train.__class__(**{**cfg.train.__dict__, "freeze_gates": True}))
+                      train=cfg.train.__class__(**{**cfg.train.__dict__, "freeze_gates": True}),
+                      checkpoint=cfg.checkpoint.__class__(every=1, keep=2))
     lines: list[str] = []
     run_stage(cfg, tmp_path / "run", progress=False, log=lines.append)
     rows = read_metrics(tmp_path / "run")
@@ -76,6 +77,19 @@ def test_the_world_baseline_trains_on_world_stories_with_its_gates_held_at_zero(
     assert gates and all(float(v.abs().max()) == 0.0 for v in gates.values())
     base = StageConfig.load("examples/configs/world/baseline_3s.json")
     assert base.train.freeze_gates and base.ttt["gate_init"] == 0.0
+
+    # The memory probe reads a run's checkpoints one by one (a curve while it trains).
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "world_memory.py"
+    spec = importlib.util.spec_from_file_location("world_memory", script)
+    memory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(memory)
+    curve = memory.run(["--world", str(world_weights), "--seconds", "6", "--stories", "2", "--device", "cpu",
+                        "--checkpoint", str(tmp_path / "run" / "checkpoints")])
+    assert [Path(r["checkpoint"]).name for r in curve] == ["step-000001", "step-000002"]
+    assert all(r["stated_pairs"] > 0 for r in curve)
 
 
 def test_the_full_attention_bound_trains_and_generates_over_the_whole_clip(world_weights, tmp_path):

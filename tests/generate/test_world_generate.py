@@ -141,7 +141,9 @@ def test_world_memory_reads_carried_colours_from_pixels_and_runs_on_a_model(worl
     assert wrong and all(wrong)  # only later segments are read wrong
     assert len(wrong) == sum(a.name == who for seg in story.segments[1:] for a in seg.appearances)
 
-    result = memory.run(["--world", str(world_weights), "--seconds", "6", "--stories", "2", "--batch", "2",
-                         "--device", "cpu", "--json", str(tmp_path / "m.json")])
+    argv = ["--world", str(world_weights), "--seconds", "6", "--stories", "2", "--batch", "2", "--device", "cpu"]
+    result = memory.run([*argv, "--json", str(tmp_path / "m.json")])
     assert result["stated_pairs"] + result["carried_pairs"] > 0 and 0 <= result["stated_colour"] <= 1
     assert json.loads((tmp_path / "m.json").read_text())["stories"] == 2
+    with pytest.raises(SystemExit, match="neither a step directory"):
+        memory.run([*argv, "--checkpoint", str(tmp_path)])
