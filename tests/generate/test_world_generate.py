@@ -147,3 +147,16 @@ def test_world_memory_reads_carried_colours_from_pixels_and_runs_on_a_model(worl
     assert json.loads((tmp_path / "m.json").read_text())["stories"] == 2
     with pytest.raises(SystemExit, match="neither a step directory"):
         memory.run([*argv, "--checkpoint", str(tmp_path)])
+
+
+def test_world_text_probe_separates_what_is_there_from_what_is_not(world_weights):
+    """The linear probe finds a colour written into the features and not one that is absent; then a run."""
+    probe = _benchmark("world_text_probe")
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 200)
+    noise = rng.normal(size=(200, 16))
+    _, there = probe._linear_probe(noise + 4.0 * np.eye(16)[labels], labels)
+    _, absent = probe._linear_probe(noise, labels)
+    assert there > 0.9 and absent < 0.45
+    result = probe.run(["--world", str(world_weights), "--ttt", "none", "--stories", "8", "--device", "cpu"])
+    assert result["stories"] == 8 and set(result["held_out_accuracy"]) == {"input", *(f"block {k}" for k in range(6))}
