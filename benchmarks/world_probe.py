@@ -59,6 +59,10 @@ def run(argv: list[str] | None = None) -> list[dict]:
     from tttgraph.finetune.stages import StageConfig
     from tttgraph.models.world_model import WEIGHTS_DIR
 
+    if args.stories:
+        from tttgraph.generate.video_io import require_mp4_writer
+
+        require_mp4_writer()  # world_results.py writes MP4s: fail before any training, not after it
     base = json.loads(Path(args.config).read_text())
     seconds = int(base["clip_seconds"])
     weights = str(WEIGHTS_DIR) if args.weights == "default" else args.weights

@@ -20,6 +20,10 @@ out=${2:?usage: world_recipe_gpu.sh RUNS OUT STOP_AFTER [STORIES]}
 stop_after=${3:?usage: world_recipe_gpu.sh RUNS OUT STOP_AFTER [STORIES]}
 mkdir -p "$runs" "$out"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+# The results are MP4s: without imageio-ffmpeg the recipe would stop after its first stages' training.
+python3 -c "from tttgraph.generate.video_io import require_mp4_writer; require_mp4_writer()" || {
+    echo "carry an imageio-ffmpeg wheel to the device (pip download imageio-ffmpeg --no-deps --only-binary=:all:" \
+         "--platform manylinux2014_x86_64 -d .whl) and install it with the others"; exit 1; }
 if [ -n "${FROM:-}" ] && [ ! -f "$runs/recipe.log" ] && compgen -G "$FROM/recipe.tgz*" >/dev/null; then
     cat "$FROM"/recipe.tgz* | tar -xz -C "$runs" && touch "$runs/.packed" \
         && echo "unpacked the earlier calls' results from $FROM"

@@ -52,8 +52,9 @@ def run(argv: list[str] | None = None) -> dict:
     from tttgraph.generate.batch import generate_many
     from tttgraph.generate.pipeline import GenerateOptions, load_models, plan
     from tttgraph.generate.storyboard import load_storyboard
-    from tttgraph.generate.video_io import write_mp4
+    from tttgraph.generate.video_io import require_mp4_writer, write_mp4
 
+    require_mp4_writer()  # before any model is loaded, not after the first chunk is denoised
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     segments = args.seconds // 3

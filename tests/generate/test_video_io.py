@@ -70,3 +70,15 @@ def test_damaged_videos_and_pngs_raise_one_clear_error(tmp_path, damage):
             read(path)
     with pytest.raises(TTTGraphError, match="does not exist"):
         read_mp4(tmp_path / "missing.mp4")
+
+
+def test_a_missing_mp4_writer_is_named_up_front(monkeypatch):
+    """Long jobs that write MP4s only at the end (benchmarks/world_results.py) ask first."""
+    import sys
+
+    from tttgraph.generate.video_io import require_mp4_writer
+
+    require_mp4_writer()  # installed here (the dev extra)
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # as if it were not installed
+    with pytest.raises(TTTGraphError, match=r"imageio-ffmpeg .*pip install 'tttgraph\[video\]'"):
+        require_mp4_writer()

@@ -31,6 +31,11 @@ def _imageio_ffmpeg():
     return imageio_ffmpeg
 
 
+def require_mp4_writer() -> None:
+    """Raise the error :func:`write_mp4` would, now: for jobs that write their videos only after long work."""
+    _imageio_ffmpeg()
+
+
 def _atomic_path(path: Path):
     """A temporary path beside ``path`` with its suffix (ffmpeg and PNG writers go by it), readable
     like any new file, that replaces ``path`` on success."""
