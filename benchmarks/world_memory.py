@@ -66,6 +66,18 @@ def colour_reads(video: np.ndarray, story, first_frame: int = 0) -> list[tuple[b
     return reads
 
 
+def world_models(stories: list, world: str, ttt: str, device: str):
+    """(plan, loaded models, storyboards) of the world model + ``ttt`` for ``stories`` (all of one length)."""
+    from tttgraph.generate.pipeline import GenerateOptions, load_models, plan
+    from tttgraph.generate.storyboard import parse_storyboard
+
+    boards = [parse_storyboard(s.to_json(), "json", f"world story {s.seed}") for s in stories]
+    options = GenerateOptions(storyboard=boards[0], world=world, ttt=ttt, seconds=boards[0].seconds, steps=1,
+                              guidance_scale=0.0, device=device, progress=False, checkpoint_every=0)
+    job = plan(options)
+    return job, load_models(job, options=options, out=lambda *a: None), boards
+
+
 def _load_checkpoint(model: torch.nn.Module, directory: Path) -> None:
     """Copy a single-process training checkpoint's trained tensors into ``model``."""
     from tttgraph.safe_read import load_safetensors
@@ -112,28 +124,15 @@ def run(argv: list[str] | None = None) -> dict | list[dict]:
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args(argv)
 
-    import tempfile
-
     from diffusers import CogVideoXDPMScheduler
 
     from tttgraph.data.world import make_story
-    from tttgraph.generate.pipeline import GenerateOptions, _text, load_models, plan
-    from tttgraph.generate.storyboard import load_storyboard
+    from tttgraph.generate.pipeline import _text
     from tttgraph.models.cogvideox_bundle import decode_latents, transformer_inputs
 
     checkpoints = _checkpoints(args.checkpoint)
     stories = [make_story(args.seed + i, args.seconds // 3, "held_out") for i in range(args.stories)]
-    with tempfile.TemporaryDirectory() as tmp:
-        boards = []
-        for i, story in enumerate(stories):
-            path = Path(tmp) / f"{i}.story.json"
-            path.write_text(story.to_json())
-            boards.append(load_storyboard(path))
-        options = GenerateOptions(storyboard=Path(tmp) / "0.story.json", world=args.world, ttt=args.ttt,
-                                  seconds=args.seconds, steps=1, guidance_scale=0.0, device=args.device,
-                                  progress=False, checkpoint_every=0)
-        job = plan(options)
-        models = load_models(job, options=options, out=lambda *a: None)
+    job, models, boards = world_models(stories, args.world, args.ttt, args.device)
     bundle, model = models.bundle, models.model
     alpha = CogVideoXDPMScheduler(**bundle.scheduler_config).alphas_cumprod[args.timestep].item()
     results = []

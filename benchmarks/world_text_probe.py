@@ -19,15 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for path in (ROOT, ROOT / "benchmarks"):  # world_memory.world_models is shared
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 
 def _carried(story) -> str | None:
@@ -65,9 +65,10 @@ def run(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args(argv)
 
+    from world_memory import world_models
+
     from tttgraph.data.world import COLOURS, make_story
-    from tttgraph.generate.pipeline import GenerateOptions, _text, load_models, plan
-    from tttgraph.generate.storyboard import load_storyboard
+    from tttgraph.generate.pipeline import _text
     from tttgraph.models.cogvideox_bundle import transformer_inputs
 
     stories, seed = [], args.seed
@@ -76,16 +77,7 @@ def run(argv: list[str] | None = None) -> dict:
         seed += 1
         if _carried(story) is not None:
             stories.append(story)
-    with tempfile.TemporaryDirectory() as tmp:
-        boards = []
-        for i, story in enumerate(stories):
-            path = Path(tmp) / f"{i}.story.json"
-            path.write_text(story.to_json())
-            boards.append(load_storyboard(path))
-        options = GenerateOptions(storyboard=Path(tmp) / "0.story.json", world=args.world, ttt=args.ttt, seconds=9,
-                                  steps=1, guidance_scale=0.0, device=args.device, progress=False, checkpoint_every=0)
-        job = plan(options)
-        models = load_models(job, options=options, out=lambda *a: None)
+    job, models, boards = world_models(stories, args.world, args.ttt, args.device)
     bundle, model = models.bundle, models.model
     tokenizer, chunk = bundle.tokenizer, bundle.text_tokens_per_segment
     states: dict[int, torch.Tensor] = {}
