@@ -11,6 +11,8 @@ one forward pass per story: OUT/NAME/memory.json), then ``world_results.py`` gen
 held-out stories of the stage's length with it into OUT/NAME/results (``--stories 0``: the memory
 probe only); finished steps are skipped, so the probe resumes. The table (carried colour,
 cross-segment consistency, by attribute, detection) is printed and written to OUT/probe.json.
+``--curve`` also reads the carried colour at every training checkpoint the variant kept (give it
+``checkpoint.every=500,checkpoint.keep=20``): OUT/NAME/curve.json and the row's ``curve``.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ def run(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--stories", type=int, default=32)
     p.add_argument("--steps", type=int, default=50, help="denoising steps of the results")
     p.add_argument("--max-steps", type=int, help="train every variant this many steps (smoke runs)")
+    p.add_argument("--curve", action="store_true", help="the memory probe at every kept training checkpoint")
+    p.add_argument("--memory-stories", type=int, default=64, help="held-out stories of the memory probe")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
@@ -94,9 +98,17 @@ def run(argv: list[str] | None = None) -> list[dict]:
         trained = time.perf_counter() - start
         if not memory_path.is_file():
             subprocess.run([sys.executable, str(ROOT / "benchmarks" / "world_memory.py"), "--world", weights,
-                            "--ttt", str(run_dir / "ttt"), "--seconds", str(seconds), "--stories", "64",
-                            "--json", str(memory_path)], check=True, cwd=ROOT)
+                            "--ttt", str(run_dir / "ttt"), "--seconds", str(seconds), "--stories",
+                            str(args.memory_stories), "--json", str(memory_path)], check=True, cwd=ROOT)
         memory = json.loads(memory_path.read_text())
+        curve_path = run_dir / "curve.json"
+        if args.curve and not curve_path.is_file():
+            start_from = args.init_from or data.get("init_from") or "none"  # what the checkpoints' weights go over
+            subprocess.run([sys.executable, str(ROOT / "benchmarks" / "world_memory.py"), "--world", weights,
+                            "--ttt", start_from, "--checkpoint", str(run_dir / "checkpoints"), "--seconds",
+                            str(seconds), "--stories", str(args.memory_stories), "--json", str(curve_path)],
+                           check=True, cwd=ROOT)
+        curve = json.loads(curve_path.read_text()) if args.curve else []
         if args.stories and not summary_path.is_file():
             subprocess.run([sys.executable, str(ROOT / "benchmarks" / "world_results.py"), "--world", weights,
                             "--ttt", str(run_dir / "ttt"), "--seconds", str(seconds), "--stories", str(args.stories),
@@ -104,7 +116,9 @@ def run(argv: list[str] | None = None) -> list[dict]:
         summary = json.loads(summary_path.read_text()) if args.stories else {}
         rows.append({"variant": name, "overrides": {f"{s}.{f}": v for (s, f), v in overrides.items()},
                      "train_seconds_this_run": round(trained, 1), "carried_colour": memory["carried_colour"],
-                     "stated_colour": memory["stated_colour"], **summary})
+                     "stated_colour": memory["stated_colour"],
+                     **({"curve": [[Path(r["checkpoint"]).name, r["carried_colour"]] for r in curve]} if curve else {}),
+                     **summary})
         # Written after every variant, so a run stopped by a time limit still reports what finished.
         (out / "probe.json").write_text(json.dumps(rows, indent=1) + "\n")
     def pct(value):

@@ -121,3 +121,28 @@ def test_the_full_attention_bound_trains_and_generates_over_the_whole_clip(world
     local = plan(dataclasses.replace(options, ttt="none"))
     assert job.estimate.attention_flops > 1.5 * local.estimate.attention_flops
     assert generate(options, out=lambda *a: None).frames == 97
+
+
+def test_world_probe_trains_a_variant_and_reads_its_memory_checkpoint_by_checkpoint(world_weights, tmp_path):
+    """benchmarks/world_probe.py end to end at toy sizes: a variant's overrides reach the stage, the memory
+    probe reads the save and, with --curve, every kept checkpoint; a rerun resumes (trains nothing)."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "world_probe.py"
+    spec = importlib.util.spec_from_file_location("world_probe", script)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    small = ("data.synthetic_samples=2,data.shard_size=2,train.batch_size=1,train.warmup_steps=1,"
+             "checkpoint.every=1,checkpoint.keep=5,ttt.backend=reference")
+    argv = ["--config", "examples/configs/world/stage_3s.json", "--weights", str(world_weights),
+            "--variant", f"a={small},train.lr_ttt=1e-3", "--stories", "0", "--max-steps", "2",
+            "--curve", "--memory-stories", "2", "--out", str(tmp_path)]
+    rows = probe.run(argv)
+    stage = json.loads((tmp_path / "a" / "stage.json").read_text())
+    assert stage["train"]["lr_ttt"] == 1e-3 and stage["name"] == "world-3s-a"
+    assert [r["variant"] for r in rows] == ["a"] and [step for step, _ in rows[0]["curve"]] == \
+        ["step-000001", "step-000002"]
+    assert rows[0]["stated_colour"] is not None
+    again = probe.run(argv)  # everything is there: nothing runs again
+    assert again == [{**rows[0], "train_seconds_this_run": again[0]["train_seconds_this_run"]}]
