@@ -180,39 +180,23 @@ def test_folded_video_equals_the_unfolded_layer(fold):
         _layer(SequenceLayout(2, 6), fold=fold)
 
 
-def _recall_after_training(with_value: bool, distractor_mini_batches: int = 3, steps: int = 60) -> float:
-    """Train a TTTMLP (plus an input map and a 4-way read-out) for ``steps`` steps on: one token of the first
-    mini-batch holds key + value, ``distractor_mini_batches`` mini-batches of noise follow, then a mini-batch
-    whose first token holds the key alone; return the read-out's accuracy at that token on fresh samples."""
-    import torch.nn.functional as F
-    from torch import nn
+def _recall_after_training(with_value: bool, steps: int = 60) -> float:
+    """benchmarks/ttt_recall.py's task at small sizes (3 noise mini-batches of 16 between key + value and the
+    key's second appearance), trained ``steps`` steps; with ``with_value=False`` the value is never shown."""
+    import importlib.util
+    from pathlib import Path
 
-    width, heads, b = 64, 2, 16
-    g = torch.Generator().manual_seed(0)
-    keys, values = torch.randn(8, width, generator=g), torch.randn(4, width, generator=g)
-    torch.manual_seed(0)
-    ttt, read, embed = TTTMLP(width, heads, mini_batch_size=b, backend="reference"), nn.Linear(width, 4), \
-        nn.Linear(width, width)
-    opt = torch.optim.Adam([*ttt.parameters(), *read.parameters(), *embed.parameters()], lr=1e-3)
-    n, ask = (2 + distractor_mini_batches) * b, (1 + distractor_mini_batches) * b
-
-    def sample(count, gen):
-        key, value = torch.randint(8, (count,), generator=gen), torch.randint(4, (count,), generator=gen)
-        x = torch.randn(count, n, width, generator=gen) * 0.5
-        x[:, 0] = keys[key] + (values[value] if with_value else 0)
-        x[:, ask] = keys[key]
-        return x, value
-
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "ttt_recall.py"
+    spec = importlib.util.spec_from_file_location("ttt_recall", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    task = module.RecallTask(64, 2, 16, 3)
+    if not with_value:
+        task.values.zero_()
     gen = torch.Generator().manual_seed(1)
     for _ in range(steps):
-        x, value = sample(16, gen)
-        loss = F.cross_entropy(read(ttt(embed(x))[:, ask]), value)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    x, value = sample(256, torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        return (read(ttt(embed(x))[:, ask]).argmax(-1) == value).float().mean().item()
+        task.step(gen)
+    return task.recall(*task.sample(256, torch.Generator().manual_seed(2)))
 
 
 def test_ttt_learns_to_carry_a_one_shot_association_across_distractor_mini_batches():
