@@ -71,6 +71,12 @@ def run(argv: list[str] | None = None) -> list[dict]:
     seconds = int(base["clip_seconds"])
     weights = str(WEIGHTS_DIR) if args.weights == "default" else args.weights
     out = Path(args.out)
+
+    def memory_probe(ttt: str, into: Path, *extra: str) -> None:
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "world_memory.py"), "--world", weights, "--ttt",
+                        ttt, "--seconds", str(seconds), "--stories", str(args.memory_stories), "--json", str(into),
+                        *extra], check=True, cwd=ROOT)
+
     rows = []
     for text in args.variant:
         name, overrides = parse_variant(text)
@@ -97,17 +103,12 @@ def run(argv: list[str] | None = None) -> list[dict]:
             subprocess.run(cmd, check=True, cwd=ROOT)
         trained = time.perf_counter() - start
         if not memory_path.is_file():
-            subprocess.run([sys.executable, str(ROOT / "benchmarks" / "world_memory.py"), "--world", weights,
-                            "--ttt", str(run_dir / "ttt"), "--seconds", str(seconds), "--stories",
-                            str(args.memory_stories), "--json", str(memory_path)], check=True, cwd=ROOT)
+            memory_probe(str(run_dir / "ttt"), memory_path)
         memory = json.loads(memory_path.read_text())
         curve_path = run_dir / "curve.json"
         if args.curve and not curve_path.is_file():
             start_from = args.init_from or data.get("init_from") or "none"  # what the checkpoints' weights go over
-            subprocess.run([sys.executable, str(ROOT / "benchmarks" / "world_memory.py"), "--world", weights,
-                            "--ttt", start_from, "--checkpoint", str(run_dir / "checkpoints"), "--seconds",
-                            str(seconds), "--stories", str(args.memory_stories), "--json", str(curve_path)],
-                           check=True, cwd=ROOT)
+            memory_probe(start_from, curve_path, "--checkpoint", str(run_dir / "checkpoints"))
         curve = json.loads(curve_path.read_text()) if args.curve else []
         if args.stories and not summary_path.is_file():
             subprocess.run([sys.executable, str(ROOT / "benchmarks" / "world_results.py"), "--world", weights,

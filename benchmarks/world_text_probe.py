@@ -71,12 +71,13 @@ def run(argv: list[str] | None = None) -> dict:
     from tttgraph.generate.pipeline import _text
     from tttgraph.models.cogvideox_bundle import transformer_inputs
 
-    stories, seed = [], args.seed
+    stories, carried, seed = [], [], args.seed
     while len(stories) < args.stories:
         story = make_story(seed, 3, "held_out")
         seed += 1
-        if _carried(story) is not None:
+        if (name := _carried(story)) is not None:
             stories.append(story)
+            carried.append(name)
     job, models, boards = world_models(stories, args.world, args.ttt, args.device)
     bundle, model = models.bundle, models.model
     tokenizer, chunk = bundle.tokenizer, bundle.text_tokens_per_segment
@@ -94,7 +95,7 @@ def run(argv: list[str] | None = None) -> dict:
                 model(**transformer_inputs(bundle, noise.to(job.device, job.dtype), text, t), return_dict=False)
                 for j, i in enumerate(part):
                     ids = tokenizer([stories[i].paragraphs()[-1]])["input_ids"][0]
-                    row = 2 * chunk + ids.index(tokenizer.convert_tokens_to_ids(_carried(stories[i]).lower()))
+                    row = 2 * chunk + ids.index(tokenizer.convert_tokens_to_ids(carried[i].lower()))
                     features["input"].append(text[j, row].float().cpu().numpy())
                     for k, state in states.items():
                         features[f"block {k}"].append(state[j, row].float().cpu().numpy())
@@ -102,7 +103,7 @@ def run(argv: list[str] | None = None) -> dict:
         for hook in hooks:
             hook.remove()
     colours = list(COLOURS)
-    labels = np.array([colours.index(s.character(_carried(s)).colour) for s in stories])
+    labels = np.array([colours.index(s.character(name).colour) for s, name in zip(stories, carried, strict=True)])
     result = {"ttt": args.ttt, "stories": len(stories), "chance": 0.25, "held_out_accuracy": {}, "train_accuracy": {}}
     for where, rows in features.items():
         train, held_out = _linear_probe(np.stack(rows), labels)

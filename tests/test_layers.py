@@ -183,14 +183,9 @@ def test_folded_video_equals_the_unfolded_layer(fold):
 def _recall_after_training(with_value: bool, steps: int = 60) -> float:
     """benchmarks/ttt_recall.py's task at small sizes (3 noise mini-batches of 16 between key + value and the
     key's second appearance), trained ``steps`` steps; with ``with_value=False`` the value is never shown."""
-    import importlib.util
-    from pathlib import Path
+    from tests.benchmark_scripts import load_benchmark
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "ttt_recall.py"
-    spec = importlib.util.spec_from_file_location("ttt_recall", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    task = module.RecallTask(64, 2, 16, 3)
+    task = load_benchmark("ttt_recall").RecallTask(64, 2, 16, 3)
     if not with_value:
         task.values.zero_()
     gen = torch.Generator().manual_seed(1)

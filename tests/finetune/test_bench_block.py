@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 
 from tttgraph.layout import SequenceLayout
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_finetune_block.py"
+from ..benchmark_scripts import load_benchmark
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_finetune_block", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_finetune_block")
 
 
 def test_benchmark_block_equals_the_diffusers_block():

@@ -11,6 +11,8 @@ import pytest
 from tttgraph.finetune.stages import StageConfig, StageConfigError
 from tttgraph.finetune.trainer import read_metrics, run_stage
 
+from ..benchmark_scripts import load_benchmark
+
 
 @pytest.fixture(scope="module")
 def world_weights(tmp_path_factory):
@@ -79,13 +81,9 @@ def test_the_world_baseline_trains_on_world_stories_with_its_gates_held_at_zero(
     assert base.train.freeze_gates and base.ttt["gate_init"] == 0.0
 
     # The memory probe reads a run's checkpoints one by one (a curve while it trains).
-    import importlib.util
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "world_memory.py"
-    spec = importlib.util.spec_from_file_location("world_memory", script)
-    memory = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(memory)
+    memory = load_benchmark("world_memory")
     curve = memory.run(["--world", str(world_weights), "--seconds", "6", "--stories", "2", "--device", "cpu",
                         "--checkpoint", str(tmp_path / "run" / "checkpoints")])
     assert [Path(r["checkpoint"]).name for r in curve] == ["step-000001", "step-000002"]
@@ -126,13 +124,7 @@ def test_the_full_attention_bound_trains_and_generates_over_the_whole_clip(world
 def test_world_probe_trains_a_variant_and_reads_its_memory_checkpoint_by_checkpoint(world_weights, tmp_path):
     """benchmarks/world_probe.py end to end at toy sizes: a variant's overrides reach the stage, the memory
     probe reads the save and, with --curve, every kept checkpoint; a rerun resumes (trains nothing)."""
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "world_probe.py"
-    spec = importlib.util.spec_from_file_location("world_probe", script)
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = load_benchmark("world_probe")
     small = ("data.synthetic_samples=2,data.shard_size=2,train.batch_size=1,train.warmup_steps=1,"
              "checkpoint.every=1,checkpoint.keep=5,ttt.backend=reference")
     argv = ["--config", "examples/configs/world/stage_3s.json", "--weights", str(world_weights),

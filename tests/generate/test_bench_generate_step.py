@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from ..benchmark_scripts import load_benchmark
 
 
 def test_bench_generate_step_tiny(capsys):
-    spec = importlib.util.spec_from_file_location("bench_generate_step", ROOT / "benchmarks" / "bench_generate_step.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_generate_step")
     rows = bench.main(["--tiny", "--seconds", "3", "6", "--repeats", "1", "--project", "9",
                        "--full-max-seconds", "3"])
     by_len = {r["seconds"]: r for r in rows}

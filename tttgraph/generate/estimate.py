@@ -102,10 +102,9 @@ def estimate(
     linear = 2 * block_linear * tokens * batch * layers
     windows = SequenceLayout(layout.text_tokens_per_segment, tpf, layout.frames_per_segment,
                              layout.overlap_frames).attention_windows(latent_frames)
-    keys = [layout.text_tokens_per_segment + (video if layout.global_video else (stop - start) * tpf)
-            for start, stop in windows]
-    seg_pairs = sum((layout.text_tokens_per_segment + (stop - start) * tpf) * k
-                    for (start, stop), k in zip(windows, keys, strict=True))
+    lt = layout.text_tokens_per_segment  # a segment's queries: its text + window; keys: the same, or every frame
+    seg_pairs = sum((lt + (stop - start) * tpf) * (lt + (video if layout.global_video else (stop - start) * tpf))
+                    for start, stop in windows)
     attention = 4 * batch * h * d * seg_pairs * layers
     full = 4 * batch * h * d * tokens**2 * layers
     f = mlp_expansion * d

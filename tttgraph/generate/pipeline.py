@@ -327,8 +327,8 @@ def _ttt_config(ttt_dir: Path | None, seconds: int, text_tokens: int, segments: 
             f"takes {text_tokens}; use TTT weights trained on this base model"
         )
     if cfg.segment_latent_frames is None:
-        # Segmentation off (a recipe's full-attention upper bound): one attention over the whole video
-        # and every paragraph, as the untransformed model would run.
+        # Segmentation off: one attention over the whole video and every paragraph, as the untransformed
+        # model would run (a full-attention bound that keeps paragraphs apart is attention_scope="video").
         return cfg.replace(backend=backend)
     frames = TEMPORAL * seconds + 1
     found = SequenceLayout(text_tokens, 1, cfg.segment_latent_frames, cfg.segment_overlap_frames).num_segments(frames)
